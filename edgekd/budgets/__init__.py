@@ -1,0 +1,6 @@
+"""Budgets: limits on size, latency, memory and accuracy, checked against a report."""
+
+from edgekd.budgets.budget import Budget, BudgetRule, check, load_budget
+from edgekd.budgets.verdict import CheckResult, Verdict
+
+__all__ = ["Budget", "BudgetRule", "CheckResult", "Verdict", "check", "load_budget"]

@@ -1,0 +1,239 @@
+"""Command-line interface: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 a budget failed; 2 bad input (usage, files, config); 3 a runtime or
+measurement could not run. Errors print as one paragraph; ``--debug`` shows the traceback.
+Heavy modules are imported inside commands so ``edgekd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgekd.errors import EdgeKDError
+
+
+class EdgeKDGroup(click.Group):
+    """Turns edgekd's typed errors into clean messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeKDError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=EdgeKDGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgekd")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """edgekd: distil a small student from a teacher, train it in int8, export it to ONNX and
+    OpenVINO, benchmark every artifact and check it against budgets.
+
+    Start with `edgekd demo`; `edgekd demo --show-recipe` prints the recipe it runs.
+    """
+    ctx.obj = {"debug": debug}
+
+
+def _print_run(result, out: Path) -> None:
+    from edgekd.units import format_size
+
+    report = result.report
+    click.echo("\n" + report.markdown())
+    acc = {e.stage: e.accuracy for e in report.entries if e.format == "pytorch"}
+    teacher_onnx = report.entry("teacher.onnx")
+    int8_onnx = report.entry("student-int8.onnx")
+    click.echo("")
+    if "student-scratch" in acc and "student-kd" in acc:
+        gain = 100 * (acc["student-kd"] - acc["student-scratch"])
+        click.echo(f"distillation: KD student {100 * acc['student-kd']:.2f}% vs scratch "
+                   f"{100 * acc['student-scratch']:.2f}% ({gain:+.2f} points), same epochs and init")
+    if teacher_onnx and int8_onnx:
+        click.echo(f"size: int8 student {format_size(int8_onnx.size_bytes)} vs teacher "
+                   f"{format_size(teacher_onnx.size_bytes)} "
+                   f"({teacher_onnx.size_bytes / int8_onnx.size_bytes:.1f}x smaller)")
+    if result.budget is not None:
+        click.echo("\nbudget check:\n" + result.budget.table())
+        click.echo(f"budgets: {'PASS' if result.budget.passed else 'FAIL'}")
+    click.echo(f"\nreport: {result.report_path}  (total {report.timings_s['total']:.1f} s)")
+
+
+def _run(recipe, out: str, cache: str | None) -> None:
+    from edgekd.pipeline import run
+
+    result = run(recipe, out, cache_dir=cache, log=lambda m: click.echo(m, err=True))
+    _print_run(result, Path(out))
+    if result.budget is not None and not result.budget.passed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", default="edgekd-out/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for models, artifacts, benchmark files and report.json.")
+@click.option("--cache", default=None, type=click.Path(file_okay=False),
+              help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
+@click.option("--show-recipe", is_flag=True, help="Print the built-in recipe (YAML) and exit.")
+@click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail).")
+def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool) -> None:
+    """Run the whole pipeline on the built-in 8x8 digits.
+
+    Trains (or reuses from the cache) a teacher CNN, distils a ~24x smaller student and a scratch
+    baseline, fine-tunes the student in int8 with the teacher guiding, exports ONNX and OpenVINO
+    IR, checks accuracy in each runtime, benchmarks each artifact and checks the demo budget.
+    Exits 1 if a budget fails.
+    """
+    from edgekd.recipe import demo_recipe, demo_recipe_text
+
+    if show_recipe:
+        click.echo(demo_recipe_text(), nl=False)
+        return
+    recipe = demo_recipe()
+    recipe.benchmark = recipe.benchmark and not no_bench
+    _run(recipe, out, cache)
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder [default: edgekd-out/<recipe name>].")
+@click.option("--cache", default=None, type=click.Path(file_okay=False),
+              help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
+def run_cmd(recipe: str, out: str | None, cache: str | None) -> None:
+    """Run the pipeline described by RECIPE (YAML; see `edgekd demo --show-recipe`).
+
+    Exits 1 if a budget in the recipe fails, 2 on a bad recipe.
+    """
+    from edgekd.recipe import load_recipe
+
+    parsed = load_recipe(recipe)
+    _run(parsed, out or f"edgekd-out/{parsed.name}", cache)
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-f", "--format", "formats", multiple=True, default=["onnx"], show_default=True,
+              help="Output format; repeat for several (see `edgekd list formats`).")
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder.")
+@click.option("--name", default=None, help="Base name of the output files [default: MODEL's name].")
+def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None) -> None:
+    """Export MODEL (an edgekd checkpoint .pt, or an .onnx file) to each --format.
+
+    Int8 checkpoints (from QAT) export with their frozen scales as QDQ ONNX; OpenVINO IR is
+    converted from that ONNX.
+    """
+    from edgekd.export import export, export_onnx_file
+    from edgekd.units import format_size
+
+    path = Path(model)
+    if path.suffix == ".onnx":
+        artifacts = export_onnx_file(path, list(formats), out, name)
+    else:
+        from edgekd.models import load_checkpoint
+
+        module, meta = load_checkpoint(path)
+        artifacts = export(module, list(formats), out, name or path.stem, tuple(meta["input_shape"]))
+    for a in artifacts:
+        click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--target", default="x86-cpu", show_default=True,
+              help="Target profile name or YAML path (see `edgekd targets`).")
+@click.option("--runtime", default=None, help="Runtime [default: the artifact's native runtime].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Inference threads [default: the target's].")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the full result (raw samples, manifest) to this JSON file.")
+def bench(artifact: str, target: str, runtime: str | None, threads: int | None, json_out: str | None) -> None:
+    """Benchmark ARTIFACT (.onnx or OpenVINO .xml) in a fresh process: latency and peak memory."""
+    import json
+
+    from edgekd import atomic
+    from edgekd.bench import benchmark
+    from edgekd.errors import ConfigError
+    from edgekd.runtime import runtime_for
+    from edgekd.targets import load_target
+    from edgekd.units import format_size
+
+    profile = load_target(target)
+    runtime = runtime or runtime_for(artifact)
+    if runtime not in profile.runtimes:
+        raise ConfigError(f"target {profile.name!r} has no runtime {runtime!r}; it lists "
+                          f"{', '.join(profile.runtimes)}")
+    n_threads = threads or profile.threads
+    result = benchmark(artifact, runtime, threads=n_threads, settings=profile.benchmark,
+                       options=profile.runtime_options(runtime))
+    lat = result.latency
+    click.echo(f"{artifact}  runtime={runtime} target={profile.name} threads={n_threads}")
+    click.echo(f"  latency ms: p50 {lat.p50_ms:.4f}  p90 {lat.p90_ms:.4f}  p99 {lat.p99_ms:.4f}  "
+               f"mean {lat.mean_ms:.4f}  std {lat.std_ms:.4f}  (n={lat.n})")
+    click.echo(f"  throughput: {lat.throughput_per_s:.0f}/s   load {result.load_ms:.1f} ms   "
+               f"first inference {result.first_inference_ms:.2f} ms")
+    click.echo(f"  peak memory: {format_size(result.peak_memory_bytes)} "
+               f"(model added {format_size(result.memory['model_peak_bytes'])})")
+    if lat.noisy:
+        click.echo(f"  warning: coefficient of variation {lat.cv:.2f}: too noisy to trust", err=True)
+    if json_out:
+        atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+        click.echo(f"  wrote {json_out}")
+
+
+@main.command()
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--budget", "budget_file", required=True, type=click.Path(dir_okay=False),
+              help="Budget YAML file, or a pyproject.toml with [[tool.edgekd.budgets]].")
+def check(report: str, budget_file: str) -> None:
+    """Check REPORT (report.json) against budgets. Exit 0: all hold; 1: a budget failed; 2: bad input."""
+    from edgekd.budgets import check as check_budget
+    from edgekd.budgets import load_budget
+    from edgekd.report import load_report
+
+    budget = load_budget(budget_file)
+    result = check_budget(load_report(report), budget)
+    click.echo(result.table())
+    if result.passed:
+        click.echo(f"\nall {len(result.verdicts)} budget checks passed")
+        return
+    click.echo(f"\n{len(result.failures)} of {len(result.verdicts)} budget checks FAILED:")
+    click.echo(result.table(only_failures=True))
+    sys.exit(1)
+
+
+@main.command()
+def targets() -> None:
+    """List target profiles (built-in `targets/` and folders in $EDGEKD_TARGETS)."""
+    from edgekd.targets import list_targets
+
+    for t in list_targets():
+        click.echo(f"{t.name:14s} {t.connection:6s} threads={t.threads} runtimes={','.join(t.runtimes)}"
+                   f"  {t.description}")
+
+
+@main.command("list")
+@click.argument("kind", type=click.Choice(["models", "losses", "formats", "runtimes"]))
+def list_cmd(kind: str) -> None:
+    """List registered models, losses, export formats or runtimes."""
+    if kind == "models":
+        from edgekd.models import list_models as names
+    elif kind == "losses":
+        from edgekd.distill import list_losses as names
+    elif kind == "formats":
+        from edgekd.export import list_exporters as names
+    else:
+        from edgekd.runtime import list_runtimes as names
+    click.echo("\n".join(names()))
+
+
+if __name__ == "__main__":
+    main()

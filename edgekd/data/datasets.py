@@ -1,0 +1,235 @@
+"""Datasets for distillation: tensors in memory, split train/val/test by a fixed seed.
+
+Sources:
+- ``digits``: the 8x8 handwritten digits of UCI ML hand-written digits (E. Alpaydin, C. Kaynak,
+  1998), 1,797 images in 10 classes, as shipped by scikit-learn (``sklearn.datasets.load_digits``).
+  Pixels 0..16 are scaled to [0, 1].
+- a ``.npz`` file with arrays ``x`` (N,H,W), (N,C,H,W) or (N,H,W,C) and integer labels ``y`` (N,).
+  uint8 images are scaled by 1/255, floats are used as they are.
+- an image folder ``root/<class name>/<image>.png|jpg|...``; classes are the sorted folder names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.config import Config, FieldError
+from edgekd.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class DataConfig(Config):
+    """Which data to use and how to split it.
+
+    Attributes:
+        source: "digits", a path to a ``.npz`` file, or a path to an image folder.
+        split: fractions for train/val/test, summing to 1.
+        seed: seed of the split (the same seed always gives the same split).
+        batch_size: training batch size.
+        augment: random shifts of up to ``shift`` pixels during training.
+        shift: maximum shift in pixels for augmentation.
+        image_size: [H, W] that image-folder images are resized to (default: the first image's size).
+    """
+
+    source: str = "digits"
+    split: list[float] = dataclasses.field(default_factory=lambda: [0.6, 0.2, 0.2])
+    seed: int = 0
+    batch_size: int = 64
+    augment: bool = True
+    shift: int = 1
+    image_size: list[int] | None = None
+
+    def __post_init__(self):
+        if len(self.split) != 3 or any(f <= 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise FieldError("split", f"expected three positive fractions summing to 1 "
+                                      f"(train, val, test), got {self.split}")
+        if self.batch_size < 1:
+            raise FieldError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.shift < 0:
+            raise FieldError("shift", f"must be >= 0, got {self.shift}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise FieldError("image_size", f"expected [height, width], got {self.image_size}")
+
+
+@dataclass
+class DataSplits:
+    """Train/val/test tensors: x is float32 (N, C, H, W), y is int64 (N,)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+    source: str
+    fingerprint: str  # sha256 of the data and split: changes when either changes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # (C, H, W)
+
+
+def load_data(config: DataConfig) -> DataSplits:
+    """Load ``config.source`` and split it by ``config.seed``.
+
+    Raises:
+        DataError: the source is missing, of an unknown kind, or has bad shapes or labels.
+    """
+    if config.source == "digits":
+        x, y, names = _load_digits()
+    else:
+        path = Path(config.source).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: data source not found; use 'digits' (built-in), a .npz file "
+                            f"with arrays x and y, or an image folder root/<class>/<image>")
+        if path.is_dir():
+            x, y, names = _load_image_folder(path, config.image_size)
+        elif path.suffix == ".npz":
+            x, y, names = _load_npz(path)
+        else:
+            raise DataError(f"{path}: unsupported data file type {path.suffix!r}; use a .npz file "
+                            f"with arrays x and y, or an image folder root/<class>/<image>")
+    _check_labels(y, len(names), config.source)
+    return _split(x, y, names, config)
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0)[:, None]  # (1797, 1, 8, 8) in [0, 1]
+    return x, digits.target.astype(np.int64), [str(i) for i in range(10)]
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
+                        f"{', '.join(arrays) or 'none'}. Save with np.savez(path, x=images, y=labels)")
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32)
+    else:
+        raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 or float images")
+    if x.ndim == 3:
+        x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    elif x.ndim != 4:
+        raise DataError(f"{path}: x has shape {x.shape}; expected (N,H,W), (N,C,H,W) or (N,H,W,C)")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: y has shape {y.shape} but x has {len(x)} samples; "
+                        f"expected y of shape ({len(x)},)")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{path}: y has dtype {y.dtype}; expected integer class labels 0..K-1")
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: x contains NaN or infinite values")
+    num_classes = int(y.max()) + 1 if len(y) else 0
+    return x, y.astype(np.int64), [str(i) for i in range(num_classes)]
+
+
+def _load_image_folder(root: Path, size: list[int] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("image folders need Pillow: pip install pillow") from None
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders found; expected root/<class name>/<image files>")
+    images, labels, mode = [], [], None
+    for label, name in enumerate(classes):
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    mode = mode or ("L" if img.mode in ("1", "L", "I;16", "I") else "RGB")
+                    img = img.convert(mode)
+                    target = tuple(size) if size else (img.height, img.width)
+                    if size is None and images and images[0].shape[:2] != target:
+                        raise DataError(f"{file}: size {img.width}x{img.height} differs from the first "
+                                        f"image; set data.image_size: [H, W] to resize all images")
+                    if (img.height, img.width) != target:
+                        img = img.resize((target[1], target[0]), Image.BILINEAR)
+                    images.append(np.asarray(img, dtype=np.float32) / 255.0)
+            except DataError:
+                raise
+            except (OSError, ValueError) as err:
+                raise DataError(f"{file}: cannot read image ({err})") from None
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root}: no images found in the class folders "
+                        f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    x = np.stack(images)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return x, np.asarray(labels, dtype=np.int64), classes
+
+
+def _check_labels(y: np.ndarray, num_classes: int, source: str) -> None:
+    if len(y) == 0:
+        raise DataError(f"{source}: the dataset is empty")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise DataError(f"{source}: labels must be in 0..{num_classes - 1}, found {y.min()}..{y.max()}")
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DataError(f"{source}: only one class ({present[0]}) present; classification needs >= 2")
+
+
+def _split(x: np.ndarray, y: np.ndarray, names: list[str], config: DataConfig) -> DataSplits:
+    """Stratified split: each class is shuffled by the seed and cut by the split fractions."""
+    rng = np.random.default_rng(config.seed)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        n_train = int(round(config.split[0] * len(idx)))
+        n_val = int(round(config.split[1] * len(idx)))
+        for part, chunk in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
+            part.append(chunk)
+    train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        if len(part) == 0:
+            raise DataError(f"{config.source}: the {name} split is empty ({len(y)} samples, "
+                            f"split {config.split}); use more data or larger fractions")
+    digest = hashlib.sha256()
+    for arr in (x, y, train, val, test):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    t = lambda idx: (torch.from_numpy(x[idx]).float(), torch.from_numpy(y[idx]).long())  # noqa: E731
+    return DataSplits(*t(train), *t(val), *t(test), class_names=names, source=config.source,
+                      fingerprint=digest.hexdigest()[:16])
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y, filling with zeros.  # (N,C,H,W)"""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)  # (N, C, H+2s, W+2s)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None])  # (N, H)
+    cols = (dx[:, None] + torch.arange(w)[None])  # (N, W)
+    batch = torch.arange(n)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()

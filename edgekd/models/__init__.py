@@ -1,0 +1,14 @@
+"""Models: a registry of built-in architectures, user ``module:callable`` models, checkpoints."""
+
+from edgekd.models.factory import (
+    ModelSpec,
+    count_parameters,
+    create_model,
+    list_models,
+    load_checkpoint,
+    register_model,
+    save_checkpoint,
+)
+
+__all__ = ["ModelSpec", "count_parameters", "create_model", "list_models", "load_checkpoint",
+           "register_model", "save_checkpoint"]

@@ -1,0 +1,184 @@
+"""Model registry and factory; user models and edgekd checkpoints.
+
+A model is named by a ``ModelSpec``: ``arch`` is a registered name (``list_models()``) or a user
+callable written ``package.module:callable`` (the one explicit way a recipe runs user code), plus
+keyword arguments. Checkpoints are plain dicts of tensors and primitives, so they load with
+``torch.load(weights_only=True)``; they record the spec (and the QAT config, for int8 students)
+so the model can be rebuilt without the recipe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd import atomic
+from edgekd.config import Config, FieldError
+from edgekd.errors import ConfigError, ModelLoadError
+from edgekd.registry import Registry
+
+MODELS: Registry = Registry("model")
+CHECKPOINT_FORMAT = "edgekd-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def register_model(name: str):
+    """Decorator registering ``fn(in_channels, num_classes, **kwargs) -> nn.Module`` as ``name``."""
+    return MODELS.register(name)
+
+
+def list_models() -> list[str]:
+    _load_builtin()
+    return MODELS.names()
+
+
+def _load_builtin() -> None:
+    import edgekd.models.cnn  # noqa: F401  (registers the built-in architectures)
+
+
+@dataclass
+class ModelSpec(Config):
+    """Which model to build.
+
+    Attributes:
+        arch: a registered name (see ``edgekd models``) or ``package.module:callable``.
+        kwargs: keyword arguments for the architecture (e.g. ``dropout``).
+        checkpoint: an edgekd checkpoint to load instead of training (teacher) or to start from.
+    """
+
+    arch: str = "cnn-teacher"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+    def __post_init__(self):
+        if ":" not in self.arch:
+            _load_builtin()
+            if self.arch not in MODELS:
+                try:
+                    MODELS.get(self.arch)
+                except ConfigError as err:
+                    raise FieldError("arch", f"{err} (or write package.module:callable)") from None
+
+
+def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    """Build a model from a spec or a name.
+
+    Raises:
+        ConfigError: unknown architecture, unimportable user callable, or a callable that does
+            not return an ``nn.Module``.
+    """
+    spec = ModelSpec(arch=spec) if isinstance(spec, str) else spec
+    fn = _resolve(spec.arch)
+    kwargs = dict(spec.kwargs)
+    params = inspect.signature(fn).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if key in params or accepts_any:
+            kwargs.setdefault(key, value)
+    try:
+        model = fn(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model {spec.arch!r}: bad arguments {kwargs} ({err})") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec.arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _resolve(arch: str):
+    if ":" not in arch:
+        _load_builtin()
+        return MODELS.get(arch)
+    module_name, _, attr = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"model {arch!r}: cannot import module {module_name!r} ({err}); "
+                          f"is it installed or on PYTHONPATH?") from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise ConfigError(f"model {arch!r}: module {module_name!r} has no callable {attr!r}")
+    return fn
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, *, in_channels: int,
+                    num_classes: int, input_shape: tuple[int, ...], qat: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write an edgekd checkpoint atomically; ``qat`` is the QATConfig dict of an int8 model."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": spec.to_dict() | {"in_channels": in_channels, "num_classes": num_classes},
+        "input_shape": list(input_shape),
+        "qat": qat,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic.write_bytes(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and check an edgekd checkpoint dict (``weights_only=True``: no code runs).
+
+    Raises:
+        ModelLoadError: missing, truncated/corrupt, or not an edgekd checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise ModelLoadError(f"{path}: not a readable checkpoint, the file is truncated or corrupt "
+                             f"({str(err).splitlines()[0][:200]})") from None
+    except Exception as err:  # pickle.UnpicklingError for files with code or foreign objects
+        raise ModelLoadError(f"{path}: refused to load: not a plain weights file "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{path}: not an edgekd checkpoint (no format={CHECKPOINT_FORMAT!r}); "
+                             f"save models with edgekd.models.save_checkpoint")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise ModelLoadError(f"{path}: checkpoint version {payload['version']} is newer than this "
+                             f"edgekd supports ({CHECKPOINT_VERSION}); upgrade edgekd")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model saved in an edgekd checkpoint (QAT models come back frozen, in eval mode).
+
+    Returns:
+        The model and the checkpoint dict (without the state dict).
+
+    Raises:
+        ModelLoadError: unreadable file, or weights that do not fit the recorded architecture.
+    """
+    payload = read_checkpoint(path)
+    info = dict(payload["model"])
+    in_channels, num_classes = info.pop("in_channels"), info.pop("num_classes")
+    spec = ModelSpec.from_dict(info)
+    model = create_model(spec, in_channels, num_classes)
+    if payload.get("qat"):
+        from edgekd.quant.qat import QATConfig, rebuild_frozen
+
+        model = rebuild_frozen(model, QATConfig.from_dict(payload["qat"]), payload["input_shape"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise ModelLoadError(f"{path}: weights do not fit architecture {spec.arch!r}: "
+                             f"{str(err).splitlines()[0][:300]}") from None
+    model.eval()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta

@@ -1,0 +1,224 @@
+"""The end-to-end run: data -> teacher -> scratch and KD students -> int8 QAT -> export ->
+parity in each runtime -> benchmark on each target -> report -> budget check.
+
+``run(recipe, out_dir)`` is what ``edgekd run`` and ``edgekd demo`` call. Output folder:
+
+    out_dir/
+      recipe.yaml            the resolved recipe
+      models/*.pt            edgekd checkpoints (teacher, student-scratch, student-kd, student-int8)
+      artifacts/*            exported files (<stage>.onnx, <stage>.xml/.bin, ...)
+      bench/*.json           raw latency samples and manifests, one file per benchmark
+      report.json, report.md the report; budgets are checked against it
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd import atomic
+from edgekd.bench.harness import benchmark
+from edgekd.budgets.budget import Budget, check
+from edgekd.budgets.verdict import CheckResult
+from edgekd.config import dump_yaml
+from edgekd.data.datasets import DataSplits, load_data
+from edgekd.distill.api import distill, train_scratch
+from edgekd.distill.trainer import TrainConfig, TrainResult, evaluate, predict
+from edgekd.export.api import Artifact, export
+from edgekd.models.factory import count_parameters, create_model, load_checkpoint, save_checkpoint
+from edgekd.progress import progress
+from edgekd.quant.qat import calibrate, freeze, prepare_qat, set_range_tracking
+from edgekd.recipe import Recipe
+from edgekd.report import Entry, Report, environment
+from edgekd.runtime.api import evaluate_session, open_session
+from edgekd.targets import TargetProfile, load_target
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    report: Report
+    report_path: Path
+    budget: CheckResult | None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd")
+
+
+def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = None,
+        log: Log = lambda msg: None) -> RunResult:
+    """Run every stage of ``recipe``, writing into ``out_dir``; returns the report and budget check."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    targets = [load_target(t) for t in recipe.targets]  # fail on a bad target before training
+    timings: dict[str, float] = {}
+    atomic.write_text(out / "recipe.yaml", dump_yaml(recipe.to_dict()))
+
+    tick = time.perf_counter()
+    data = load_data(recipe.data)
+    shift = recipe.data.shift if recipe.data.augment else 0
+    fit = {"augment_shift": shift, "batch_size": recipe.data.batch_size}
+    log(f"data: {data.source}, {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
+        f"train/val/test, {data.num_classes} classes, input {tuple(data.input_shape)}")
+
+    teacher, teacher_note = _teacher(recipe, data, cache_dir, fit, log)
+    timings["teacher"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    init = create_model(recipe.student, data.input_shape[0], data.num_classes)
+    scratch = copy.deepcopy(init)  # both students start from the same weights: a fair comparison
+    scratch_fit = train_scratch(scratch, data, recipe.student_training, desc="student (scratch)", **fit)
+    timings["student_scratch"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    student = copy.deepcopy(init)
+    kd_fit = distill(student, teacher, data, recipe.distill, recipe.student_training,
+                     desc="student (KD)", **fit)
+    timings["student_kd"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    int8, qat_fit = _qat(student, teacher, data, recipe, fit) if recipe.qat.enabled else (None, None)
+    timings["qat"] = time.perf_counter() - tick
+
+    models = {"teacher": (teacher, recipe.teacher, None), "student-scratch": (scratch, recipe.student, None),
+              "student-kd": (student, recipe.student, None)}
+    if int8 is not None:
+        models["student-int8"] = (int8, recipe.student, recipe.qat.to_dict())
+    fits = {"teacher": teacher_note, "student-scratch": scratch_fit, "student-kd": kd_fit,
+            "student-int8": qat_fit}
+    entries, references = [], {}
+    for stage, (model, spec, qat) in models.items():
+        ckpt = save_checkpoint(out / "models" / f"{stage}.pt", model, spec, in_channels=data.input_shape[0],
+                               num_classes=data.num_classes, input_shape=data.input_shape, qat=qat,
+                               extra={"data_fingerprint": data.fingerprint})
+        logits = predict(model, data.x_test)
+        references[stage] = logits.argmax(1).numpy()
+        fit_info = fits[stage]
+        entries.append(Entry(
+            name=f"{stage}.pytorch", stage=stage, format="pytorch", path=str(ckpt),
+            size_bytes=ckpt.stat().st_size, params=count_parameters(model),
+            accuracy=float((references[stage] == data.y_test.numpy()).mean()),
+            info={"training": _fit_summary(fit_info)} if fit_info is not None else {}))
+
+    tick = time.perf_counter()
+    artifacts: list[tuple[str, Artifact]] = []
+    export_stages = ["teacher", "student-kd"] + (["student-int8"] if int8 is not None else [])
+    for stage in progress(export_stages, desc="export", unit="model"):
+        for artifact in export(models[stage][0], recipe.export.formats, out / "artifacts", stage,
+                               data.input_shape, opset=recipe.export.opset):
+            artifacts.append((stage, artifact))
+    timings["export"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    params = {stage: count_parameters(m[0]) for stage, m in models.items()}
+    for target in targets:
+        for stage, artifact in artifacts:
+            if artifact.runtime not in target.runtimes:
+                continue
+            entries.append(_artifact_entry(stage, artifact, target, data, references[stage], params[stage]))
+    timings["parity"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    if recipe.benchmark:
+        _benchmark(entries, targets, out / "bench")
+    timings["benchmark"] = time.perf_counter() - tick
+
+    timings["total"] = time.perf_counter() - start
+    report = Report(targets=[t.name for t in targets], entries=entries,
+                    data={"source": data.source, "fingerprint": data.fingerprint,
+                          "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test),
+                          "classes": data.num_classes, "input_shape": list(data.input_shape)},
+                    recipe=recipe.to_dict(), timings_s=timings, environment=environment())
+    report_path = report.write(out / "report.json")
+    atomic.write_text(out / "report.md", report.markdown() + "\n")
+    verdicts = check(report, Budget(budgets=recipe.budgets)) if recipe.budgets else None
+    return RunResult(report, report_path, verdicts)
+
+
+def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log):
+    """Load the teacher from the recipe's checkpoint, or from the cache, or train and cache it."""
+    if recipe.teacher.checkpoint:
+        teacher, _ = load_checkpoint(recipe.teacher.checkpoint)
+        log(f"teacher: loaded {recipe.teacher.checkpoint}")
+        return teacher, {"source": recipe.teacher.checkpoint}
+    key = hashlib.sha256(json.dumps({
+        "teacher": recipe.teacher.to_dict(), "training": recipe.teacher_training.to_dict(),
+        "data": recipe.data.to_dict(), "fingerprint": data.fingerprint, "seed": recipe.seed,
+        "torch": torch.__version__}, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / "teachers" / f"{recipe.teacher.arch.replace(':', '_')}-{key}.pt"
+    if path.is_file():
+        teacher, meta = load_checkpoint(path)
+        log(f"teacher: reused from cache {path}")
+        return teacher, {"source": str(path), "cached": True, **meta["extra"].get("training", {})}
+    torch.manual_seed(recipe.seed)
+    teacher = create_model(recipe.teacher, data.input_shape[0], data.num_classes)
+    result = train_scratch(teacher, data, recipe.teacher_training, desc="teacher", **fit)
+    save_checkpoint(path, teacher, recipe.teacher, in_channels=data.input_shape[0],
+                    num_classes=data.num_classes, input_shape=data.input_shape,
+                    extra={"data_fingerprint": data.fingerprint, "training": _fit_summary(result)})
+    log(f"teacher: trained, cached at {path}")
+    return teacher, result
+
+
+def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict) -> tuple[torch.nn.Module, TrainResult]:
+    """int8 fine-tuning of the distilled student, with the teacher still guiding it."""
+    cfg = recipe.qat
+    model = prepare_qat(student, cfg)
+    bs = recipe.data.batch_size
+    batches = [data.x_train[i:i + bs] for i in range(0, min(len(data.x_train), cfg.calibration_batches * bs), bs)]
+    calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False))
+    train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, seed=recipe.student_training.seed)
+    result = distill(model, teacher, data, recipe.distill, train_cfg, desc="student (int8 QAT)",
+                     on_epoch_start=lambda epoch: set_range_tracking(model, epoch < cfg.freeze_observers_epoch),
+                     **fit)
+    return freeze(model), result
+
+
+def _fit_summary(fit) -> dict:
+    if isinstance(fit, TrainResult):
+        return {"epochs": len(fit.history), "best_epoch": fit.best_epoch,
+                "best_val_accuracy": fit.best_val_accuracy, "seconds": round(fit.seconds, 2),
+                "history": fit.history}
+    return dict(fit or {})
+
+
+def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data: DataSplits,
+                    reference: np.ndarray, params: int) -> Entry:
+    """Evaluate ``artifact`` in its runtime on the test split and compare with PyTorch's top-1."""
+    options = target.runtime_options(artifact.runtime)
+    session = open_session(artifact.path, artifact.runtime, threads=os.cpu_count() or 1, options=options)
+    result = evaluate_session(session, data.x_test.numpy(), data.y_test.numpy(), reference)
+    return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
+                 path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
+                 accuracy=result.accuracy, agreement=result.agreement, runtime=artifact.runtime,
+                 target=target.name, threads=target.threads, info=dict(session.info))
+
+
+def _benchmark(entries: list[Entry], targets: list[TargetProfile], bench_dir: Path) -> None:
+    by_name = {t.name: t for t in targets}
+    jobs = [e for e in entries if e.runtime is not None]
+    bar = progress(jobs, desc="benchmark", unit="artifact")
+    for entry in bar:
+        bar.set_postfix_str(f"{entry.name} ({entry.runtime}, {entry.target})")
+        target = by_name[entry.target]
+        result = benchmark(entry.path, entry.runtime, threads=target.threads, settings=target.benchmark,
+                           options=target.runtime_options(entry.runtime))
+        entry.latency = result.latency.to_dict()
+        entry.memory = result.memory
+        entry.peak_memory_bytes = result.peak_memory_bytes
+        entry.info.update(result.info, load_ms=result.load_ms, first_inference_ms=result.first_inference_ms,
+                          noisy=result.latency.noisy)
+        atomic.write_text(bench_dir / f"{entry.name}.{entry.runtime}.{entry.target}.json",
+                          json.dumps(result.to_dict()) + "\n")

@@ -1,0 +1,84 @@
+"""Recipes: one YAML file that names every stage of a run (data, teacher, student, distillation,
+QAT, export formats, targets, budgets). ``edgekd demo`` runs the built-in ``recipes/demo.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from edgekd.budgets.budget import BudgetRule
+from edgekd.config import Config, FieldError, load_yaml, parse_yaml
+from edgekd.data.datasets import DataConfig
+from edgekd.distill.api import DistillConfig
+from edgekd.distill.trainer import TrainConfig
+from edgekd.export.api import EXPORTERS
+from edgekd.models.factory import ModelSpec
+from edgekd.quant.qat import QATConfig
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ExportConfig(Config):
+    """Formats to export (``edgekd list formats``); ONNX is always written, others derive from it."""
+
+    formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])
+    opset: int = 17
+
+    def __post_init__(self):
+        for i, name in enumerate(self.formats):
+            if name not in EXPORTERS:
+                try:
+                    EXPORTERS.get(name)
+                except Exception as err:
+                    raise FieldError(f"formats.{i}", str(err)) from None
+        if not 13 <= self.opset <= 21:
+            raise FieldError("opset", f"expected an ONNX opset in 13..21, got {self.opset}")
+
+
+@dataclass
+class Recipe(Config):
+    """A complete edgekd run."""
+
+    name: str = "edgekd-run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelSpec = field(default_factory=lambda: ModelSpec(arch="cnn-teacher"))
+    teacher_training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30))
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(arch="cnn-student-s"))
+    student_training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    targets: list[str] = field(default_factory=lambda: ["x86-cpu"])
+    benchmark: bool = True
+    budgets: list[BudgetRule] = field(default_factory=list)
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.version != SCHEMA_VERSION:
+            raise FieldError("version", f"recipe schema {self.version} is not supported "
+                                        f"(this edgekd reads version {SCHEMA_VERSION})")
+        if not self.targets:
+            raise FieldError("targets", "name at least one target (see `edgekd targets`)")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown keys, wrong types, bad values (file:line named).
+    """
+    data, source = load_yaml(path)
+    return Recipe.from_dict(data, source)
+
+
+def demo_recipe_text() -> str:
+    return resources.files("edgekd.recipes").joinpath("demo.yaml").read_text(encoding="utf-8")
+
+
+def demo_recipe() -> Recipe:
+    data, source = parse_yaml(demo_recipe_text(), "<built-in demo recipe>")
+    return Recipe.from_dict(data, source)

@@ -1,0 +1,144 @@
+"""``report.json``: every model and artifact of a run, with accuracy, size, latency and memory.
+
+The schema is versioned (``schema_version``); ``load_report`` refuses files it does not know.
+Entry names are ``<stage>.<format>`` (e.g. ``student-int8.onnx``), which budgets match by glob.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgekd import atomic
+from edgekd.errors import ConfigError
+from edgekd.units import format_size
+
+SCHEMA_VERSION = 1
+STAGES = ("teacher", "student-scratch", "student-kd", "student-int8")
+
+
+@dataclass
+class Entry:
+    """One model or artifact. Missing measurements are None (e.g. latency of a PyTorch model)."""
+
+    name: str
+    stage: str
+    format: str
+    path: str | None = None
+    size_bytes: int | None = None
+    params: int | None = None
+    accuracy: float | None = None
+    agreement: float | None = None  # top-1 agreement with this stage's PyTorch model
+    runtime: str | None = None
+    target: str | None = None
+    threads: int | None = None
+    latency: dict[str, float] | None = None  # p50_ms, p90_ms, p99_ms, mean_ms, std_ms, ...
+    peak_memory_bytes: int | None = None  # resident high-water mark of the inference process
+    memory: dict[str, int] | None = None  # baseline / after_load / peak / model_peak bytes
+    info: dict[str, Any] = field(default_factory=dict)  # runtime versions, precision hint, ...
+
+    def metric(self, key: str) -> float | None:
+        """A metric by dotted key, e.g. ``latency.p90_ms`` or ``size_bytes``."""
+        value: Any = self
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+            if value is None:
+                return None
+        return value
+
+
+@dataclass
+class Report:
+    targets: list[str] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    schema_version: int = SCHEMA_VERSION
+
+    def entry(self, name: str, target: str | None = None) -> Entry | None:
+        return next((e for e in self.entries if e.name == name and target in (None, e.target)), None)
+
+    @property
+    def teacher_accuracy(self) -> float | None:
+        teacher = self.entry("teacher.pytorch")
+        return teacher.accuracy if teacher else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: str | Path) -> Path:
+        return atomic.write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def markdown(self) -> str:
+        head = ("| artifact | runtime | target | size | params | accuracy | agreement | p50 | p90 | peak mem |\n"
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        rows = [head]
+        for e in self.entries:
+            lat = e.latency or {}
+            rows.append(f"| {e.name} | {e.runtime or 'pytorch'} | {e.target or '-'} | {format_size(e.size_bytes)} | "
+                        f"{e.params if e.params is not None else '-'} | {_pct(e.accuracy)} | "
+                        f"{_pct(e.agreement)} | {_ms(lat.get('p50_ms'))} | {_ms(lat.get('p90_ms'))} | "
+                        f"{format_size(e.peak_memory_bytes)} |")
+        return "\n".join(rows)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else (f"{v * 1000:.1f} µs" if v < 1 else f"{v:.2f} ms")
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded with every report."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("edgekd", "torch", "onnx", "onnxruntime", "openvino"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = platform.processor()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "packages": versions}
+
+
+def load_report(path: str | Path) -> Report:
+    """Read a report.json written by edgekd.
+
+    Raises:
+        ConfigError: missing, not JSON, or not an edgekd report of a known schema version.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: report not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable JSON report ({err})") from None
+    if not isinstance(data, dict) or "entries" not in data or "schema_version" not in data:
+        raise ConfigError(f"{path}: not an edgekd report (expected keys schema_version and entries)")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ConfigError(f"{path}: report schema {data['schema_version']} is not supported "
+                          f"(this edgekd reads schema {SCHEMA_VERSION})")
+    names = {f.name for f in fields(Entry)}
+    try:
+        entries = [Entry(**{k: v for k, v in e.items() if k in names}) for e in data["entries"]]
+        rest = {k: v for k, v in data.items() if k in {f.name for f in fields(Report)} and k != "entries"}
+        return Report(entries=entries, **rest)
+    except TypeError as err:
+        raise ConfigError(f"{path}: malformed report entry ({err})") from None

@@ -1,0 +1,102 @@
+"""Target profiles: YAML files in ``targets/`` that describe a device and how to run on it.
+
+A profile names the runtimes to use (with per-runtime options such as onnxruntime providers or
+the OpenVINO device and precision hint), the thread count, and benchmark settings. Profiles are
+found by name in the built-in folder (the repository's ``targets/``, or
+``<prefix>/share/edgekd/targets`` in a wheel install), in folders listed in ``EDGEKD_TARGETS``
+(os.pathsep-separated), or given as a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgekd.bench.harness import BenchSettings
+from edgekd.config import Config, FieldError, load_yaml
+from edgekd.errors import ConfigError, UnknownNameError
+from edgekd.runtime.api import RUNTIMES
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TargetProfile(Config):
+    """A device and how edgekd runs artifacts on it.
+
+    Attributes:
+        name: the profile's name (matches its file name).
+        description: one line for ``edgekd targets``.
+        connection: how the device is reached; "local" in this version (ssh/adb come later).
+        device: device class, e.g. "cpu".
+        threads: inference threads (recorded with every result).
+        runtimes: runtime name -> options (onnxruntime: providers; openvino: device, precision_hint).
+        benchmark: measurement settings.
+        version: schema version of this file.
+    """
+
+    name: str
+    description: str = ""
+    connection: Literal["local"] = "local"
+    device: str = "cpu"
+    threads: int = 1
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"onnxruntime": {}})
+    benchmark: BenchSettings = field(default_factory=BenchSettings)
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.threads < 1:
+            raise FieldError("threads", f"must be >= 1, got {self.threads}")
+        if not self.runtimes:
+            raise FieldError("runtimes", "list at least one runtime")
+        for name in self.runtimes:
+            if name not in RUNTIMES:
+                try:
+                    RUNTIMES.get(name)
+                except ConfigError as err:
+                    raise FieldError(f"runtimes.{name}", str(err)) from None
+        if self.version > SCHEMA_VERSION:
+            raise FieldError("version", f"profile schema {self.version} is newer than this edgekd "
+                                        f"supports ({SCHEMA_VERSION})")
+
+    def runtime_options(self, runtime: str) -> dict[str, Any]:
+        return dict(self.runtimes.get(runtime) or {})
+
+
+def target_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("EDGEKD_TARGETS", "").split(os.pathsep) if p]
+    dirs += [Path(__file__).resolve().parents[1] / "targets", Path(sys.prefix) / "share/edgekd/targets"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _profile_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in target_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def list_targets() -> list[TargetProfile]:
+    return [load_target(p) for p in _profile_files().values()]
+
+
+def load_target(name_or_path: str | Path) -> TargetProfile:
+    """Load a profile by name (see ``edgekd targets``) or from a YAML file path.
+
+    Raises:
+        UnknownNameError: no profile of that name (lists the known ones).
+        ConfigError: the profile file is invalid (file:line and field named).
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        files = _profile_files()
+        if text not in files:
+            raise UnknownNameError("target", text, files)
+        path = files[text]
+    data, source = load_yaml(path)
+    return TargetProfile.from_dict(data, source)
