@@ -61,7 +61,7 @@ def measure(request: dict) -> dict:
             break
     peak = rss_high_water_bytes()
     return {"ok": True, "info": session.info, "input_shape": shape, "load_ms": load_ms,
-            "first_inference_ms": first_ms, "samples_ms": samples,
+            "first_inference_ms": first_ms, "timed_seconds": elapsed, "samples_ms": samples,
             "memory": {"baseline_bytes": baseline, "after_load_bytes": after_load, "peak_bytes": peak,
                        "model_peak_bytes": max(peak - baseline, 0)}}
 

@@ -58,6 +58,7 @@ class BenchResult:
     latency: LatencyStats
     load_ms: float
     first_inference_ms: float
+    timed_seconds: float  # wall time of the timed phase (>= min_seconds unless max_seconds hit)
     memory: dict[str, int]
     info: dict[str, Any]
     samples_ms: list[float] = field(repr=False, default_factory=list)
@@ -70,7 +71,7 @@ class BenchResult:
         return {"path": self.path, "runtime": self.runtime, "threads": self.threads,
                 "latency": self.latency.to_dict(), "noisy": self.latency.noisy,
                 "load_ms": self.load_ms, "first_inference_ms": self.first_inference_ms,
-                "memory": self.memory, "info": self.info, "samples_ms": self.samples_ms}
+                "timed_seconds": self.timed_seconds, "memory": self.memory, "info": self.info, "samples_ms": self.samples_ms}
 
 
 def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
@@ -108,7 +109,7 @@ def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
     return BenchResult(path=str(path), runtime=runtime, threads=threads,
                        latency=LatencyStats.from_samples(result["samples_ms"]),
                        load_ms=result["load_ms"], first_inference_ms=result["first_inference_ms"],
-                       memory=result["memory"], info=result["info"], samples_ms=result["samples_ms"])
+                       timed_seconds=result["timed_seconds"], memory=result["memory"], info=result["info"], samples_ms=result["samples_ms"])
 
 
 __all__ = ["BenchResult", "BenchSettings", "benchmark"]

@@ -44,9 +44,28 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {first}") from None
     graph = onnx.load_from_string(buffer.getvalue())
+    inline_constant_identities(graph)
     store_int8_weights(graph)
     onnx.checker.check_model(graph)
     return atomic.write_bytes(path, graph.SerializeToString())
+
+
+def inline_constant_identities(model: onnx.ModelProto) -> int:
+    """Drop Identity nodes over initializers (the exporter adds them for shared constants), so
+    every QDQ scale and zero point is visibly an initializer. Returns how many were removed."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)
 
 
 def store_int8_weights(model: onnx.ModelProto) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,12 +143,18 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ModelLoadError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if unsafe:
+            raise ModelLoadError(f"{path}: refused to load: the file contains a Python object "
+                                 f"({unsafe.group(1)}), not only tensors and plain data; edgekd "
+                                 f"loads checkpoints with weights_only=True and never runs code "
+                                 f"from them") from None
+        raise ModelLoadError(f"{path}: not a readable checkpoint, the file is truncated or "
+                             f"corrupt") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise ModelLoadError(f"{path}: not a readable checkpoint, the file is truncated or corrupt "
-                             f"({str(err).splitlines()[0][:200]})") from None
-    except Exception as err:  # pickle.UnpicklingError for files with code or foreign objects
-        raise ModelLoadError(f"{path}: refused to load: not a plain weights file "
-                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+                             f"({str(err).splitlines()[0][:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path}: not an edgekd checkpoint (no format={CHECKPOINT_FORMAT!r}); "
                              f"save models with edgekd.models.save_checkpoint")

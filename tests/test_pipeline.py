@@ -1,0 +1,121 @@
+"""End to end: a shortened demo recipe through every stage, and the teacher cache."""
+
+import json
+
+import pytest
+
+from edgekd.pipeline import run
+from edgekd.recipe import demo_recipe
+
+
+@pytest.fixture(scope="module")
+def short_recipe():
+    recipe = demo_recipe()
+    recipe.teacher_training.epochs = 6
+    recipe.student_training.epochs = 6
+    recipe.qat.epochs = 2
+    recipe.qat.freeze_observers_epoch = 1
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory, short_recipe, monkeypatch_module):
+    fast = tmp_path_factory.mktemp("targets")
+    (fast / "fast-cpu.yaml").write_text(
+        "name: fast-cpu\nthreads: 1\nruntimes: {onnxruntime: {}, openvino: {precision_hint: f32}}\n"
+        "benchmark: {warmup_runs: 2, min_runs: 20, min_seconds: 0.05}\n")
+    monkeypatch_module.setenv("EDGEKD_TARGETS", str(fast))
+    short_recipe.targets = ["fast-cpu"]
+    out = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    logs = []
+    res = run(short_recipe, out, cache_dir=cache, log=logs.append)
+    return res, out, cache, logs
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_report_has_every_stage_and_artifact(result):
+    res, out, _, _ = result
+    names = [e.name for e in res.report.entries]
+    assert names == ["teacher.pytorch", "student-scratch.pytorch", "student-kd.pytorch",
+                     "student-int8.pytorch", "teacher.onnx", "teacher.openvino", "student-kd.onnx",
+                     "student-kd.openvino", "student-int8.onnx", "student-int8.openvino"]
+    for e in res.report.entries:
+        assert e.size_bytes > 0 and e.accuracy is not None and e.params > 0
+        if e.format != "pytorch":
+            assert e.agreement >= 0.99, e.name
+            assert e.latency["p50_ms"] > 0 and e.latency["n"] >= 20
+            assert e.peak_memory_bytes > e.memory["model_peak_bytes"] > 0
+            assert e.threads == 1 and e.target == "fast-cpu"
+    assert {p.name for p in (out / "models").iterdir()} == {
+        "teacher.pt", "student-scratch.pt", "student-kd.pt", "student-int8.pt"}
+    assert len(list((out / "bench").glob("*.json"))) == 6
+
+
+def test_report_json_is_versioned_and_readable(result):
+    from edgekd.report import load_report
+
+    res, out, _, _ = result
+    data = json.loads((out / "report.json").read_text())
+    assert data["schema_version"] == 1
+    assert data["data"]["fingerprint"] == res.report.data["fingerprint"]
+    assert set(data["timings_s"]) >= {"teacher", "student_scratch", "student_kd", "qat", "export",
+                                      "benchmark", "total"}
+    assert load_report(out / "report.json").entries == res.report.entries
+    assert (out / "report.md").read_text().count("\n") == len(res.report.entries) + 2
+
+
+def test_int8_is_much_smaller_and_tracks_its_simulation(result):
+    res, _, _, _ = result
+    teacher = res.report.entry("teacher.onnx")
+    int8 = res.report.entry("student-int8.onnx")
+    assert teacher.size_bytes / int8.size_bytes > 10
+    assert abs(int8.accuracy - res.report.entry("student-int8.pytorch").accuracy) <= 0.01
+
+
+def test_recipe_budget_is_checked_against_the_report(result):
+    """This run is deliberately short (6 epochs), so accuracy budgets may fail; the rest must hold
+    and each accuracy verdict must agree with the report's numbers."""
+    res, _, _, _ = result
+    verdicts = {(v.artifact, v.metric): v for v in res.budget.verdicts}
+    assert len(verdicts) == 12
+    teacher_acc = res.report.teacher_accuracy
+    for name in ("student-int8.onnx", "student-int8.openvino"):
+        entry = res.report.entry(name)
+        for metric in ("max_size", "max_p90_latency", "max_peak_memory", "min_agreement"):
+            assert verdicts[(f"{name} @fast-cpu", metric)].passed
+        assert verdicts[(f"{name} @fast-cpu", "min_accuracy")].passed == (entry.accuracy >= 0.95)
+        assert verdicts[(f"{name} @fast-cpu", "max_accuracy_drop")].passed == (teacher_acc - entry.accuracy <= 0.015)
+
+
+def test_scratch_and_kd_start_from_the_same_weights_and_budget(result):
+    res, _, _, _ = result
+    scratch = res.report.entry("student-scratch.pytorch").info["training"]
+    kd = res.report.entry("student-kd.pytorch").info["training"]
+    assert scratch["epochs"] == kd["epochs"] == 6
+
+
+def test_teacher_is_reused_from_cache(result, short_recipe, tmp_path):
+    res, _, cache, logs = result
+    assert any("teacher: trained, cached at" in m for m in logs)
+    short_recipe.benchmark = False
+    short_recipe.budgets = []
+    logs2 = []
+    second = run(short_recipe, tmp_path, cache_dir=cache, log=logs2.append)
+    assert any("teacher: reused from cache" in m for m in logs2)
+    assert second.report.entry("teacher.pytorch").accuracy == res.report.entry("teacher.pytorch").accuracy
+
+
+def test_bad_target_fails_before_training(short_recipe, tmp_path):
+    from edgekd.errors import UnknownNameError
+
+    short_recipe.targets = ["x86-cpux"]
+    with pytest.raises(UnknownNameError, match="did you mean 'x86-cpu'"):
+        run(short_recipe, tmp_path / "out")
+    assert not (tmp_path / "out" / "models").exists()
