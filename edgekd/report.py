@@ -136,6 +136,8 @@ def load_report(path: str | Path) -> Report:
         raise ConfigError(f"{path}: report schema {data['schema_version']} is not supported "
                           f"(this edgekd reads schema {SCHEMA_VERSION})")
     names = {f.name for f in fields(Entry)}
+    if not isinstance(data["entries"], list) or not all(isinstance(e, dict) for e in data["entries"]):
+        raise ConfigError(f"{path}: malformed report: 'entries' must be a list of objects")
     try:
         entries = [Entry(**{k: v for k, v in e.items() if k in names}) for e in data["entries"]]
         rest = {k: v for k, v in data.items() if k in {f.name for f in fields(Report)} and k != "entries"}

@@ -7,6 +7,7 @@ taken in the base unit (bytes, ms, fraction).
 
 from __future__ import annotations
 
+import math
 import re
 
 from edgekd.errors import ConfigError
@@ -20,13 +21,18 @@ def _split(value, kind: str, units: dict[str, float]) -> tuple[float, str]:
     if isinstance(value, bool):
         raise ConfigError(f"expected a {kind} such as {_example(kind)}, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ConfigError(f"expected a finite {kind} such as {_example(kind)}, got {value!r}")
         return float(value), ""
     match = _NUMBER.match(str(value))
     unit = match.group(2).lower() if match else ""
     if not match or (unit and unit not in units):
         raise ConfigError(f"expected a {kind} such as {_example(kind)}, got {value!r}"
                           f"{'; known units: ' + ', '.join(units) if match else ''}")
-    return float(match.group(1)), unit
+    number = float(match.group(1))
+    if not math.isfinite(number * units.get(unit, 1)):
+        raise ConfigError(f"expected a finite {kind} such as {_example(kind)}, got {value!r}")
+    return number, unit
 
 
 def _example(kind: str) -> str:
@@ -52,7 +58,7 @@ def parse_time_ms(value) -> float:
 def parse_fraction(value) -> float:
     """A fraction from ``'1.5%'`` (0.015) or a number in [0, 1]."""
     number, unit = _split(value, "percentage", {"%": 0.01})
-    fraction = number * 0.01 if unit == "%" else number
+    fraction = number / 100 if unit == "%" else number
     if not 0 <= fraction <= 1:
         raise ConfigError(f"expected a percentage between 0% and 100% (or a fraction 0..1), got {value!r}")
     return fraction

@@ -157,5 +157,6 @@ def _verdict(report: Report, entry, name: str, limit: float, raw) -> Verdict:
     if value is None:
         return Verdict(label, name, f"{op} {raw}", "not measured", False,
                        "the report has no such measurement for this artifact")
-    passed = value <= limit if metric.upper else value >= limit
+    slack = 1e-9 * max(1.0, abs(limit))  # "95%" must pass at exactly 0.95 despite float rounding
+    passed = value <= limit + slack if metric.upper else value >= limit - slack
     return Verdict(label, name, f"{op} {raw}", metric.show(value), passed)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +50,8 @@ class DataConfig(Config):
     image_size: list[int] | None = None
 
     def __post_init__(self):
-        if len(self.split) != 3 or any(f <= 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+        if (len(self.split) != 3 or not all(math.isfinite(f) and f > 0 for f in self.split)
+                or abs(sum(self.split) - 1) > 1e-6):
             raise FieldError("split", f"expected three positive fractions summing to 1 "
                                       f"(train, val, test), got {self.split}")
         if self.batch_size < 1:
@@ -118,8 +121,9 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file: truncated, corrupt, or not written by "
+                        f"np.savez ({type(err).__name__})") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
@@ -148,6 +152,10 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if not np.isfinite(x).all():
         raise DataError(f"{path}: x contains NaN or infinite values")
     num_classes = int(y.max()) + 1 if len(y) else 0
+    if num_classes > len(y):
+        raise DataError(f"{path}: label {int(y.max())} is out of range for {len(y)} samples; labels "
+                        f"must be class indices 0..K-1 (remap them, e.g. with np.unique(y, "
+                        f"return_inverse=True))")
     return x, y.astype(np.int64), [str(i) for i in range(num_classes)]
 
 

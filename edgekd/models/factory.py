@@ -99,11 +99,16 @@ def _resolve(arch: str):
         _load_builtin()
         return MODELS.get(arch)
     module_name, _, attr = arch.partition(":")
+    if not module_name or not attr or module_name.startswith("."):
+        raise ConfigError(f"model {arch!r}: expected package.module:callable (absolute module path)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(f"model {arch!r}: cannot import module {module_name!r} ({err}); "
                           f"is it installed or on PYTHONPATH?") from None
+    except Exception as err:  # the user's module itself failed while importing
+        raise ConfigError(f"model {arch!r}: importing {module_name!r} failed with "
+                          f"{type(err).__name__}: {err}") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise ConfigError(f"model {arch!r}: module {module_name!r} has no callable {attr!r}")
@@ -158,9 +163,14 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path}: not an edgekd checkpoint (no format={CHECKPOINT_FORMAT!r}); "
                              f"save models with edgekd.models.save_checkpoint")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise ModelLoadError(f"{path}: checkpoint version {payload['version']} is newer than this "
+    version = payload.get("version")
+    if isinstance(version, int) and version > CHECKPOINT_VERSION:
+        raise ModelLoadError(f"{path}: checkpoint version {version} is newer than this "
                              f"edgekd supports ({CHECKPOINT_VERSION}); upgrade edgekd")
+    if not isinstance(version, int) or not isinstance(payload.get("model"), dict) \
+            or not isinstance(payload.get("state_dict"), dict):
+        raise ModelLoadError(f"{path}: malformed edgekd checkpoint (needs integer 'version', "
+                             f"'model' and 'state_dict')")
     return payload
 
 
@@ -175,9 +185,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """
     payload = read_checkpoint(path)
     info = dict(payload["model"])
-    in_channels, num_classes = info.pop("in_channels"), info.pop("num_classes")
-    spec = ModelSpec.from_dict(info)
-    model = create_model(spec, in_channels, num_classes)
+    try:
+        in_channels, num_classes = info.pop("in_channels"), info.pop("num_classes")
+        spec = ModelSpec.from_dict(info)
+        model = create_model(spec, in_channels, num_classes)
+    except (KeyError, ConfigError) as err:
+        raise ModelLoadError(f"{path}: the checkpoint's model cannot be rebuilt ({err})") from None
     if payload.get("qat"):
         from edgekd.quant.qat import QATConfig, rebuild_frozen
 
