@@ -44,7 +44,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def _print_run(result, out: Path) -> None:
+def _print_run(result) -> None:
     from edgekd.units import format_size
 
     report = result.report
@@ -71,7 +71,7 @@ def _run(recipe, out: str, cache: str | None) -> None:
     from edgekd.pipeline import run
 
     result = run(recipe, out, cache_dir=cache, log=lambda m: click.echo(m, err=True))
-    _print_run(result, Path(out))
+    _print_run(result)
     if result.budget is not None and not result.budget.passed:
         sys.exit(1)
 

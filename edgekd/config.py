@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin,
 
 import yaml
 
-from edgekd.errors import ConfigError, did_you_mean
+from edgekd.errors import ConfigError, UnknownNameError, did_you_mean
 
 C = TypeVar("C", bound="Config")
 LineMap = dict[tuple[str, ...], int]
@@ -28,6 +28,14 @@ class FieldError(ConfigError):
     def __init__(self, field: str, message: str):
         self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
+
+
+def check_name(registry, name: str, field: str) -> None:
+    """Raise FieldError for ``field`` when ``name`` is not in ``registry`` (with "did you mean")."""
+    try:
+        registry.get(name)
+    except UnknownNameError as err:
+        raise FieldError(field, str(err)) from None
 
 
 @dataclasses.dataclass

@@ -25,8 +25,9 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __init__(self, kind: str, name: str, valid: Iterable[str]):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
+        hint = " (or write package.module:callable)" if kind == "model" else ""
         super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.valid)}; "
-                         f"valid {kind}s: {', '.join(self.valid) or '(none registered)'}")
+                         f"valid {kind}s: {', '.join(self.valid) or '(none registered)'}{hint}")
 
     def __str__(self) -> str:  # KeyError would add quotes around the message
         return self.args[0]

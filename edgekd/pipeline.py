@@ -32,7 +32,7 @@ from edgekd.budgets.verdict import CheckResult
 from edgekd.config import dump_yaml
 from edgekd.data.datasets import DataSplits, load_data
 from edgekd.distill.api import distill, train_scratch
-from edgekd.distill.trainer import TrainConfig, TrainResult, evaluate, predict
+from edgekd.distill.trainer import TrainConfig, TrainResult, predict
 from edgekd.export.api import Artifact, export
 from edgekd.models.factory import count_parameters, create_model, load_checkpoint, save_checkpoint
 from edgekd.progress import progress

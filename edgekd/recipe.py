@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from edgekd.budgets.budget import BudgetRule
-from edgekd.config import Config, FieldError, load_yaml, parse_yaml
+from edgekd.config import Config, FieldError, check_name, load_yaml, parse_yaml
 from edgekd.data.datasets import DataConfig
 from edgekd.distill.api import DistillConfig
 from edgekd.distill.trainer import TrainConfig
@@ -29,11 +29,7 @@ class ExportConfig(Config):
 
     def __post_init__(self):
         for i, name in enumerate(self.formats):
-            if name not in EXPORTERS:
-                try:
-                    EXPORTERS.get(name)
-                except Exception as err:
-                    raise FieldError(f"formats.{i}", str(err)) from None
+            check_name(EXPORTERS, name, f"formats.{i}")
         if not 13 <= self.opset <= 21:
             raise FieldError("opset", f"expected an ONNX opset in 13..21, got {self.opset}")
 

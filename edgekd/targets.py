@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgekd.bench.harness import BenchSettings
-from edgekd.config import Config, FieldError, load_yaml
-from edgekd.errors import ConfigError, UnknownNameError
+from edgekd.config import Config, FieldError, check_name, load_yaml
+from edgekd.errors import UnknownNameError
 from edgekd.runtime.api import RUNTIMES
 
 SCHEMA_VERSION = 1
@@ -53,11 +53,7 @@ class TargetProfile(Config):
         if not self.runtimes:
             raise FieldError("runtimes", "list at least one runtime")
         for name in self.runtimes:
-            if name not in RUNTIMES:
-                try:
-                    RUNTIMES.get(name)
-                except ConfigError as err:
-                    raise FieldError(f"runtimes.{name}", str(err)) from None
+            check_name(RUNTIMES, name, f"runtimes.{name}")
         if self.version > SCHEMA_VERSION:
             raise FieldError("version", f"profile schema {self.version} is newer than this edgekd "
                                         f"supports ({SCHEMA_VERSION})")

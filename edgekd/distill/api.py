@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from edgekd.config import Config, FieldError
+from edgekd.config import Config, FieldError, check_name
 from edgekd.data.datasets import DataSplits
 from edgekd.distill.losses import LOSSES
 from edgekd.distill.trainer import Term, TrainConfig, TrainResult, train
-from edgekd.errors import ConfigError
 
 
 @dataclass
@@ -34,10 +33,7 @@ class DistillConfig(Config):
     ce_weight: float = 0.1
 
     def __post_init__(self):
-        try:
-            LOSSES.get(self.loss)
-        except ConfigError as err:
-            raise FieldError("loss", str(err)) from None
+        check_name(LOSSES, self.loss, "loss")
         if self.temperature <= 0:
             raise FieldError("temperature", f"must be > 0, got {self.temperature}")
         for name in ("kd_weight", "ce_weight"):

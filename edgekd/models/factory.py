@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgekd import atomic
-from edgekd.config import Config, FieldError
+from edgekd.config import Config, check_name
 from edgekd.errors import ConfigError, ModelLoadError
 from edgekd.registry import Registry
 
@@ -63,11 +63,7 @@ class ModelSpec(Config):
     def __post_init__(self):
         if ":" not in self.arch:
             _load_builtin()
-            if self.arch not in MODELS:
-                try:
-                    MODELS.get(self.arch)
-                except ConfigError as err:
-                    raise FieldError("arch", f"{err} (or write package.module:callable)") from None
+            check_name(MODELS, self.arch, "arch")
 
 
 def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
@@ -194,7 +190,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     if payload.get("qat"):
         from edgekd.quant.qat import QATConfig, rebuild_frozen
 
-        model = rebuild_frozen(model, QATConfig.from_dict(payload["qat"]), payload["input_shape"])
+        model = rebuild_frozen(model, QATConfig.from_dict(payload["qat"]))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

@@ -158,7 +158,7 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def rebuild_frozen(model: nn.Module, config: QATConfig, input_shape) -> fx.GraphModule:
+def rebuild_frozen(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     """The structure of a frozen QAT model, to load a saved int8 checkpoint's state dict into."""
     gm = prepare_qat(model, config)
     for module in gm.modules():

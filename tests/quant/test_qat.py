@@ -4,7 +4,7 @@ from torch import nn
 
 from edgekd.errors import QuantizationError
 from edgekd.models import create_model
-from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
+from edgekd.quant import QATConfig, calibrate, prepare_qat
 from edgekd.quant.fake_quant import ActivationQuantizer, QuantConv2d, QuantLinear
 from edgekd.quant.qat import activation_quantizers
 from edgekd.distill.trainer import evaluate
