@@ -17,12 +17,14 @@ def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
     """Write ``out_path`` (.xml) and its .bin; both appear only when both are complete."""
     import openvino as ov
 
-    check_onnx_file(onnx_path)
+    if not Path(onnx_path).is_file():
+        raise ExportError(f"{onnx_path}: ONNX file not found")
     out_path = Path(out_path).with_suffix(".xml")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as err:
+        check_onnx_file(onnx_path)  # a corrupt file gets the precise ModelLoadError, naming it
         raise ExportError(f"{onnx_path}: OpenVINO could not convert the model: "
                           f"{str(err).strip().splitlines()[-1][:300]}") from None
     tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.xml")

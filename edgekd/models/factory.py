@@ -38,12 +38,7 @@ def register_model(name: str):
 
 
 def list_models() -> list[str]:
-    _load_builtin()
     return MODELS.names()
-
-
-def _load_builtin() -> None:
-    import edgekd.models.cnn  # noqa: F401  (registers the built-in architectures)
 
 
 @dataclass
@@ -62,7 +57,6 @@ class ModelSpec(Config):
 
     def __post_init__(self):
         if ":" not in self.arch:
-            _load_builtin()
             check_name(MODELS, self.arch, "arch")
 
 
@@ -92,7 +86,6 @@ def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int =
 
 def _resolve(arch: str):
     if ":" not in arch:
-        _load_builtin()
         return MODELS.get(arch)
     module_name, _, attr = arch.partition(":")
     if not module_name or not attr or module_name.startswith("."):
@@ -144,18 +137,18 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ModelLoadError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            OSError) as err:
         unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if unsafe:
             raise ModelLoadError(f"{path}: refused to load: the file contains a Python object "
                                  f"({unsafe.group(1)}), not only tensors and plain data; edgekd "
                                  f"loads checkpoints with weights_only=True and never runs code "
                                  f"from them") from None
+        # torch's own text for unpickling errors advises weights_only=False: never relay it
+        detail = "" if isinstance(err, pickle.UnpicklingError) else f" ({str(err).splitlines()[0][:120]})"
         raise ModelLoadError(f"{path}: not a readable checkpoint, the file is truncated or "
-                             f"corrupt") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ModelLoadError(f"{path}: not a readable checkpoint, the file is truncated or corrupt "
-                             f"({str(err).splitlines()[0][:120]})") from None
+                             f"corrupt{detail}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelLoadError(f"{path}: not an edgekd checkpoint (no format={CHECKPOINT_FORMAT!r}); "
                              f"save models with edgekd.models.save_checkpoint")
