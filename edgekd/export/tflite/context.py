@@ -1,0 +1,226 @@
+"""The conversion state shared by the op converters: tensors, their layout, their quantization.
+
+**Layout.** ONNX tensors are NCHW; TFLite kernels want NHWC. Every converted tensor records a
+``perm``: its physical (TFLite) shape is the logical (ONNX) shape permuted by ``perm``, e.g.
+``NHWC = (0, 2, 3, 1)`` for a 4-D activation. Ops that do not care about layout (element-wise,
+activations) keep their input's perm; ops that do (convolution, pooling, resize) ask for the perm
+they need with ``get``, which inserts one TRANSPOSE the first time a tensor is needed in another
+layout and reuses it afterwards. Axis attributes (concat, reduce, slice, pad, softmax) are mapped
+through the perm. So a CNN gets one TRANSPOSE at its input and none inside.
+
+**Quantization.** In an int8 model every activation is an int8 tensor whose (scale, zero point)
+come from the ONNX QuantizeLinear that followed it. A tensor without one inherits through ops
+that preserve scale (reshape-like, max-pool, pad, slice), or takes the scale of the reshape-like
+consumer that quantizes it. Nothing is calibrated: if no scale can be found, conversion stops
+and names the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekd.errors import ExportError
+from edgekd.export.tflite.builder import ModelBuilder, Quant
+from edgekd.export.tflite.graph import Graph, Node
+from edgekd.registry import Registry
+
+NHWC = (0, 2, 3, 1)
+
+CONVERTERS: Registry = Registry("ONNX operator")  # op type -> fn(ctx, node)
+
+RESHAPE_LIKE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+SCALE_PRESERVING = RESHAPE_LIKE | {"MaxPool", "Pad", "Slice", "Identity", "Dropout", "Relu", "Clip",
+                                   "Resize", "Upsample", "GlobalMaxPool"}
+
+
+@dataclass
+class Ref:
+    """A converted ONNX tensor: its TFLite tensor index and layout."""
+
+    index: int
+    perm: tuple[int, ...]
+    feature_perm: np.ndarray | None = None  # flattened NHWC features: physical k = logical fp[k]
+
+
+def identity(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank))
+
+
+def permuted(shape, perm) -> list[int]:
+    return [int(shape[a]) for a in perm]
+
+
+def same_order(shape, perm) -> bool:
+    """True when permuting by ``perm`` only moves size-1 axes (memory order is unchanged)."""
+    moved = [a for a in perm if shape[a] != 1]
+    return moved == sorted(moved)
+
+
+class Context:
+    def __init__(self, graph: Graph, builder: ModelBuilder, *, int8: bool):
+        self.g, self.b, self.int8 = graph, builder, int8
+        self.refs: dict[str, Ref] = {}
+        self._views: dict[tuple[str, tuple], Ref] = {}
+        self._consts: dict[tuple, int] = {}
+        self.transposes = 0
+
+    # -- ONNX-side facts ---------------------------------------------------------------------
+    def shape(self, name: str, node: Node | None = None) -> tuple[int, ...]:
+        return self.g.shape(name, node)
+
+    def is_const(self, name: str) -> bool:
+        return name in self.g.constants
+
+    def const_value(self, name: str, node: Node, what: str) -> np.ndarray:
+        if name not in self.g.constants:
+            raise ExportError(f"{self.g.path}: {node.where()}: {what} ({name!r}) must be a constant "
+                              f"for TFLite; it is computed at run time")
+        return self.g.constants[name]
+
+    def fail(self, node: Node, message: str) -> ExportError:
+        return ExportError(f"{self.g.path}: {node.where()}: {message}")
+
+    # -- activations in a layout -------------------------------------------------------------
+    def get(self, name: str, perm: tuple[int, ...] | None = None, node: Node | None = None) -> Ref:
+        """The activation ``name``, physically in ``perm`` (None: as stored)."""
+        if name not in self.refs:
+            where = f" (input of {node.where()})" if node else ""
+            raise ExportError(f"{self.g.path}: tensor {name!r}{where} was never produced; is the "
+                              f"graph topologically sorted?")
+        ref = self.refs[name]
+        if perm is None or tuple(perm) == ref.perm:
+            return ref
+        if ref.feature_perm is not None:
+            raise ExportError(f"{self.g.path}: tensor {name!r} holds NHWC-ordered features and is "
+                              f"also needed in ONNX order; this graph shape is not supported")
+        key = (name, tuple(perm))
+        if key not in self._views:
+            shape = self.shape(name)
+            rel = [ref.perm.index(a) for a in perm]  # physical_new[i] = physical_old[rel[i]]
+            if same_order(shape, ref.perm) and same_order(shape, perm):
+                out = self.tensor(f"{name}/as{''.join(map(str, perm))}", permuted(shape, perm),
+                                  like=ref.index)
+                self.b.op("RESHAPE", [ref.index, self.shape_const(permuted(shape, perm))], [out],
+                          self.b.options("Reshape", newShape=permuted(shape, perm)))
+            else:
+                out = self.tensor(f"{name}/transposed{''.join(map(str, perm))}", permuted(shape, perm),
+                                  like=ref.index)
+                self.b.op("TRANSPOSE", [ref.index, self.int_const(rel)], [out])
+                self.transposes += 1
+            self._views[key] = Ref(out, tuple(perm))
+        return self._views[key]
+
+    def bind(self, name: str, index: int, perm: tuple[int, ...], feature_perm=None) -> Ref:
+        self.refs[name] = Ref(index, tuple(perm), feature_perm)
+        return self.refs[name]
+
+    # -- tensors ----------------------------------------------------------------------------
+    def tensor(self, name: str, shape, *, like: int | None = None, dtype=None,
+               quant: Quant | None = None) -> int:
+        """A new non-constant tensor; dtype and quantization copied from ``like`` unless given."""
+        if like is not None:
+            dtype = dtype or self.b.dtype_of(like)
+            quant = quant or self.b.quant_of(like)
+        dtype = dtype or (np.int8 if self.int8 else np.float32)
+        return self.b.tensor(name, shape, dtype, quant=quant)
+
+    def int_const(self, values, name: str = "const") -> int:
+        data = np.asarray(values, np.int32)
+        key = ("i32", data.shape, data.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.b.tensor(f"{name}/{len(self._consts)}", data.shape, np.int32, data=data)
+        return self._consts[key]
+
+    def shape_const(self, shape) -> int:
+        return self.int_const(np.asarray(shape, np.int32), "shape")
+
+    def float_const(self, values, name: str) -> int:
+        data = np.asarray(values, np.float32)
+        return self.b.tensor(name, data.shape, np.float32, data=data)
+
+    def operand_const(self, values: np.ndarray, name: str, quant: Quant | None = None) -> int:
+        """A constant operand of an element-wise op: float, or int8 in an int8 model.
+
+        In an int8 model the constant keeps the scale it had in the ONNX file (DequantizeLinear);
+        a plain float constant gets the exact per-tensor scale of its own range.
+        """
+        if not self.int8:
+            return self.float_const(values, name)
+        if quant is None or quant.per_channel and values.size and len(quant.scale) != values.size:
+            quant = range_quant(float(values.min(initial=0.0)), float(values.max(initial=0.0)))
+        if quant.per_channel:  # per-channel constant operands are expanded to per-element scales
+            quant = range_quant(float(values.min(initial=0.0)), float(values.max(initial=0.0)))
+        return self.b.tensor(name, values.shape, np.int8, data=quant.quantize(values), quant=quant)
+
+    # -- quantization ---------------------------------------------------------------------
+    def quant_of(self, name: str, node: Node | None = None, inherit: Quant | None = None) -> Quant | None:
+        """The int8 parameters of activation ``name`` (None in float models)."""
+        if not self.int8:
+            return None
+        q = self.g.act_quant.get(name) or self._forward_quant(name, set())
+        if q is None:
+            q = inherit if node is not None and node.op in SCALE_PRESERVING else None
+        if q is None:
+            where = f" (output of {node.where()})" if node else ""
+            raise ExportError(f"{self.g.path}: tensor {name!r}{where} has no QuantizeLinear; a "
+                              f"full-integer TFLite model needs a scale for every activation. "
+                              f"Quantize this tensor in the ONNX model (edgekd never re-calibrates)")
+        return q
+
+    def _forward_quant(self, name: str, seen: set) -> Quant | None:
+        consumers = self.g.consumers(name)
+        if len(consumers) != 1 or consumers[0].op not in RESHAPE_LIKE or name in seen:
+            return None
+        seen.add(name)
+        out = consumers[0].outputs[0]
+        return self.g.act_quant.get(out) or self._forward_quant(out, seen)
+
+    def requantize(self, index: int, quant: Quant, name: str) -> int:
+        """``index`` re-expressed with ``quant`` (a QUANTIZE op), or itself when already so."""
+        if quant.same_as(self.b.quant_of(index)):
+            return index
+        out = self.tensor(name, self.b.shape_of(index), dtype=np.int8, quant=quant)
+        self.b.op("QUANTIZE", [index], [out])
+        return out
+
+    # -- emitting an op that produces an ONNX tensor -------------------------------------
+    def emit(self, op: str, inputs: list[int], node: Node, *, perm, options=None, version: int = 1,
+             out: str | None = None, fixed_quant: Quant | None = None, inherit: Quant | None = None,
+             shape=None, feature_perm=None) -> Ref:
+        """Add ``op`` writing ONNX tensor ``out`` (default: the node's first output) in ``perm``.
+
+        In int8 models the op writes with ``fixed_quant`` when its kernel dictates the output
+        scale (softmax, logistic, pooling), and a QUANTIZE moves it to the tensor's own scale.
+        """
+        out = out or node.outputs[0]
+        logical = shape if shape is not None else self.shape(out, node)
+        phys = permuted(logical, perm) if shape is None else list(shape)
+        quant = self.quant_of(out, node, inherit=inherit or fixed_quant)
+        if fixed_quant is not None and not fixed_quant.same_as(quant):
+            tmp = self.tensor(f"{out}/fixed_scale", phys, quant=fixed_quant)
+            self.b.op(op, inputs, [tmp], options, version)
+            index = self.requantize(tmp, quant, out)
+        else:
+            index = self.tensor(out, phys, quant=quant)
+            self.b.op(op, inputs, [index], options, version)
+        return self.bind(out, index, perm, feature_perm)
+
+    def activation(self, node: Node) -> int:
+        return self.b.enum("ActivationFunctionType", node.attr("_activation") or "NONE")
+
+
+def range_quant(lo: float, hi: float) -> Quant:
+    """Exact int8 parameters for the real interval [lo, hi] (widened to contain 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi == lo:
+        return Quant.of(1.0, 0)
+    scale = (hi - lo) / 255.0
+    zero_point = int(np.clip(np.round(-128 - lo / scale), -128, 127))
+    return Quant.of(scale, zero_point)
+
+
+def symmetric_quant(values: np.ndarray) -> Quant:
+    peak = float(np.abs(values).max(initial=0.0))
+    return Quant.of(peak / 127.0 if peak > 0 else 1.0, 0)

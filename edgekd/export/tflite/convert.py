@@ -1,0 +1,150 @@
+"""ONNX -> TFLite: drive the op converters, write the file atomically, check it against onnxruntime.
+
+The exported interface (documented in the README):
+
+- inputs and outputs keep their ONNX names, shapes and order; 4-D tensors are NCHW, with one
+  TRANSPOSE after each 4-D input and before each 4-D output, unless ``layout="nhwc"`` asks for
+  an NHWC interface (no transposes at all);
+- a QDQ model becomes a full-integer model. ``io="float"`` (default) keeps float32 inputs and
+  outputs with a QUANTIZE/DEQUANTIZE at the edges; ``io="int8"`` exposes the int8 tensors and
+  their (scale, zero point) so the caller quantizes;
+- the batch dimension is fixed (``batch``, default 1); the LiteRT runner resizes it on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edgekd import atomic
+from edgekd.errors import ExportError
+from edgekd.export.tflite.builder import ModelBuilder
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, identity, permuted
+from edgekd.export.tflite.graph import Graph, load_graph
+
+
+@dataclass
+class Conversion:
+    """What ``convert`` produced: the flatbuffer and facts tests and reports read."""
+
+    data: bytes
+    graph: Graph
+    int8: bool
+    ops: list[str] = field(default_factory=list)
+    transposes: int = 0
+
+
+def supported_ops() -> list[str]:
+    import edgekd.export.tflite.ops  # noqa: F401  (registers the converters)
+
+    return CONVERTERS.names()
+
+
+def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
+            layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1) -> Conversion:
+    """Convert an ONNX model (float, or QDQ int8) to TFLite flatbuffer bytes.
+
+    Raises:
+        ExportError: an unsupported op (names op type, node and the supported list), an int8
+            tensor without a scale, or anything else the format cannot express.
+    """
+    if io not in ("float", "int8"):
+        raise ExportError(f"io must be 'float' or 'int8', got {io!r}")
+    if layout not in ("nchw", "nhwc"):
+        raise ExportError(f"layout must be 'nchw' or 'nhwc', got {layout!r}")
+    supported = supported_ops()
+    g = load_graph(onnx_path, batch=batch)
+    unsupported = [n for n in g.nodes if n.op not in CONVERTERS]
+    if unsupported:
+        found = ", ".join(f"{n.op} (node {n.name!r})" for n in unsupported[:10])
+        raise ExportError(f"{onnx_path}: cannot convert to TFLite: unsupported ONNX op(s) {found}. "
+                          f"Supported: {', '.join(supported)}")
+    if io == "int8" and not g.quantized:
+        raise ExportError(f"{onnx_path}: io='int8' needs a quantized (QDQ) ONNX model; this one is float")
+    builder = ModelBuilder(description=f"edgekd: converted from {Path(onnx_path).name}")
+    ctx = Context(g, builder, int8=g.quantized)
+    for name in g.inputs:
+        _add_input(ctx, name, io, layout)
+    for node in g.nodes:
+        try:
+            CONVERTERS.get(node.op)(ctx, node)
+        except ExportError:
+            raise
+        except Exception as err:  # a converter bug must still name the node it failed on
+            raise ExportError(f"{onnx_path}: converting {node.where()} failed: "
+                              f"{type(err).__name__}: {err}") from err
+    for name, onnx_name in zip(g.outputs, g.output_names):
+        _add_output(ctx, name, onnx_name, io, layout)
+    return Conversion(builder.serialize(), g, g.quantized, builder.op_names(), ctx.transposes)
+
+
+def _interface_perm(rank: int, layout: str) -> tuple[int, ...]:
+    return NHWC if rank == 4 and layout == "nhwc" else identity(rank)
+
+
+def _add_input(ctx: Context, name: str, io: str, layout: str) -> None:
+    shape = ctx.shape(name)
+    perm = _interface_perm(len(shape), layout)
+    phys = permuted(shape, perm)
+    dtype = ctx.g.dtypes.get(name, np.float32)
+    if np.dtype(dtype) != np.float32:
+        raise ExportError(f"{ctx.g.path}: input {name!r} is {np.dtype(dtype)}; only float32 inputs "
+                          f"are supported")
+    if not ctx.int8:
+        index = ctx.b.tensor(name, phys, np.float32)
+    else:
+        quant = ctx.quant_of(name)
+        if io == "int8":
+            index = ctx.b.tensor(name, phys, np.int8, quant=quant)
+        else:
+            index = ctx.b.tensor(name, phys, np.float32)
+            q = ctx.b.tensor(f"{name}/quantized", phys, np.int8, quant=quant)
+            ctx.b.op("QUANTIZE", [index], [q])
+            ctx.bind(name, q, perm)
+            ctx.b.inputs.append(index)
+            return
+    ctx.bind(name, index, perm)
+    ctx.b.inputs.append(index)
+
+
+def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -> None:
+    if name in ctx.g.constants:
+        raise ExportError(f"{ctx.g.path}: output {onnx_name!r} is a constant; TFLite outputs "
+                          f"must be computed")
+    rank = len(ctx.shape(name))
+    ref = ctx.get(name, _interface_perm(rank, layout))
+    if ref.feature_perm is not None:
+        raise ExportError(f"{ctx.g.path}: output {onnx_name!r} holds NHWC-ordered features")
+    index = ref.index
+    if ctx.int8 and io == "float":
+        out = ctx.b.tensor(onnx_name, ctx.b.shape_of(index), np.float32)
+        ctx.b.op("DEQUANTIZE", [index], [out])
+        index = out
+    elif index in ctx.b.inputs or index in ctx.b.outputs:  # the same tensor cannot be listed twice
+        shape = ctx.b.shape_of(index)
+        out = ctx.tensor(onnx_name, shape, like=index)
+        ctx.b.op("RESHAPE", [index, ctx.shape_const(shape)], [out], ctx.b.options("Reshape", newShape=shape))
+        index = out
+    else:
+        ctx.b.tensors[index].name = onnx_name
+    ctx.b.outputs.append(index)
+
+
+def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["float", "int8"] = "float",
+                   layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1, check: bool = True) -> Path:
+    """Write ``out_path`` (.tflite) from ``onnx_path``; with ``check``, compare with onnxruntime.
+
+    Raises:
+        ExportError: the model cannot be converted, or (with ``check``) the TFLite file does not
+            reproduce onnxruntime's outputs (float: 1e-4 relative; int8: one quantization step
+            on 99% of the outputs).
+    """
+    result = convert(onnx_path, io=io, layout=layout, batch=batch)
+    if check:  # before writing: a file that does not reproduce the model is never left behind
+        from edgekd.export.tflite.parity import check_parity
+
+        check_parity(onnx_path, result.data, result.graph, layout=layout)
+    return atomic.write_bytes(Path(out_path).with_suffix(".tflite"), result.data)

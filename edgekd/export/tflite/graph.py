@@ -1,0 +1,385 @@
+"""Read an ONNX model into the plain graph the TFLite converter walks.
+
+``load_graph`` does everything that does not depend on TFLite:
+
+1. fixes the batch dimension (TFLite tensors have static shapes);
+2. folds constant subgraphs (``Constant``, ``ConstantOfShape``, ``Shape`` of static tensors and
+   any node whose inputs are all constant) with onnx's reference evaluator;
+3. reads QDQ quantization: ``DequantizeLinear`` over a constant becomes a *quantized constant*
+   (its integer values and scales are kept exactly); a ``QuantizeLinear``/``DequantizeLinear``
+   pair over an activation is removed and its (scale, zero point) annotate that tensor. uint8
+   parameters become int8 ones (q - 128, zero point - 128: the same real values);
+4. drops ``Identity``/``Dropout``, folds ``BatchNormalization`` into a preceding float ``Conv``,
+   and fuses ``Relu``/``Clip`` into the producing op as a TFLite fused activation;
+5. records the static shape of every tensor (onnx shape inference, or one onnxruntime run for
+   the tensors it cannot infer).
+
+Scales are only ever *read* from the file: nothing here calibrates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgekd.errors import ExportError
+from edgekd.export.tflite.builder import Quant
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+
+    def attr(self, key: str, default=None):
+        return self.attrs.get(key, default)
+
+    def where(self) -> str:
+        return f"{self.op} node {self.name!r}"
+
+
+@dataclass
+class QConst:
+    """A constant stored as integers: real = scale * (values - zero_point)."""
+
+    values: np.ndarray  # int8/uint8/int32, as in the file
+    quant: Quant
+
+
+@dataclass
+class Graph:
+    path: str
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    output_names: list[str]  # the ONNX names of the outputs (``outputs`` may be aliases)
+    constants: dict[str, np.ndarray]
+    qconst: dict[str, QConst]
+    act_quant: dict[str, Quant]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, np.dtype]
+    opset: int
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.act_quant)
+
+    def shape(self, name: str, node: Node | None = None) -> tuple[int, ...]:
+        if name in self.constants:
+            return tuple(self.constants[name].shape)
+        if name not in self.shapes:
+            where = f" (input of {node.where()})" if node else ""
+            raise ExportError(f"{self.path}: the shape of tensor {name!r}{where} is unknown; "
+                              f"TFLite needs static shapes")
+        return self.shapes[name]
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+
+ACTIVATIONS = {"Relu": "RELU"}  # ONNX op -> TFLite fused activation (Clip handled by bounds)
+_CLIP_ACTIVATIONS = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, float("inf")): "RELU"}
+FUSES_ACTIVATION = {"Conv", "ConvTranspose", "Gemm", "Add", "Sub", "Mul", "Div"}
+_NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform",
+            "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
+    """Load and simplify ``path``; see the module docstring for what happens.
+
+    Raises:
+        ExportError: the file is missing or invalid, an input has a dynamic non-batch dimension,
+            or its quantization cannot be read (names the node).
+    """
+    path = str(path)
+    try:
+        model = onnx.load(path)
+    except FileNotFoundError:
+        raise ExportError(f"{path}: ONNX file not found") from None
+    except Exception as err:
+        raise ExportError(f"{path}: not a readable ONNX model ({str(err)[:200]})") from None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if any(o.domain not in ("", "ai.onnx") for o in model.opset_import if o.version):
+        domains = sorted(o.domain for o in model.opset_import if o.domain not in ("", "ai.onnx"))
+        used = {n.domain for n in model.graph.node} & set(domains)
+        if used:
+            raise ExportError(f"{path}: nodes of custom domains {sorted(used)} cannot be converted "
+                              f"to TFLite; export with standard ONNX operators")
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    _fix_static_inputs(model, inputs, batch, path)
+    shapes, dtypes = _infer(model)
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    g = Graph(path, [], [i.name for i in inputs], [o.name for o in model.graph.output],
+              [o.name for o in model.graph.output], constants, {}, {}, shapes, dtypes, opset)
+    _walk(model, g)
+    _fold_batchnorm(g)
+    _fuse_activations(g)
+    _fill_missing_shapes(model, g)
+    return g
+
+
+def _fix_static_inputs(model: onnx.ModelProto, inputs, batch: int, path: str) -> None:
+    for inp in inputs:
+        dims = inp.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            if axis == 0:
+                dim.Clear()
+                dim.dim_value = batch
+            else:
+                raise ExportError(f"{path}: input {inp.name!r} has a dynamic dimension at axis {axis} "
+                                  f"({dim.dim_param or '?'}); TFLite needs static shapes: re-export "
+                                  f"the ONNX model with a fixed input size")
+
+
+def _infer(model: onnx.ModelProto) -> tuple[dict, dict]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is best-effort; onnxruntime fills the gaps
+        inferred = model
+    shapes, dtypes = {}, {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        if t.elem_type:
+            dtypes[vi.name] = helper.tensor_dtype_to_np_dtype(t.elem_type)
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    return shapes, dtypes
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
+def _walk(model: onnx.ModelProto, g: Graph) -> None:
+    """Fold constants, read QDQ, drop identities: fills ``g.nodes`` with the compute nodes."""
+    alias: dict[str, str] = {}
+    pending_q: dict[str, tuple[str, Quant, np.dtype, Node]] = {}  # Q output -> (x, quant, dtype)
+    for i, proto in enumerate(model.graph.node):
+        node = Node(proto.op_type, proto.name or f"{proto.op_type}_{i}",
+                    [alias.get(n, n) for n in proto.input], list(proto.output), _attrs(proto))
+        if proto.domain not in ("", "ai.onnx"):
+            raise ExportError(f"{g.path}: {node.where()} is in custom domain {proto.domain!r}")
+        if node.op == "Constant":
+            g.constants[node.outputs[0]] = numpy_helper.to_array(proto.attribute[0].t) \
+                if proto.attribute[0].type == onnx.AttributeProto.TENSOR else np.asarray(_attrs(proto)[proto.attribute[0].name])
+            continue
+        real_inputs = [n for n in node.inputs if n]
+        if node.op == "DequantizeLinear":
+            _dequantize(node, g, alias, pending_q)
+            continue
+        if node.op == "QuantizeLinear" and node.inputs[0] not in g.constants:
+            quant, dtype = _read_quant(node, g)
+            pending_q[node.outputs[0]] = (node.inputs[0], quant, dtype, node)
+            continue
+        if node.op in ("Identity", "Dropout") and node.outputs[0] not in g.output_names:
+            if len(node.outputs) > 1 and node.outputs[1]:
+                raise ExportError(f"{g.path}: {node.where()}: the Dropout mask output is not supported")
+            alias[node.outputs[0]] = node.inputs[0]
+            continue
+        if node.op == "Shape" and node.inputs[0] in g.shapes:
+            g.constants[node.outputs[0]] = _shape_value(node, g.shapes[node.inputs[0]])
+            continue
+        if node.op not in _NO_FOLD and real_inputs and all(n in g.constants for n in real_inputs):
+            _fold(proto, node, g)
+            continue
+        if node.op == "ConstantOfShape" and node.inputs[0] in g.constants:
+            _fold(proto, node, g)
+            continue
+        for name in node.inputs:
+            if name in pending_q:
+                _, _, _, qnode = pending_q[name]
+                raise ExportError(f"{g.path}: {node.where()} reads the integer output of "
+                                  f"QuantizeLinear node {qnode.name!r} directly; only "
+                                  f"QuantizeLinear -> DequantizeLinear pairs are supported")
+        g.nodes.append(node)
+    g.outputs = [alias.get(n, n) for n in g.outputs]
+    for name in g.outputs:
+        if name in pending_q:
+            raise ExportError(f"{g.path}: graph output {name!r} is the integer output of a "
+                              f"QuantizeLinear; export a float output (end with DequantizeLinear)")
+
+
+def _read_quant(node: Node, g: Graph) -> tuple[Quant, np.dtype]:
+    scale = g.constants.get(node.inputs[1])
+    if scale is None:
+        raise ExportError(f"{g.path}: {node.where()}: the scale {node.inputs[1]!r} is computed at run "
+                          f"time; TFLite needs constant scales (freeze the quantizers before export)")
+    if len(node.inputs) > 2 and node.inputs[2]:
+        if node.inputs[2] not in g.constants:
+            raise ExportError(f"{g.path}: {node.where()}: zero point {node.inputs[2]!r} is not constant")
+        zp = g.constants[node.inputs[2]]
+    else:
+        zp = np.zeros_like(scale, np.uint8)
+    dtype = np.dtype(zp.dtype)
+    if dtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)):
+        raise ExportError(f"{g.path}: {node.where()}: {dtype} quantization is not supported "
+                          f"(int8, uint8 and int32 bias are)")
+    axis = int(node.attr("axis", 1)) if np.asarray(scale).size > 1 else 0
+    zp = np.asarray(zp, np.int64) - (128 if dtype == np.uint8 else 0)
+    return Quant.of(scale, zp, axis), dtype
+
+
+def _dequantize(node: Node, g: Graph, alias: dict, pending_q: dict) -> None:
+    x = node.inputs[0]
+    quant, _ = _read_quant(node, g)
+    if x in g.constants:  # a quantized weight, bias or constant operand
+        values = g.constants[x]
+        if values.dtype == np.uint8:
+            values = (values.astype(np.int16) - 128).astype(np.int8)
+        if quant.axis < 0:
+            quant = Quant(quant.scale, quant.zero_point, quant.axis + values.ndim)
+        g.qconst[node.outputs[0]] = QConst(values, quant)
+        shape = [1] * values.ndim
+        if quant.per_channel:
+            shape[quant.axis] = -1
+        g.constants[node.outputs[0]] = ((values.astype(np.float64) - np.reshape(quant.zero_point, shape))
+                                        * np.reshape(quant.scale, shape)).astype(np.float32)
+        return
+    if x not in pending_q:
+        raise ExportError(f"{g.path}: {node.where()} dequantizes {x!r}, which is neither a constant "
+                          f"nor the output of a QuantizeLinear; integer graph inputs are not supported")
+    source, q_quant, _, qnode = pending_q[x]
+    if not q_quant.same_as(quant):
+        raise ExportError(f"{g.path}: {node.where()} uses other scales than QuantizeLinear node "
+                          f"{qnode.name!r}; a Q/DQ pair must share scale and zero point")
+    if q_quant.per_channel:
+        raise ExportError(f"{g.path}: QuantizeLinear node {qnode.name!r} quantizes activation "
+                          f"{source!r} per channel; TFLite activations are quantized per tensor")
+    known = g.act_quant.get(source)
+    if known is not None and not known.same_as(q_quant):
+        raise ExportError(f"{g.path}: tensor {source!r} is quantized with two different scales "
+                          f"(second by node {qnode.name!r}); TFLite gives each tensor one scale")
+    g.act_quant[source] = q_quant
+    alias[node.outputs[0]] = source
+
+
+def _shape_value(node: Node, shape: tuple[int, ...]) -> np.ndarray:
+    start, end = node.attr("start", 0), node.attr("end", None)
+    return np.asarray(shape[start:end], np.int64)
+
+
+def _fold(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [n for n in node.inputs if n]
+    graph = helper.make_graph(
+        [proto], "fold",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(g.constants[n].dtype), None)
+         for n in dict.fromkeys(names)],
+        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.outputs if o])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
+    renamed = onnx.NodeProto()
+    renamed.CopyFrom(proto)
+    del renamed.input[:]
+    renamed.input.extend(node.inputs)
+    model.graph.node[0].CopyFrom(renamed)
+    try:
+        values = ReferenceEvaluator(model).run(None, {n: g.constants[n] for n in names})
+    except Exception as err:
+        raise ExportError(f"{g.path}: cannot fold constant {node.where()}: {str(err)[:200]}") from None
+    for out, value in zip([o for o in node.outputs if o], values):
+        g.constants[out] = np.asarray(value)
+
+
+def _fold_batchnorm(g: Graph) -> None:
+    """Conv(float const weights) -> BatchNormalization(const params): scale the weights."""
+    by_output = {o: n for n in g.nodes for o in n.outputs}
+    keep = []
+    for node in g.nodes:
+        if node.op == "BatchNormalization" and len([o for o in node.outputs if o]) == 1:
+            conv = by_output.get(node.inputs[0])
+            params = node.inputs[1:5]
+            if (conv is not None and conv.op == "Conv" and conv.inputs[1] in g.constants
+                    and conv.inputs[1] not in g.qconst and all(p in g.constants for p in params)
+                    and len(g.consumers(conv.outputs[0])) == 1 and conv.outputs[0] not in g.outputs
+                    and conv.outputs[0] not in g.act_quant):
+                gamma, beta, mean, var = (g.constants[p].astype(np.float64) for p in params)
+                factor = gamma / np.sqrt(var + node.attr("epsilon", 1e-5))
+                w = g.constants[conv.inputs[1]].astype(np.float64)
+                bias = g.constants[conv.inputs[2]].astype(np.float64) if len(conv.inputs) > 2 and conv.inputs[2] else 0.0
+                wname, bname = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
+                g.constants[wname] = (w * factor.reshape(-1, *[1] * (w.ndim - 1))).astype(np.float32)
+                g.constants[bname] = ((bias - mean) * factor + beta).astype(np.float32)
+                conv.inputs = [conv.inputs[0], wname, bname]
+                conv.outputs = [node.outputs[0]]
+                continue
+        keep.append(node)
+    g.nodes = keep
+
+
+def _clip_bounds(node: Node, g: Graph) -> tuple[float, float] | None:
+    if node.op != "Clip":
+        return None
+    lo, hi = node.attr("min", float("-inf")), node.attr("max", float("inf"))
+    for i, default in ((1, None), (2, None)):
+        if len(node.inputs) > i and node.inputs[i]:
+            if node.inputs[i] not in g.constants:
+                return None
+            value = float(g.constants[node.inputs[i]])
+            lo, hi = (value, hi) if i == 1 else (lo, value)
+    return float(lo), float(hi)
+
+
+def activation_of(node: Node, g: Graph) -> str | None:
+    """The TFLite fused activation equal to ``node`` (Relu, or Clip to [0,6]/[-1,1]/[0,inf))."""
+    if node.op in ACTIVATIONS:
+        return ACTIVATIONS[node.op]
+    bounds = _clip_bounds(node, g)
+    return _CLIP_ACTIVATIONS.get(bounds) if bounds else None
+
+
+def _fuse_activations(g: Graph) -> None:
+    by_output = {o: n for n in g.nodes for o in n.outputs}
+    dropped = set()
+    for node in g.nodes:
+        act = activation_of(node, g)
+        if act is None:
+            continue
+        producer = by_output.get(node.inputs[0])
+        if (producer is None or producer.op not in FUSES_ACTIVATION or producer.attr("_activation")
+                or producer.outputs[0] in g.outputs or len(g.consumers(producer.outputs[0])) != 1):
+            continue
+        producer.attrs["_activation"] = act
+        producer.outputs = [node.outputs[0]]
+        dropped.add(id(node))
+    g.nodes = [n for n in g.nodes if id(n) not in dropped]
+
+
+def _fill_missing_shapes(model: onnx.ModelProto, g: Graph) -> None:
+    """Shapes onnx inference could not find: run the model once in onnxruntime and read them."""
+    missing = [o for n in g.nodes for o in n.outputs if o and o not in g.shapes and o not in g.constants]
+    if not missing:
+        return
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in missing:
+        if name not in known:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros(g.shapes[i.name], g.dtypes.get(i.name, np.float32))
+                 for i in session.get_inputs()}
+        values = session.run(missing, feeds)
+    except Exception as err:
+        raise ExportError(f"{g.path}: cannot determine the static shapes of {missing[:5]} "
+                          f"({str(err).strip().splitlines()[0][:200]})") from None
+    for name, value in zip(missing, values):
+        g.shapes[name] = tuple(value.shape)
+        g.dtypes.setdefault(name, value.dtype)

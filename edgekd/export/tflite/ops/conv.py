@@ -1,0 +1,181 @@
+"""Conv (regular, depthwise, grouped), ConvTranspose -> CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV.
+
+Filters are laid out as TFLite wants: CONV_2D ``[O, kh, kw, I]``, DEPTHWISE_CONV_2D
+``[1, kh, kw, C*m]``, TRANSPOSE_CONV ``[O, kh, kw, I]``. In int8 models the filter keeps the
+integers of the ONNX file, per output channel and symmetric (TFLite quantization spec:
+quantized_dimension 0 for CONV_2D/TRANSPOSE_CONV, 3 for DEPTHWISE_CONV_2D), and the bias is int32
+with scale input_scale * filter_scale[c] and zero point 0. A grouped convolution that is not
+depthwise is split: SPLIT the channels, one CONV_2D per group, CONCATENATION.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekd.export.tflite.builder import Quant
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref
+from edgekd.export.tflite.graph import Node
+from edgekd.export.tflite.ops.spatial import pad_nhwc, tflite_padding, window
+
+
+def filter_tensor(ctx: Context, node: Node, name: str, axes: tuple[int, ...], channel_axis: int,
+                  select: slice = slice(None), scale_by: float = 1.0) -> tuple[int, np.ndarray | None]:
+    """The filter constant ``name`` transposed by ``axes`` (its dim 0 = output channels before).
+
+    Returns the tensor index and, in int8 models, the per-output-channel scales.
+    """
+    if not ctx.int8:
+        w = ctx.const_value(name, node, "the weight")[select] * scale_by
+        data = np.ascontiguousarray(w.transpose(axes))
+        return ctx.float_const(data, f"{node.name}/filter"), None
+    qc = ctx.g.qconst.get(name)
+    if qc is None:
+        raise ctx.fail(node, f"weight {name!r} is float in a quantized model; the ONNX file must "
+                             f"quantize it (DequantizeLinear of int8 weights) for a full-integer TFLite")
+    if any(qc.quant.zero_point):
+        raise ctx.fail(node, "weights are quantized asymmetrically (zero point != 0); TFLite int8 "
+                             "kernels need symmetric weights")
+    if qc.values.dtype != np.int8:
+        raise ctx.fail(node, f"weights are {qc.values.dtype}; TFLite int8 kernels need int8 weights")
+    out_channels = qc.values.shape[0]
+    if qc.quant.per_channel and qc.quant.axis != 0:
+        raise ctx.fail(node, f"weights are quantized along axis {qc.quant.axis}; TFLite needs "
+                             f"per-output-channel scales (axis 0)")
+    scales = np.broadcast_to(np.asarray(qc.quant.scale, np.float64), (out_channels,))[select] * scale_by
+    data = np.ascontiguousarray(qc.values[select].transpose(axes))
+    quant = Quant.of(scales, np.zeros(len(scales), np.int64), channel_axis)
+    return ctx.b.tensor(f"{node.name}/filter", data.shape, np.int8, data=data, quant=quant), scales
+
+
+def bias_tensor(ctx: Context, node: Node, name: str | None, channels: int, in_quant: Quant | None,
+                w_scales: np.ndarray | None, select: slice = slice(None), scale_by: float = 1.0) -> int:
+    """float32 bias, or int32 with scale in_scale * w_scale[c] (zeros when the node has none)."""
+    bias = (ctx.const_value(name, node, "the bias")[select] * scale_by if name
+            else np.zeros(channels, np.float32))
+    if not ctx.int8:
+        return ctx.float_const(bias.astype(np.float32), f"{node.name}/bias")
+    scales = in_quant.scale[0] * w_scales
+    qc = ctx.g.qconst.get(name) if name else None
+    if qc is not None and qc.values.dtype == np.int32 and np.allclose(
+            np.broadcast_to(qc.quant.scale, (len(qc.values),))[select] * scale_by, scales, rtol=1e-5):
+        values = qc.values[select]  # the file's int32 bias already has the spec's scale
+    else:
+        values = np.clip(np.rint(bias / scales), -2**31, 2**31 - 1).astype(np.int32)
+    quant = Quant.of(scales, np.zeros(len(scales), np.int64), 0)
+    return ctx.b.tensor(f"{node.name}/bias", values.shape, np.int32, data=values, quant=quant)
+
+
+@CONVERTERS.register("Conv")
+def conv(ctx: Context, node: Node) -> None:
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    x_shape = ctx.shape(x_name, node)
+    if len(x_shape) != 4:
+        raise ctx.fail(node, f"{len(x_shape) - 2}-D convolution is not supported (2-D only)")
+    w_shape = ctx.shape(w_name, node)
+    out_ch, in_per_group, kh, kw = w_shape
+    channels, group = x_shape[1], int(node.attr("group", 1))
+    win = window(ctx, node, list(x_shape[2:]), [kh, kw])
+    padding, explicit = tflite_padding(win, list(x_shape[2:]))
+    x = ctx.get(x_name, NHWC, node)
+    in_quant = ctx.b.quant_of(x.index)
+    if explicit:
+        x = pad_nhwc(ctx, x, explicit, node.name)
+    common = {"padding": ctx.b.enum("Padding", padding), "strideH": win.strides[0],
+              "strideW": win.strides[1], "dilationHFactor": win.dilations[0],
+              "dilationWFactor": win.dilations[1], "fusedActivationFunction": ctx.activation(node)}
+    if group == 1:
+        w, scales = filter_tensor(ctx, node, w_name, (0, 2, 3, 1), 0)
+        b = bias_tensor(ctx, node, b_name, out_ch, in_quant, scales)
+        ctx.emit("CONV_2D", [x.index, w, b], node, perm=NHWC, options=ctx.b.options("Conv2D", **common),
+                 version=3 if ctx.int8 else 1)
+    elif group == channels and in_per_group == 1:
+        w, scales = filter_tensor(ctx, node, w_name, (1, 2, 3, 0), 3)
+        b = bias_tensor(ctx, node, b_name, out_ch, in_quant, scales)
+        ctx.emit("DEPTHWISE_CONV_2D", [x.index, w, b], node, perm=NHWC,
+                 options=ctx.b.options("DepthwiseConv2D", depthMultiplier=out_ch // channels, **common),
+                 version=3 if ctx.int8 else 1)
+    else:
+        _grouped(ctx, node, x, group, common, w_name, b_name, out_ch, in_quant)
+
+
+def _grouped(ctx: Context, node: Node, x: Ref, group: int, common: dict, w_name: str,
+             b_name: str | None, out_ch: int, in_quant: Quant | None) -> None:
+    shape = ctx.b.shape_of(x.index)
+    parts = [ctx.tensor(f"{node.name}/group{i}_in", [*shape[:3], shape[3] // group], like=x.index)
+             for i in range(group)]
+    ctx.b.op("SPLIT", [ctx.int_const(np.asarray(3, np.int32).reshape(())), x.index], parts,
+             ctx.b.options("Split", numSplits=group))
+    per = out_ch // group
+    out_shape = ctx.shape(node.outputs[0], node)
+    out_quant = ctx.quant_of(node.outputs[0], node)
+    outs = []
+    for i, part in enumerate(parts):
+        sel = slice(i * per, (i + 1) * per)
+        w, scales = filter_tensor(ctx, node, w_name, (0, 2, 3, 1), 0, sel)
+        b = bias_tensor(ctx, node, b_name, per, in_quant, scales, sel)
+        o = ctx.tensor(f"{node.name}/group{i}_out", [out_shape[0], out_shape[2], out_shape[3], per],
+                       quant=out_quant)
+        ctx.b.op("CONV_2D", [part, w, b], [o], ctx.b.options("Conv2D", **common), 3 if ctx.int8 else 1)
+        outs.append(o)
+    ctx.emit("CONCATENATION", outs, node, perm=NHWC, options=ctx.b.options("Concatenation", axis=3))
+
+
+@CONVERTERS.register("ConvTranspose")
+def conv_transpose(ctx: Context, node: Node) -> None:
+    x_name, w_name = node.inputs[0], node.inputs[1]
+    b_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    x_shape = ctx.shape(x_name, node)
+    if len(x_shape) != 4:
+        raise ctx.fail(node, f"{len(x_shape) - 2}-D transposed convolution is not supported (2-D only)")
+    _, out_per_group, kh, kw = ctx.shape(w_name, node)
+    if int(node.attr("group", 1)) != 1:
+        raise ctx.fail(node, "grouped ConvTranspose is not supported by TFLite's TRANSPOSE_CONV")
+    if list(node.attr("dilations", [1, 1])) != [1, 1]:
+        raise ctx.fail(node, "dilated ConvTranspose is not supported by TFLite's TRANSPOSE_CONV")
+    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise ctx.fail(node, f"auto_pad={node.attr('auto_pad')} is not supported; use explicit pads")
+    strides = list(node.attr("strides", [1, 1]))
+    pads = list(node.attr("pads", [0, 0, 0, 0]))
+    out_shape = ctx.shape(node.outputs[0], node)  # N, O, H, W
+    # full (VALID) result, then crop the ONNX pads off; output_padding rows come out as bias only
+    full = [(x_shape[2 + i] - 1) * strides[i] + (kh, kw)[i] for i in range(2)]
+    full = [max(full[i], out_shape[2 + i] + pads[i]) for i in range(2)]
+    x = ctx.get(x_name, NHWC, node)
+    in_quant = ctx.b.quant_of(x.index)
+    if ctx.int8:
+        qc = ctx.g.qconst.get(w_name)
+        if qc is not None and qc.quant.per_channel and qc.quant.axis != 1:
+            raise ctx.fail(node, "ConvTranspose weights must be quantized per output channel (axis 1)")
+    w, scales = _transpose_filter(ctx, node, w_name)
+    b = bias_tensor(ctx, node, b_name, out_per_group, in_quant, scales)
+    options = ctx.b.options("TransposeConv", padding=ctx.b.enum("Padding", "VALID"), strideH=strides[0],
+                            strideW=strides[1], fusedActivationFunction=ctx.activation(node))
+    sizes = ctx.int_const([out_shape[0], full[0], full[1], out_shape[1]])
+    crop = full != [out_shape[2] + pads[0], out_shape[3] + pads[1]] or any(pads)
+    if not crop:
+        ctx.emit("TRANSPOSE_CONV", [sizes, w, x.index, b], node, perm=NHWC, options=options,
+                 version=3 if ctx.int8 else 4)
+        return
+    quant = ctx.quant_of(node.outputs[0], node)
+    tmp = ctx.tensor(f"{node.name}/uncropped", [out_shape[0], full[0], full[1], out_shape[1]], quant=quant)
+    ctx.b.op("TRANSPOSE_CONV", [sizes, w, x.index, b], [tmp], options, 3 if ctx.int8 else 4)
+    begin = [0, pads[0], pads[1], 0]
+    end = [out_shape[0], pads[0] + out_shape[2], pads[1] + out_shape[3], out_shape[1]]
+    ctx.emit("STRIDED_SLICE", [tmp, ctx.int_const(begin), ctx.int_const(end), ctx.int_const([1] * 4)],
+             node, perm=NHWC, options=ctx.b.options("StridedSlice"))
+
+
+def _transpose_filter(ctx: Context, node: Node, name: str) -> tuple[int, np.ndarray | None]:
+    """ONNX ConvTranspose weight [I, O, kh, kw] -> TFLite [O, kh, kw, I], per-channel on O."""
+    if not ctx.int8:
+        w = ctx.const_value(name, node, "the weight")
+        return ctx.float_const(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), f"{node.name}/filter"), None
+    qc = ctx.g.qconst.get(name)
+    if qc is None or any(qc.quant.zero_point) or qc.values.dtype != np.int8:
+        raise ctx.fail(node, "ConvTranspose weights must be int8, symmetric, from a DequantizeLinear")
+    out_ch = qc.values.shape[1]
+    scales = np.broadcast_to(np.asarray(qc.quant.scale, np.float64), (out_ch,)).copy()
+    data = np.ascontiguousarray(qc.values.transpose(1, 2, 3, 0))
+    quant = Quant.of(scales, np.zeros(out_ch, np.int64), 0)
+    return ctx.b.tensor(f"{node.name}/filter", data.shape, np.int8, data=data, quant=quant), scales

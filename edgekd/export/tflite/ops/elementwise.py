@@ -1,0 +1,225 @@
+"""Element-wise ops and activations: Add, Sub, Mul, Div, Relu, Clip, LeakyRelu, PRelu, Sigmoid,
+Tanh, HardSigmoid, HardSwish, Softmax, standalone BatchNormalization.
+
+Layout-neutral: the output keeps the layout of the activation input; a constant operand is
+broadcast to the activation's rank and permuted to its layout. In int8 models, LOGISTIC and
+SOFTMAX write scale 1/256 and zero point -128, TANH 1/128 and 0 (the TFLite quantization
+spec); a QUANTIZE follows when the ONNX model quantized the output differently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekd.export.tflite.builder import Quant
+from edgekd.export.tflite.context import CONVERTERS, Context, Ref, identity, range_quant
+from edgekd.export.tflite.graph import Node, activation_of
+
+_BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
+SIGMOID_QUANT = Quant.of(1 / 256, -128)
+TANH_QUANT = Quant.of(1 / 128, 0)
+
+
+def const_like(ctx: Context, node: Node, value: np.ndarray, like: Ref, name: str,
+               quant: Quant | None = None) -> int:
+    """Constant ``value`` broadcast-aligned to activation ``like`` (its rank and layout)."""
+    rank = len(like.perm)
+    value = np.asarray(value, np.float32)
+    if value.ndim > rank:
+        raise ctx.fail(node, f"constant of rank {value.ndim} broadcast against a rank-{rank} tensor")
+    if value.ndim and value.size > 1:
+        value = value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(like.perm)
+    elif value.size == 1:
+        value = value.reshape(())  # scalar constants broadcast in any layout
+    return ctx.operand_const(np.ascontiguousarray(value), name, quant)
+
+
+def _operands(ctx: Context, node: Node) -> tuple[list[int], tuple[int, ...]]:
+    a, b = node.inputs[:2]
+    acts = [n for n in (a, b) if not ctx.is_const(n)]
+    if not acts:
+        raise ctx.fail(node, "both operands are constant (should have been folded)")
+    ranks = {n: len(ctx.shape(n, node)) for n in acts}
+    if len(acts) == 2 and ranks[a] != ranks[b]:
+        refs = {n: ctx.get(n, identity(ranks[n]), node) for n in acts}
+    else:
+        first = ctx.get(acts[0], None, node)
+        refs = {n: ctx.get(n, first.perm, node) for n in acts}
+    lead = max(acts, key=lambda n: ranks[n])
+    indices = []
+    for n in (a, b):
+        if n in refs:
+            indices.append(refs[n].index)
+            continue
+        value = ctx.g.constants[n]
+        quant = ctx.g.qconst[n].quant if n in ctx.g.qconst and not ctx.g.qconst[n].quant.per_channel else None
+        if node.op == "Div" and n == b:
+            value, quant = 1.0 / value.astype(np.float64), None
+        indices.append(const_like(ctx, node, value, refs[lead], f"{node.name}/{n}", quant))
+    return indices, refs[lead].perm
+
+
+@CONVERTERS.register("Add")
+@CONVERTERS.register("Sub")
+@CONVERTERS.register("Mul")
+@CONVERTERS.register("Div")
+def binary(ctx: Context, node: Node) -> None:
+    inputs, perm = _operands(ctx, node)
+    op = _BINARY[node.op]
+    if node.op == "Div" and ctx.is_const(node.inputs[1]):
+        op = "MUL"  # division by a constant is multiplication by its reciprocal
+    elif node.op == "Div" and ctx.int8:
+        raise ctx.fail(node, "int8 division by a run-time tensor is not supported (only by a constant)")
+    kind = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div"}[op]
+    options = ctx.b.options(kind, fusedActivationFunction=ctx.activation(node))
+    ctx.emit(op, inputs, node, perm=perm, options=options, version=2 if ctx.int8 else 1)
+
+
+def _unary(ctx: Context, node: Node, op: str, options=None, fixed_quant: Quant | None = None,
+           version: int = 1) -> Ref:
+    x = ctx.get(node.inputs[0], None, node)
+    return ctx.emit(op, [x.index], node, perm=x.perm, options=options, fixed_quant=fixed_quant,
+                    inherit=ctx.b.quant_of(x.index), version=2 if ctx.int8 else version)
+
+
+@CONVERTERS.register("Relu")
+def relu(ctx: Context, node: Node) -> None:
+    _unary(ctx, node, "RELU")
+
+
+@CONVERTERS.register("Clip")
+def clip(ctx: Context, node: Node) -> None:
+    act = activation_of(node, ctx.g)
+    if act is not None:
+        _unary(ctx, node, act)
+        return
+    lo, hi = node.attr("min"), node.attr("max")
+    if len(node.inputs) > 1 and node.inputs[1]:
+        lo = float(ctx.const_value(node.inputs[1], node, "min"))
+    if len(node.inputs) > 2 and node.inputs[2]:
+        hi = float(ctx.const_value(node.inputs[2], node, "max"))
+    if (lo, hi) == (0.0, 1.0):
+        _unary(ctx, node, "RELU_0_TO_1")
+        return
+    x = ctx.get(node.inputs[0], None, node)
+    current, steps = x, [("MAXIMUM", lo), ("MINIMUM", hi)]
+    steps = [(op, v) for op, v in steps if v is not None and np.isfinite(v)]
+    for i, (op, value) in enumerate(steps):
+        c = const_like(ctx, node, np.asarray(value), current, f"{node.name}/{op.lower()}",
+                       ctx.b.quant_of(current.index))
+        if i == len(steps) - 1:
+            ctx.emit(op, [current.index, c], node, perm=x.perm, inherit=ctx.b.quant_of(x.index))
+        else:
+            out = ctx.tensor(f"{node.name}/{op.lower()}_out", ctx.b.shape_of(current.index), like=current.index)
+            ctx.b.op(op, [current.index, c], [out])
+            current = Ref(out, x.perm)
+    if not steps:
+        ctx.bind(node.outputs[0], x.index, x.perm)
+
+
+@CONVERTERS.register("LeakyRelu")
+def leaky_relu(ctx: Context, node: Node) -> None:
+    _unary(ctx, node, "LEAKY_RELU", ctx.b.options("LeakyRelu", alpha=float(node.attr("alpha", 0.01))))
+
+
+@CONVERTERS.register("PRelu")
+def prelu(ctx: Context, node: Node) -> None:
+    x = ctx.get(node.inputs[0], None, node)
+    slope = ctx.const_value(node.inputs[1], node, "the slope")
+    quant = None
+    if ctx.int8:
+        quant = range_quant(float(slope.min()), float(slope.max()))
+    alpha = const_like(ctx, node, slope, x, f"{node.name}/alpha", quant)
+    ctx.emit("PRELU", [x.index, alpha], node, perm=x.perm)
+
+
+@CONVERTERS.register("Sigmoid")
+def sigmoid(ctx: Context, node: Node) -> None:
+    _unary(ctx, node, "LOGISTIC", fixed_quant=SIGMOID_QUANT if ctx.int8 else None)
+
+
+@CONVERTERS.register("Tanh")
+def tanh(ctx: Context, node: Node) -> None:
+    _unary(ctx, node, "TANH", fixed_quant=TANH_QUANT if ctx.int8 else None)
+
+
+@CONVERTERS.register("HardSwish")
+def hard_swish(ctx: Context, node: Node) -> None:
+    _unary(ctx, node, "HARD_SWISH")
+
+
+@CONVERTERS.register("HardSigmoid")
+def hard_sigmoid(ctx: Context, node: Node) -> None:
+    """max(0, min(1, alpha * x + beta)) as MUL, ADD, RELU_0_TO_1.
+
+    In int8 models the intermediate scales are derived exactly from the input's scale and the
+    two constants (the interval the input can represent, mapped through the affine function).
+    """
+    alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+    x = ctx.get(node.inputs[0], None, node)
+    shape = ctx.b.shape_of(x.index)
+    q_mul = q_add = None
+    if ctx.int8:
+        q = ctx.b.quant_of(x.index)
+        lo, hi = sorted(((-128 - q.zero_point[0]) * q.scale[0] * alpha, (127 - q.zero_point[0]) * q.scale[0] * alpha))
+        q_mul, q_add = range_quant(lo, hi), range_quant(lo + beta, hi + beta)
+    a = const_like(ctx, node, np.asarray(alpha), x, f"{node.name}/alpha")
+    scaled = ctx.tensor(f"{node.name}/scaled", shape, like=x.index, quant=q_mul)
+    ctx.b.op("MUL", [x.index, a], [scaled], ctx.b.options("Mul"), 2 if ctx.int8 else 1)
+    b = const_like(ctx, node, np.asarray(beta), x, f"{node.name}/beta")
+    shifted = ctx.tensor(f"{node.name}/shifted", shape, like=x.index, quant=q_add)
+    ctx.b.op("ADD", [scaled, b], [shifted], ctx.b.options("Add"), 2 if ctx.int8 else 1)
+    ctx.emit("RELU_0_TO_1", [shifted], node, perm=x.perm)
+
+
+@CONVERTERS.register("Softmax")
+def softmax(ctx: Context, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0], node)
+    rank = len(shape)
+    axis = int(node.attr("axis", -1 if ctx.g.opset >= 13 else 1)) % rank
+    fixed = SIGMOID_QUANT if ctx.int8 else None
+    options = ctx.b.options("Softmax", beta=1.0)
+    x = ctx.get(node.inputs[0], None, node)
+    if ctx.g.opset < 13 and axis != rank - 1:  # old Softmax: over all axes from `axis` on, flattened
+        flat = ctx.get(node.inputs[0], identity(rank), node)
+        rows = [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))]
+        two_d = ctx.tensor(f"{node.name}/2d", rows, like=flat.index)
+        ctx.b.op("RESHAPE", [flat.index, ctx.shape_const(rows)], [two_d],
+                 ctx.b.options("Reshape", newShape=rows))
+        out = ctx.tensor(f"{node.name}/softmax2d", rows, like=flat.index, quant=fixed)
+        ctx.b.op("SOFTMAX", [two_d], [out], options, 2 if ctx.int8 else 1)
+        ctx.emit("RESHAPE", [out, ctx.shape_const(shape)], node, perm=identity(rank),
+                 options=ctx.b.options("Reshape", newShape=list(shape)), inherit=fixed,
+                 fixed_quant=fixed)
+        return
+    if x.perm.index(axis) != rank - 1:  # TFLite's SOFTMAX works on the last axis only
+        perm = tuple(a for a in range(rank) if a != axis) + (axis,)
+        x = ctx.get(node.inputs[0], perm, node)
+    ctx.emit("SOFTMAX", [x.index], node, perm=x.perm, options=options, fixed_quant=fixed,
+             version=2 if ctx.int8 else 1)
+
+
+@CONVERTERS.register("BatchNormalization")
+def batch_norm(ctx: Context, node: Node) -> None:
+    """Inference BatchNormalization not folded into a convolution: x * a + b per channel."""
+    if len([o for o in node.outputs if o]) > 1 or node.attr("training_mode", 0):
+        raise ctx.fail(node, "training-mode BatchNormalization cannot be exported; export in eval mode")
+    gamma, beta, mean, var = (ctx.const_value(n, node, "a BatchNormalization parameter").astype(np.float64)
+                              for n in node.inputs[1:5])
+    a = gamma / np.sqrt(var + node.attr("epsilon", 1e-5))
+    b = beta - mean * a
+    x = ctx.get(node.inputs[0], None, node)
+    rank = len(x.perm)
+    per_channel = lambda v: v.reshape((1, -1) + (1,) * (rank - 2))
+    q_mul = None
+    if ctx.int8:
+        q = ctx.b.quant_of(x.index)
+        ends = np.outer([(-128 - q.zero_point[0]) * q.scale[0], (127 - q.zero_point[0]) * q.scale[0]], a)
+        q_mul = range_quant(float(ends.min()), float(ends.max()))
+    scale = const_like(ctx, node, per_channel(a), x, f"{node.name}/scale")
+    scaled = ctx.tensor(f"{node.name}/scaled", ctx.b.shape_of(x.index), like=x.index, quant=q_mul)
+    ctx.b.op("MUL", [x.index, scale], [scaled], ctx.b.options("Mul"), 2 if ctx.int8 else 1)
+    shift = const_like(ctx, node, per_channel(b), x, f"{node.name}/shift")
+    ctx.emit("ADD", [scaled, shift], node, perm=x.perm,
+             options=ctx.b.options("Add", fusedActivationFunction=ctx.activation(node)),
+             version=2 if ctx.int8 else 1)

@@ -1,0 +1,113 @@
+"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean -> MAX_POOL_2D,
+AVERAGE_POOL_2D, MEAN, REDUCE_MAX.
+
+Pooling keeps the input's scale in int8 models (TFLite quantization spec); if the ONNX model
+quantized the output with another scale, a QUANTIZE follows. TFLite's SAME average pooling
+excludes padding from the mean, like ONNX ``count_include_pad=0``; other padding is an explicit
+PAD (zeros for average pooling with ``count_include_pad=1``, the lowest value for max pooling).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context
+from edgekd.export.tflite.graph import Node
+from edgekd.export.tflite.ops.spatial import pad_nhwc, tflite_padding, window
+
+
+def _pool(ctx: Context, node: Node, op: str) -> None:
+    x_shape = ctx.shape(node.inputs[0], node)
+    if len(x_shape) != 4:
+        raise ctx.fail(node, f"{len(x_shape) - 2}-D pooling is not supported (2-D only)")
+    if list(node.attr("dilations", [1, 1])) != [1, 1]:
+        raise ctx.fail(node, "dilated pooling is not supported by TFLite")
+    if len([o for o in node.outputs if o]) > 1:
+        raise ctx.fail(node, "MaxPool's Indices output is not supported")
+    kernel = list(node.attr("kernel_shape"))
+    win = window(ctx, node, list(x_shape[2:]), kernel)
+    padding, explicit = tflite_padding(win, list(x_shape[2:]))
+    x = ctx.get(node.inputs[0], NHWC, node)
+    in_quant = ctx.b.quant_of(x.index)
+    if explicit:
+        if op == "MAX_POOL_2D":
+            x = pad_nhwc(ctx, x, explicit, node.name, value=_lowest(in_quant))
+        elif node.attr("count_include_pad", 0):
+            x = pad_nhwc(ctx, x, explicit, node.name)
+        else:
+            raise ctx.fail(node, f"average pooling with pads {win.pads} and count_include_pad=0 "
+                                 f"does not match TFLite's SAME padding")
+    elif padding == "SAME" and op == "AVERAGE_POOL_2D" and node.attr("count_include_pad", 0):
+        x = pad_nhwc(ctx, x, [win.pads[0], win.pads[1], *_used_end(win, x_shape)], node.name)
+        padding = "VALID"
+    options = ctx.b.options("Pool2D", padding=ctx.b.enum("Padding", padding), strideH=win.strides[0],
+                            strideW=win.strides[1], filterHeight=kernel[0], filterWidth=kernel[1])
+    ctx.emit(op, [x.index], node, perm=NHWC, options=options, fixed_quant=in_quant,
+             version=2 if ctx.int8 else 1)
+
+
+def _used_end(win, x_shape) -> list[int]:
+    return [max((win.out[i] - 1) * win.strides[i] + win.effective(i) - x_shape[2 + i] - win.pads[i], 0)
+            for i in range(2)]
+
+
+def _lowest(quant) -> float:
+    if quant is None:
+        return float(np.finfo(np.float32).min)
+    return (-128 - quant.zero_point[0]) * quant.scale[0]
+
+
+@CONVERTERS.register("MaxPool")
+def max_pool(ctx: Context, node: Node) -> None:
+    _pool(ctx, node, "MAX_POOL_2D")
+
+
+@CONVERTERS.register("AveragePool")
+def average_pool(ctx: Context, node: Node) -> None:
+    _pool(ctx, node, "AVERAGE_POOL_2D")
+
+
+def _reduce(ctx: Context, node: Node, op: str, axes: list[int], keep: bool) -> None:
+    shape = ctx.shape(node.inputs[0], node)
+    rank = len(shape)
+    axes = sorted({a % rank for a in axes})
+    x = ctx.get(node.inputs[0], None, node)
+    physical = [x.perm.index(a) for a in axes]
+    if keep:
+        out_perm = x.perm
+    else:  # the kept axes, in the order they are stored
+        kept = [a for a in x.perm if a not in axes]
+        renumber = {a: i for i, a in enumerate(sorted(kept))}
+        out_perm = tuple(renumber[a] for a in kept)
+    fixed = ctx.b.quant_of(x.index) if op == "REDUCE_MAX" else None
+    ctx.emit(op, [x.index, ctx.int_const(physical)], node, perm=out_perm,
+             options=ctx.b.options("Reducer", keepDims=keep), fixed_quant=fixed,
+             version=2 if ctx.int8 else 1)
+
+
+@CONVERTERS.register("GlobalAveragePool")
+def global_average_pool(ctx: Context, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0], node))
+    _reduce(ctx, node, "MEAN", list(range(2, rank)), keep=True)
+
+
+@CONVERTERS.register("GlobalMaxPool")
+def global_max_pool(ctx: Context, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0], node))
+    _reduce(ctx, node, "REDUCE_MAX", list(range(2, rank)), keep=True)
+
+
+@CONVERTERS.register("ReduceMean")
+def reduce_mean(ctx: Context, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0], node))
+    if len(node.inputs) > 1 and node.inputs[1]:
+        axes = [int(a) for a in ctx.const_value(node.inputs[1], node, "axes")]
+    else:
+        axes = list(node.attr("axes", []))
+    if not axes:
+        if node.attr("noop_with_empty_axes", 0):
+            x = ctx.get(node.inputs[0], None, node)
+            ctx.bind(node.outputs[0], x.index, x.perm)
+            return
+        axes = list(range(rank))
+    _reduce(ctx, node, "MEAN", axes, keep=bool(node.attr("keepdims", 1)))

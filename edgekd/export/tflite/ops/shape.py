@@ -1,0 +1,214 @@
+"""Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Pad, Slice, Resize.
+
+These ops keep the input's scale in int8 models (Concat requantizes inputs whose scale differs
+from the output's, as the TFLite spec requires). Layout is where care is needed:
+
+- a reshape reads memory in order, so it needs its input in ONNX order, unless the stored
+  layout only moves size-1 axes (e.g. N x C x 1 x 1 after global pooling), or it flattens
+  convolution features straight into a fully connected layer, whose weight columns are then
+  permuted to NHWC order instead (no transpose);
+- Transpose never emits an op: the output is recorded with the layout that makes the stored
+  bytes already right;
+- axis attributes are mapped through the stored layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekd.export.tflite.context import (
+    CONVERTERS,
+    NHWC,
+    Context,
+    identity,
+    permuted,
+    same_order,
+)
+from edgekd.export.tflite.graph import Node
+
+_FC_CONSUMERS = {"Gemm", "MatMul"}
+
+
+def _reshape_to(ctx: Context, node: Node, out_shape: tuple[int, ...]) -> None:
+    name = node.inputs[0]
+    shape = ctx.shape(name, node)
+    x = ctx.get(name, None, node)
+    feature_perm = None
+    if not same_order(shape, x.perm):
+        if _flatten_into_fc(ctx, node, shape, out_shape):
+            feature_perm = np.arange(int(np.prod(shape[1:]))).reshape(shape[1:]).transpose(
+                [a - 1 for a in x.perm[1:]]).ravel()
+        else:
+            x = ctx.get(name, identity(len(shape)), node)
+    out_perm = NHWC if len(out_shape) == 4 and same_order(out_shape, NHWC) else identity(len(out_shape))
+    phys = permuted(out_shape, out_perm)
+    ctx.emit("RESHAPE", [x.index, ctx.shape_const(phys)], node, perm=out_perm,
+             options=ctx.b.options("Reshape", newShape=phys), inherit=ctx.b.quant_of(x.index),
+             feature_perm=feature_perm)
+
+
+def _flatten_into_fc(ctx: Context, node: Node, shape, out_shape) -> bool:
+    """True when ``node`` flattens [N, ...] to [N, F] and only constant-weight FCs read it."""
+    if len(out_shape) != 2 or out_shape[0] != shape[0] or ctx.refs[node.inputs[0]].perm[0] != 0:
+        return False
+    consumers = ctx.g.consumers(node.outputs[0])
+    return bool(consumers) and node.outputs[0] not in ctx.g.outputs and all(
+        c.op in _FC_CONSUMERS and c.inputs[0] == node.outputs[0] and ctx.is_const(c.inputs[1])
+        and not c.attr("transA", 0) for c in consumers)
+
+
+@CONVERTERS.register("Reshape")
+@CONVERTERS.register("Flatten")
+@CONVERTERS.register("Squeeze")
+@CONVERTERS.register("Unsqueeze")
+def reshape(ctx: Context, node: Node) -> None:
+    _reshape_to(ctx, node, ctx.shape(node.outputs[0], node))
+
+
+@CONVERTERS.register("Transpose")
+def transpose(ctx: Context, node: Node) -> None:
+    x = ctx.get(node.inputs[0], None, node)
+    rank = len(x.perm)
+    t = list(node.attr("perm", list(reversed(range(rank)))))
+    # out_logical axis i is in_logical axis t[i]; store it so the physical bytes do not move
+    out_perm = tuple(t.index(p) for p in x.perm)
+    ctx.bind(node.outputs[0], x.index, out_perm)
+
+
+@CONVERTERS.register("Concat")
+def concat(ctx: Context, node: Node) -> None:
+    rank = len(ctx.shape(node.outputs[0], node))
+    axis = int(node.attr("axis")) % rank
+    acts = [n for n in node.inputs if n and not ctx.is_const(n)]
+    if not acts:
+        raise ctx.fail(node, "all inputs are constant (should have been folded)")
+    perm = ctx.get(acts[0], None, node).perm
+    out_quant = ctx.quant_of(node.outputs[0], node, inherit=ctx.b.quant_of(ctx.refs[acts[0]].index))
+    inputs = []
+    for i, name in enumerate(n for n in node.inputs if n):
+        if ctx.is_const(name):
+            value = np.ascontiguousarray(ctx.g.constants[name].astype(np.float32).transpose(perm))
+            inputs.append(ctx.operand_const(value, f"{node.name}/const{i}", out_quant))
+            continue
+        index = ctx.get(name, perm, node).index
+        if ctx.int8:
+            index = ctx.requantize(index, out_quant, f"{node.name}/input{i}_requantized")
+        inputs.append(index)
+    ctx.emit("CONCATENATION", inputs, node, perm=perm,
+             options=ctx.b.options("Concatenation", axis=perm.index(axis)), fixed_quant=out_quant)
+
+
+@CONVERTERS.register("Pad")
+def pad(ctx: Context, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0], node))
+    if len(node.inputs) > 1 and node.inputs[1]:
+        pads = [int(p) for p in ctx.const_value(node.inputs[1], node, "pads")]
+    else:
+        pads = list(node.attr("pads"))
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3]:
+        axes = [int(a) % rank for a in ctx.const_value(node.inputs[3], node, "axes")]
+    full = {a: (pads[i], pads[i + len(axes)]) for i, a in enumerate(axes)}
+    if any(p < 0 for pair in full.values() for p in pair):
+        raise ctx.fail(node, "negative pads (cropping) are not supported; use Slice")
+    value = float(node.attr("value", 0.0))
+    if len(node.inputs) > 2 and node.inputs[2]:
+        value = float(ctx.const_value(node.inputs[2], node, "the constant value"))
+    mode = node.attr("mode", "constant")
+    x = ctx.get(node.inputs[0], None, node)
+    paddings = ctx.int_const([list(full.get(a, (0, 0))) for a in x.perm])
+    inherit = ctx.b.quant_of(x.index)
+    if mode == "reflect":
+        ctx.emit("MIRROR_PAD", [x.index, paddings], node, perm=x.perm, inherit=inherit, fixed_quant=inherit,
+                 options=ctx.b.options("MirrorPad", mode=ctx.b.enum("MirrorPadMode", "REFLECT")))
+    elif mode != "constant":
+        raise ctx.fail(node, f"Pad mode {mode!r} is not supported (constant and reflect are)")
+    elif value == 0.0:
+        ctx.emit("PAD", [x.index, paddings], node, perm=x.perm, inherit=inherit, fixed_quant=inherit)
+    else:
+        fill = ctx.operand_const(np.asarray(value, np.float32), f"{node.name}/value", inherit)
+        ctx.emit("PADV2", [x.index, paddings, fill], node, perm=x.perm, inherit=inherit, fixed_quant=inherit)
+
+
+@CONVERTERS.register("Slice")
+def slice_(ctx: Context, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0], node)
+    rank = len(shape)
+    if ctx.g.opset < 10:
+        starts, ends = list(node.attr("starts")), list(node.attr("ends"))
+        axes, steps = list(node.attr("axes", range(len(starts)))), [1] * len(starts)
+    else:
+        values = [ctx.const_value(n, node, what) if len(node.inputs) > i and node.inputs[i] else None
+                  for i, (n, what) in enumerate(zip(node.inputs + [""] * 5,
+                                                    ["", "starts", "ends", "axes", "steps"])) if i]
+        starts, ends = [int(v) for v in values[0]], [int(v) for v in values[1]]
+        axes = [int(v) for v in values[2]] if values[2] is not None else list(range(len(starts)))
+        steps = [int(v) for v in values[3]] if values[3] is not None else [1] * len(starts)
+    begin, end, stride, end_mask = [0] * rank, list(shape), [1] * rank, 0
+    for start, stop, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        dim = shape[axis]
+        if step > 0:
+            b = min(max(start + dim if start < 0 else start, 0), dim)
+            e = min(max(stop + dim if stop < 0 else stop, 0), dim)
+        else:
+            b = min(max(start + dim if start < 0 else start, -1), dim - 1)
+            e = min(max(stop + dim if stop < 0 else stop, -1), dim - 1)
+        begin[axis], end[axis], stride[axis] = b, e, step
+    x = ctx.get(node.inputs[0], None, node)
+    phys = [x.perm.index(a) for a in range(rank)]  # logical axis -> stored position
+    pb, pe, ps = ([values[a] for a in x.perm] for values in (begin, end, stride))
+    for a in range(rank):
+        if stride[a] < 0 and end[a] == -1:  # run to the start: TFLite needs the end mask
+            end_mask |= 1 << phys[a]
+            pe[phys[a]] = 0
+    inherit = ctx.b.quant_of(x.index)
+    ctx.emit("STRIDED_SLICE", [x.index, ctx.int_const(pb), ctx.int_const(pe), ctx.int_const(ps)], node,
+             perm=x.perm, options=ctx.b.options("StridedSlice", endMask=end_mask), inherit=inherit,
+             fixed_quant=inherit)
+
+
+# ONNX (mode, coordinate_transformation_mode, nearest_mode) -> (TFLite op, align_corners, half_pixel)
+_RESIZE = {
+    ("linear", "half_pixel"): ("RESIZE_BILINEAR", False, True),
+    ("linear", "pytorch_half_pixel"): ("RESIZE_BILINEAR", False, True),
+    ("linear", "align_corners"): ("RESIZE_BILINEAR", True, False),
+    ("linear", "asymmetric"): ("RESIZE_BILINEAR", False, False),
+    ("nearest", "asymmetric", "floor"): ("RESIZE_NEAREST_NEIGHBOR", False, False),
+    ("nearest", "align_corners", "round_prefer_ceil"): ("RESIZE_NEAREST_NEIGHBOR", True, False),
+    ("nearest", "half_pixel", "round_prefer_ceil"): ("RESIZE_NEAREST_NEIGHBOR", False, True),
+    ("nearest", "tf_half_pixel_for_nn", "floor"): ("RESIZE_NEAREST_NEIGHBOR", False, True),
+}
+
+
+@CONVERTERS.register("Resize")
+@CONVERTERS.register("Upsample")
+def resize(ctx: Context, node: Node) -> None:
+    in_shape, out_shape = ctx.shape(node.inputs[0], node), ctx.shape(node.outputs[0], node)
+    if len(in_shape) != 4 or tuple(in_shape[:2]) != tuple(out_shape[:2]):
+        raise ctx.fail(node, "only 2-D spatial resizing of N x C x H x W tensors is supported")
+    mode = node.attr("mode", "nearest")
+    if node.op == "Upsample" or ctx.g.opset < 11:
+        coord, nearest = "asymmetric", "floor"
+    else:
+        coord = node.attr("coordinate_transformation_mode", "half_pixel")
+        nearest = node.attr("nearest_mode", "round_prefer_floor")
+    key = (mode, coord, nearest) if mode == "nearest" else (mode, coord)
+    if (key not in _RESIZE and mode == "nearest" and coord in ("half_pixel", "pytorch_half_pixel")
+            and _is_integer_upscale(in_shape, out_shape)):
+        key = ("nearest", "asymmetric", "floor")  # whole-number upscaling: the modes agree
+    if key not in _RESIZE:
+        raise ctx.fail(node, f"Resize with mode={mode}, coordinate_transformation_mode={coord}"
+                             + (f", nearest_mode={nearest}" if mode == "nearest" else "")
+                             + f" has no TFLite equivalent; supported: {', '.join('/'.join(k) for k in _RESIZE)}")
+    op, align, half = _RESIZE[key]
+    x = ctx.get(node.inputs[0], NHWC, node)
+    kind = "ResizeBilinear" if op == "RESIZE_BILINEAR" else "ResizeNearestNeighbor"
+    inherit = ctx.b.quant_of(x.index)
+    ctx.emit(op, [x.index, ctx.int_const(list(out_shape[2:]))], node, perm=NHWC, inherit=inherit,
+             fixed_quant=inherit, options=ctx.b.options(kind, alignCorners=align, halfPixelCenters=half))
+
+
+def _is_integer_upscale(in_shape, out_shape) -> bool:
+    return all(o % i == 0 and o >= i for i, o in zip(in_shape[2:], out_shape[2:]))
+

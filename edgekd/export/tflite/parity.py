@@ -1,0 +1,132 @@
+"""Numerical check of a converted TFLite model against onnxruntime on the source ONNX model.
+
+Float models must agree within ``FLOAT_RTOL`` of the output's magnitude. Int8 models must agree
+within one output quantization step on at least ``INT8_MIN_WITHIN`` of the output elements
+(onnxruntime and TFLite round intermediate requantizations differently, so exact equality is
+not expected; larger differences mean a wrong conversion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ExportError
+
+FLOAT_RTOL = 1e-4
+INT8_MIN_WITHIN = 0.99
+
+
+@dataclass
+class Parity:
+    output: str
+    max_abs_error: float
+    relative_error: float           # max |tflite - onnx| / max |onnx|
+    step: float | None = None       # output quantization step (int8 models)
+    within_one_step: float | None = None  # fraction of elements within one step
+
+    @property
+    def ok(self) -> bool:
+        if self.step is None:
+            return self.relative_error <= FLOAT_RTOL
+        return self.within_one_step >= INT8_MIN_WITHIN
+
+    def describe(self) -> str:
+        if self.step is None:
+            return f"{self.output}: relative error {self.relative_error:.2e} (limit {FLOAT_RTOL:.0e})"
+        return (f"{self.output}: {100 * self.within_one_step:.2f}% of elements within one step "
+                f"({self.step:.3g}), max error {self.max_abs_error:.3g}")
+
+
+def interpreter(model: bytes | str | Path, threads: int = 1):
+    """A LiteRT interpreter (ai-edge-litert, or tflite-runtime when that is what is installed)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ImportError("running TFLite needs ai-edge-litert (pip install ai-edge-litert) "
+                              "or tflite-runtime") from None
+    kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    interp = Interpreter(num_threads=threads, **kwargs)
+    interp.allocate_tensors()
+    return interp
+
+
+def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np.ndarray]:
+    """Run with float NCHW ``feeds`` (quantized/transposed to the interface as needed)."""
+    for detail, x in zip(interp.get_input_details(), feeds):
+        if layout == "nhwc" and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+        if detail["dtype"] != np.float32:
+            scale, zp = detail["quantization"]
+            info = np.iinfo(detail["dtype"])
+            x = np.clip(np.rint(x / scale) + zp, info.min, info.max)
+        interp.set_tensor(detail["index"], np.ascontiguousarray(x, detail["dtype"]))
+    interp.invoke()
+    outs = []
+    for detail in interp.get_output_details():
+        y = interp.get_tensor(detail["index"])
+        if detail["dtype"] != np.float32:
+            scale, zp = detail["quantization"]
+            y = (y.astype(np.float32) - zp) * scale
+        if layout == "nhwc" and y.ndim == 4:
+            y = y.transpose(0, 3, 1, 2)
+        outs.append(y)
+    return outs
+
+
+def sample_inputs(graph, seed: int = 0) -> list[np.ndarray]:
+    """Deterministic inputs: standard normal, or uniform over an int8 input's representable range."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for name in graph.inputs:
+        shape = graph.shape(name)
+        quant = graph.act_quant.get(name)
+        if quant is not None:
+            lo = (-128 - quant.zero_point[0]) * quant.scale[0]
+            hi = (127 - quant.zero_point[0]) * quant.scale[0]
+            feeds.append(rng.uniform(lo, hi, shape).astype(np.float32))
+        else:
+            feeds.append(rng.standard_normal(shape).astype(np.float32))
+    return feeds
+
+
+def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=None,
+            layout: str = "nchw") -> list[Parity]:
+    """Run both models on ``feeds`` (default: ``sample_inputs``) and measure each output's error."""
+    import onnxruntime as ort
+
+    feeds = feeds if feeds is not None else sample_inputs(graph)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    expected = session.run(graph.output_names, dict(zip(names, feeds)))
+    got = run_tflite(interpreter(tflite), feeds, layout)
+    result = []
+    for name, alias, e, t in zip(graph.output_names, graph.outputs, expected, got):
+        e = np.asarray(e, np.float32)
+        t = np.asarray(t, np.float32).reshape(e.shape)
+        err = np.abs(t - e)
+        quant = graph.act_quant.get(alias)
+        scale = max(float(np.abs(e).max(initial=0.0)), 1e-12)
+        p = Parity(name, float(err.max(initial=0.0)), float(err.max(initial=0.0)) / scale)
+        if quant is not None:
+            p.step = quant.scale[0]
+            p.within_one_step = float((err <= p.step * 1.001).mean())
+        result.append(p)
+    return result
+
+
+def check_parity(onnx_path: str | Path, tflite: bytes | str | Path, graph, layout: str = "nchw") -> list[Parity]:
+    """``compare`` and raise ExportError naming the outputs that disagree."""
+    results = compare(onnx_path, tflite, graph, layout=layout)
+    bad = [p for p in results if not p.ok]
+    if bad:
+        raise ExportError(f"{onnx_path}: the TFLite model does not reproduce onnxruntime: "
+                          + "; ".join(p.describe() for p in bad))
+    return results
