@@ -92,7 +92,7 @@ class ModelBuilder:
         t.shape = np.asarray([int(d) for d in shape], np.int32)
         t.type = getattr(s.TensorType, _DTYPES[np.dtype(dtype)])
         if data is not None:
-            data = np.ascontiguousarray(np.asarray(data, dtype=dtype))
+            data = np.asarray(data, dtype=dtype).copy(order="C")  # (keeps 0-d scalars 0-d)
             if tuple(data.shape) != tuple(int(d) for d in shape):
                 raise ValueError(f"constant {name}: data shape {data.shape} != tensor shape {tuple(shape)}")
             buf = s.BufferT()

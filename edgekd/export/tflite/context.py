@@ -65,6 +65,7 @@ class Context:
         self._views: dict[tuple[str, tuple], Ref] = {}
         self._consts: dict[tuple, int] = {}
         self.transposes = 0
+        self.coarse: dict[str, float] = {}  # tensor -> step of a fixed scale coarser than its own
 
     # -- ONNX-side facts ---------------------------------------------------------------------
     def shape(self, name: str, node: Node | None = None) -> tuple[int, ...]:
@@ -199,6 +200,8 @@ class Context:
         phys = permuted(logical, perm) if shape is None else list(shape)
         quant = self.quant_of(out, node, inherit=inherit or fixed_quant)
         if fixed_quant is not None and not fixed_quant.same_as(quant):
+            if fixed_quant.scale[0] > quant.scale[0] * 1.001:  # precision TFLite cannot give back
+                self.coarse[out] = fixed_quant.scale[0]
             tmp = self.tensor(f"{out}/fixed_scale", phys, quant=fixed_quant)
             self.b.op(op, inputs, [tmp], options, version)
             index = self.requantize(tmp, quant, out)

@@ -35,6 +35,7 @@ class Conversion:
     int8: bool
     ops: list[str] = field(default_factory=list)
     transposes: int = 0
+    coarse: dict[str, float] = field(default_factory=dict)  # output -> TFLite's coarser step
 
 
 def supported_ops() -> list[str]:
@@ -78,7 +79,8 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
                               f"{type(err).__name__}: {err}") from err
     for name, onnx_name in zip(g.outputs, g.output_names):
         _add_output(ctx, name, onnx_name, io, layout)
-    return Conversion(builder.serialize(), g, g.quantized, builder.op_names(), ctx.transposes)
+    return Conversion(builder.serialize(), g, g.quantized, builder.op_names(), ctx.transposes,
+                      {n: ctx.coarse[n] for n in g.outputs if n in ctx.coarse})
 
 
 def _interface_perm(rank: int, layout: str) -> tuple[int, ...]:
@@ -146,5 +148,5 @@ def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["
     if check:  # before writing: a file that does not reproduce the model is never left behind
         from edgekd.export.tflite.parity import check_parity
 
-        check_parity(onnx_path, result.data, result.graph, layout=layout)
+        check_parity(onnx_path, result.data, result.graph, layout=layout, coarse=result.coarse)
     return atomic.write_bytes(Path(out_path).with_suffix(".tflite"), result.data)

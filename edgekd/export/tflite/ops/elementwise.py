@@ -102,19 +102,21 @@ def clip(ctx: Context, node: Node) -> None:
         _unary(ctx, node, "RELU_0_TO_1")
         return
     x = ctx.get(node.inputs[0], None, node)
-    current, steps = x, [("MAXIMUM", lo), ("MINIMUM", hi)]
-    steps = [(op, v) for op, v in steps if v is not None and np.isfinite(v)]
-    for i, (op, value) in enumerate(steps):
-        c = const_like(ctx, node, np.asarray(value), current, f"{node.name}/{op.lower()}",
-                       ctx.b.quant_of(current.index))
-        if i == len(steps) - 1:
-            ctx.emit(op, [current.index, c], node, perm=x.perm, inherit=ctx.b.quant_of(x.index))
-        else:
-            out = ctx.tensor(f"{node.name}/{op.lower()}_out", ctx.b.shape_of(current.index), like=current.index)
-            ctx.b.op(op, [current.index, c], [out])
-            current = Ref(out, x.perm)
+    steps = [(op, v) for op, v in (("MAXIMUM", lo), ("MINIMUM", hi)) if v is not None and np.isfinite(v)]
     if not steps:
         ctx.bind(node.outputs[0], x.index, x.perm)
+        return
+    # TFLite's int8 MAXIMUM/MINIMUM do not rescale: input, bound and output share the output scale
+    quant = ctx.quant_of(node.outputs[0], node, inherit=ctx.b.quant_of(x.index))
+    current = x.index if quant is None else ctx.requantize(x.index, quant, f"{node.name}/requantized")
+    for i, (op, value) in enumerate(steps):
+        bound = const_like(ctx, node, np.asarray(value), x, f"{node.name}/{op.lower()}", quant)
+        if i == len(steps) - 1:
+            ctx.emit(op, [current, bound], node, perm=x.perm, fixed_quant=quant)
+        else:
+            out = ctx.tensor(f"{node.name}/{op.lower()}_out", ctx.b.shape_of(current), like=current)
+            ctx.b.op(op, [current, bound], [out])
+            current = out
 
 
 @CONVERTERS.register("LeakyRelu")
@@ -145,7 +147,8 @@ def tanh(ctx: Context, node: Node) -> None:
 
 @CONVERTERS.register("HardSwish")
 def hard_swish(ctx: Context, node: Node) -> None:
-    _unary(ctx, node, "HARD_SWISH")
+    x = ctx.get(node.inputs[0], None, node)  # one HARD_SWISH version serves float and int8
+    ctx.emit("HARD_SWISH", [x.index], node, perm=x.perm)
 
 
 @CONVERTERS.register("HardSigmoid")

@@ -1,0 +1,201 @@
+"""TFLite exporter: every supported ONNX op, float and int8, against onnxruntime; layout; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+pytest.importorskip("ai_edge_litert")
+
+from edgekd.errors import ExportError  # noqa: E402
+from edgekd.export.tflite import convert, onnx_to_tflite, supported_ops  # noqa: E402
+from edgekd.export.tflite.parity import FLOAT_RTOL, compare, interpreter, run_tflite  # noqa: E402
+from tests.export.onnx_cases import X4, _w, cases, conv_then, model, qdq  # noqa: E402
+
+CASES = cases()
+
+
+def _feeds(m: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in m.graph.input}
+
+
+def _save(tmp_path, m: onnx.ModelProto, name: str = "m.onnx"):
+    path = tmp_path / name
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float_op_matches_onnxruntime(tmp_path, name):
+    m, expected_op = CASES[name]
+    path = _save(tmp_path, m)
+    result = convert(path)
+    assert not result.int8
+    if expected_op:
+        assert expected_op in result.ops, result.ops
+    feeds = list(_feeds(m).values())
+    for parity in compare(path, result.data, result.graph, feeds=feeds):
+        assert parity.relative_error <= FLOAT_RTOL, parity.describe()
+
+
+INT8_CASES = [n for n, (m, _) in CASES.items() if m.opset_import[0].version >= 13]  # per-channel QDQ
+
+
+@pytest.mark.parametrize("name", INT8_CASES)
+def test_int8_op_within_one_step(tmp_path, name):
+    m, expected_op = CASES[name]
+    path = _save(tmp_path, qdq(m, _feeds(m)))
+    result = convert(path)
+    assert result.int8
+    if expected_op:
+        assert expected_op in result.ops, result.ops
+    feeds = list(_feeds(m, seed=2).values())
+    for parity in compare(path, result.data, result.graph, feeds=feeds, coarse=result.coarse):
+        assert parity.within_one_step >= 0.99, parity.describe()
+    # full integer: only the float interface tensors (and what feeds/leaves them) are float
+    interp = interpreter(result.data)
+    float_tensors = [t["name"] for t in interp.get_tensor_details() if t["dtype"] == np.float32]
+    io = {d["name"] for d in interp.get_input_details() + interp.get_output_details()}
+    assert set(float_tensors) <= io, float_tensors
+
+
+def test_every_supported_op_has_a_case():
+    used = {n.op_type for m, _ in CASES.values() for n in m.graph.node}
+    assert set(supported_ops()) - used == set()
+
+
+def test_cnn_has_one_transpose_at_each_end_and_none_with_nhwc_interface(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("MaxPool", ["b"], ["c"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["c", "w2"], ["d"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["d", "k"], ["y"])]
+    m = model(nodes, [("x", X4)], None, [("w1", _w(6, 4, 3, 3)), ("w2", _w(5, 6, 3, 3)), ("k", _w(5, 1, 1))])
+    path = _save(tmp_path, m)
+    nchw = convert(path)
+    assert nchw.ops.count("TRANSPOSE") == 2 and nchw.transposes == 2
+    nhwc = convert(path, layout="nhwc")
+    assert "TRANSPOSE" not in nhwc.ops
+    feeds = list(_feeds(m).values())
+    for parity in compare(path, nhwc.data, nhwc.graph, feeds=feeds, layout="nhwc"):
+        assert parity.relative_error <= FLOAT_RTOL
+    interp = interpreter(nhwc.data)
+    assert list(interp.get_input_details()[0]["shape"]) == [1, 8, 8, 4]  # NHWC interface
+
+
+def test_int8_interface_exposes_quantized_tensors(tmp_path):
+    m, _ = CASES["conv_relu_fused"]
+    path = _save(tmp_path, qdq(m, _feeds(m)))
+    result = convert(path, io="int8")
+    assert "QUANTIZE" not in result.ops and "DEQUANTIZE" not in result.ops
+    interp = interpreter(result.data)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    assert inp["quantization"][0] == pytest.approx(result.graph.act_quant["x"].scale[0])
+    feeds = list(_feeds(m, seed=3).values())
+    for parity in compare(path, result.data, result.graph, feeds=feeds):
+        assert parity.within_one_step >= 0.99
+
+
+def test_int8_weights_follow_the_tflite_spec(tmp_path):
+    from ai_edge_litert import schema_py_generated as s
+
+    m = conv_then([helper.make_node("Conv", ["c", "dw"], ["y"], group=6, pads=[1, 1, 1, 1])],
+                  [("dw", _w(6, 1, 3, 3))])
+    path = _save(tmp_path, qdq(m, _feeds(m)))
+    result = convert(path)
+    flat = s.ModelT.InitFromObj(s.Model.GetRootAs(result.data, 0))
+    sub = flat.subgraphs[0]
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    by_op = {names[flat.operatorCodes[op.opcodeIndex].builtinCode]: op for op in sub.operators}
+    for op_name, qdim in (("CONV_2D", 0), ("DEPTHWISE_CONV_2D", 3)):
+        op = by_op[op_name]
+        x, w, b = (sub.tensors[i] for i in op.inputs[:3])
+        assert w.type == s.TensorType.INT8 and w.quantization.quantizedDimension == qdim
+        assert not np.any(w.quantization.zeroPoint)  # symmetric
+        assert len(w.quantization.scale) == 6  # per output channel
+        assert b.type == s.TensorType.INT32
+        np.testing.assert_allclose(b.quantization.scale, x.quantization.scale[0] * w.quantization.scale, rtol=1e-6)
+
+
+def test_finer_onnx_scale_than_tflite_fixed_scale_is_requantized(tmp_path):
+    m, _ = CASES["softmax_2d"]
+    path = _save(tmp_path, qdq(m, _feeds(m), spec=False))  # softmax output scale finer than 1/256
+    result = convert(path)
+    assert result.ops.count("QUANTIZE") == 2  # the input edge, and the requantization after SOFTMAX
+    assert list(result.coarse.values()) == [pytest.approx(1 / 256)]
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m).values()), coarse=result.coarse):
+        assert parity.within_one_step >= 0.99
+
+
+def test_unsupported_op_names_type_node_and_supported_list(tmp_path):
+    m = model([helper.make_node("Erf", ["x"], ["y"], name="my_erf")], [("x", X4)], None)
+    with pytest.raises(ExportError) as err:
+        convert(_save(tmp_path, m))
+    message = str(err.value)
+    assert "Erf" in message and "my_erf" in message and "Conv" in message and "Supported" in message
+
+
+def test_dynamic_spatial_dim_is_refused(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = _save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(ExportError, match=r"input 'x' has a dynamic dimension at axis 2"):
+        convert(path)
+
+
+def test_int8_tensor_without_scale_is_named(tmp_path):
+    m, _ = CASES["conv"]
+    q = qdq(m, _feeds(m))
+    keep = [n for n in q.graph.node if not n.output[0].startswith("y/")]  # drop the output's Q/DQ
+    del q.graph.node[:]
+    q.graph.node.extend(keep)
+    q.graph.output[0].name = "y"
+    with pytest.raises(ExportError, match=r"tensor 'y' .* has no QuantizeLinear"):
+        convert(_save(tmp_path, q))
+
+
+def test_grouped_conv_is_split_and_batch_resizes(tmp_path):
+    m, _ = CASES["conv_grouped"]
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"  # dynamic batch
+    result = convert(_save(tmp_path, m), batch=3)
+    assert result.ops.count("CONV_2D") == 2 and "SPLIT" in result.ops
+    interp = interpreter(result.data)
+    assert interp.get_input_details()[0]["shape"][0] == 3
+
+
+def test_onnx_to_tflite_writes_checked_file_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    m, _ = CASES["conv"]
+    out = onnx_to_tflite(_save(tmp_path, m), tmp_path / "out.tflite")
+    assert out.exists() and out.read_bytes()[4:8] == b"TFL3"
+    x = _feeds(m)["x"]
+    (y,) = run_tflite(interpreter(out), [x])
+    assert y.shape == (1, 6, 8, 8)
+
+    import edgekd.export.tflite.parity as parity  # a wrong conversion must not leave a file
+    monkeypatch.setattr(parity, "FLOAT_RTOL", -1.0)
+    with pytest.raises(ExportError, match="does not reproduce onnxruntime"):
+        onnx_to_tflite(tmp_path / "m.onnx", tmp_path / "bad.tflite")
+    assert not (tmp_path / "bad.tflite").exists()
+
+
+def test_constant_weights_via_constant_node_and_uint8_qdq(tmp_path):
+    """uint8 activations (onnxruntime's default) become int8 with zero point - 128."""
+    w = _w(6, 4, 3, 3)
+    nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w)),
+             helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    m = model(nodes, [("x", X4)], None)
+    q = qdq(m, _feeds(m))
+    for init in q.graph.initializer:  # rewrite activation zero points as uint8
+        if init.name.endswith("/z"):
+            zp = numpy_helper.to_array(init).astype(np.int16) + 128
+            init.CopyFrom(numpy_helper.from_array(zp.astype(np.uint8), init.name))
+    path = _save(tmp_path, q)
+    result = convert(path)
+    assert result.graph.act_quant["x"].zero_point[0] <= 127
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m).values())):
+        assert parity.within_one_step >= 0.99
