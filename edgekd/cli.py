@@ -125,23 +125,34 @@ def run_cmd(recipe: str, out: str | None, cache: str | None) -> None:
 @click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Output folder.")
 @click.option("--name", default=None, help="Base name of the output files [default: MODEL's name].")
-def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None) -> None:
+@click.option("--tflite-io", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="TFLite interface of an int8 model: float in/out (quantize/dequantize inside) "
+                   "or int8 in/out.")
+@click.option("--tflite-layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="TFLite interface layout of 4-D inputs/outputs: as ONNX (NCHW, one transpose "
+                   "at each end) or NHWC (no transposes).")
+def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None, tflite_io: str,
+               tflite_layout: str) -> None:
     """Export MODEL (an edgekd checkpoint .pt, or an .onnx file) to each --format.
 
-    Int8 checkpoints (from QAT) export with their frozen scales as QDQ ONNX; OpenVINO IR is
-    converted from that ONNX.
+    Int8 checkpoints (from QAT) export with their frozen scales as QDQ ONNX; OpenVINO IR and
+    TFLite are converted from that ONNX (TFLite without TensorFlow: any float or QDQ ONNX file
+    works, see `edgekd list formats`). Each TFLite file is checked against onnxruntime before
+    it is written.
     """
     from edgekd.export import export, export_onnx_file
     from edgekd.units import format_size
 
     path = Path(model)
+    options = {"tflite": {"io": tflite_io, "layout": tflite_layout}}
     if path.suffix == ".onnx":
-        artifacts = export_onnx_file(path, list(formats), out, name)
+        artifacts = export_onnx_file(path, list(formats), out, name, options=options)
     else:
         from edgekd.models import load_checkpoint
 
         module, meta = load_checkpoint(path)
-        artifacts = export(module, list(formats), out, name or path.stem, tuple(meta["input_shape"]))
+        artifacts = export(module, list(formats), out, name or path.stem, tuple(meta["input_shape"]),
+                           options=options)
     for a in artifacts:
         click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
 

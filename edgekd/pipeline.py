@@ -117,7 +117,8 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     export_stages = ["teacher", "student-kd"] + (["student-int8"] if int8 is not None else [])
     for stage in progress(export_stages, desc="export", unit="model"):
         for artifact in export(models[stage][0], recipe.export.formats, out / "artifacts", stage,
-                               data.input_shape, opset=recipe.export.opset):
+                               data.input_shape, opset=recipe.export.opset,
+                               options=recipe.export.options(quantized=stage == "student-int8")):
             artifacts.append((stage, artifact))
     timings["export"] = time.perf_counter() - tick
 

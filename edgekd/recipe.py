@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from edgekd.budgets.budget import BudgetRule
 from edgekd.config import Config, FieldError, check_name, load_yaml, parse_yaml
@@ -21,17 +22,40 @@ SCHEMA_VERSION = 1
 
 
 @dataclass
+class TFLiteOptions(Config):
+    """The interface of exported ``.tflite`` files.
+
+    Attributes:
+        io: "float" (quantize/dequantize inside the model) or "int8" (int8 inputs and outputs;
+            the caller quantizes with the input tensor's scale and zero point). Int8 models only.
+        layout: "nchw" (as the ONNX model; one transpose at each 4-D input and output) or "nhwc".
+    """
+
+    io: Literal["float", "int8"] = "float"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+
+@dataclass
 class ExportConfig(Config):
     """Formats to export (``edgekd list formats``); ONNX is always written, others derive from it."""
 
     formats: list[str] = field(default_factory=lambda: ["onnx", "openvino"])
     opset: int = 17
+    tflite: TFLiteOptions = field(default_factory=TFLiteOptions)
 
     def __post_init__(self):
         for i, name in enumerate(self.formats):
             check_name(EXPORTERS, name, f"formats.{i}")
         if not 13 <= self.opset <= 21:
             raise FieldError("opset", f"expected an ONNX opset in 13..21, got {self.opset}")
+
+    def options(self, quantized: bool = True) -> dict[str, dict]:
+        """Per-format exporter options, as ``export(..., options=)`` takes them (a float model
+        has no int8 interface, so ``tflite.io`` applies to quantized models only)."""
+        tflite = self.tflite.to_dict()
+        if not quantized:
+            tflite["io"] = "float"
+        return {"tflite": tflite}
 
 
 @dataclass

@@ -175,4 +175,4 @@ def test_bench_errors(demo_run, tmp_path):
 def test_targets_and_list():
     assert "x86-cpu" in invoke("targets").output
     assert "cnn-teacher" in invoke("list", "models").output
-    assert invoke("list", "formats").output.split() == ["onnx", "openvino"]
+    assert invoke("list", "formats").output.split() == ["onnx", "openvino", "tflite"]

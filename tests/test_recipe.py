@@ -29,10 +29,11 @@ def test_demo_recipe_parses_with_its_values():
     assert (r.distill.loss, r.distill.temperature, r.distill.kd_weight) == ("kd", 2.0, 0.5)
     assert r.data.split == [0.6, 0.2, 0.2]
     assert (r.qat.enabled, r.qat.epochs, r.qat.freeze_observers_epoch) == (True, 6, 3)
-    assert r.export.formats == ["onnx", "openvino"]
+    assert r.export.formats == ["onnx", "openvino", "tflite"]
+    assert (r.export.tflite.io, r.export.tflite.layout) == ("float", "nchw")
     assert r.targets == ["x86-cpu"]
     [rule] = r.budgets
-    assert rule.patterns == ["student-int8.onnx", "student-int8.openvino"]
+    assert rule.patterns == ["student-int8.onnx", "student-int8.openvino", "student-int8.tflite"]
     assert rule.limits["max_size"] == 64_000
     assert rule.limits["max_p90_latency"] == 5.0
     assert rule.limits["max_peak_memory"] == 400_000_000
@@ -81,10 +82,17 @@ def test_typo_in_budget_rule_names_list_index():
 
 
 def test_unknown_export_format_lists_valid_formats():
-    text = demo_recipe_text().replace("formats: [onnx, openvino]", "formats: [onnx, tflite]")
-    line = line_of(text, "tflite")
+    text = demo_recipe_text().replace("formats: [onnx, openvino, tflite]", "formats: [onnx, tflit]")
+    line = line_of(text, "tflit]")
     assert recipe_error(text) == (
-        f"r.yaml:{line}: export.formats.1: unknown export format 'tflite'; valid export formats: onnx, openvino")
+        f"r.yaml:{line}: export.formats.1: unknown export format 'tflit'; did you mean 'tflite'?; "
+        f"valid export formats: onnx, openvino, tflite")
+
+
+def test_bad_tflite_option_names_field_and_line():
+    text = demo_recipe_text().replace("io: float", "io: int4")
+    line = line_of(text, "io: int4")
+    assert recipe_error(text).startswith(f"r.yaml:{line}: export.tflite.io: expected one of 'float', 'int8'")
 
 
 def test_unknown_model_arch_suggests_and_lists_valid_models():
@@ -92,8 +100,8 @@ def test_unknown_model_arch_suggests_and_lists_valid_models():
     line = line_of(text, "cnn-studnt-s")
     assert recipe_error(text) == (
         f"r.yaml:{line}: student.arch: unknown model 'cnn-studnt-s'; did you mean 'cnn-student-s'?; "
-        f"valid models: cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher "
-        f"(or write package.module:callable)")
+        f"valid models: cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher, mobilenetv2, "
+        f"mobilenetv2-050 (or write package.module:callable)")
 
 
 def test_bad_budget_unit_names_line_and_field():
@@ -107,7 +115,8 @@ def test_bad_budget_unit_names_line_and_field():
 def test_unsupported_schema_version():
     text = demo_recipe_text().replace("version: 1", "version: 2")
     assert recipe_error(text) == (
-        "r.yaml:4: version: recipe schema 2 is not supported (this edgekd reads version 1)")
+        f"r.yaml:{line_of(text, 'version: 2')}: version: recipe schema 2 is not supported "
+        f"(this edgekd reads version 1)")
 
 
 def test_empty_targets_rejected():

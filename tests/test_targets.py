@@ -86,7 +86,7 @@ def test_missing_yaml_path(tmp_path):
 def test_unknown_runtime_names_file_line_and_valid_runtimes(tmp_path):
     path = write(tmp_path / "b.yaml", PROFILE.replace("onnxruntime:", "onnxruntim:"))
     assert load_error(path) == (f"{path}:6: runtimes.onnxruntim: unknown runtime 'onnxruntim'; "
-                                f"did you mean 'onnxruntime'?; valid runtimes: onnxruntime, openvino")
+                                f"did you mean 'onnxruntime'?; valid runtimes: litert, onnxruntime, openvino")
 
 
 def test_bad_field_type_names_file_and_line(tmp_path):

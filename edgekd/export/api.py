@@ -17,7 +17,7 @@ class ExporterEntry:
     name: str
     suffix: str
     runtime: str
-    target: str  # "module:function" converting an ONNX file: fn(onnx_path, out_path) -> Path
+    target: str  # "module:function" converting an ONNX file: fn(onnx_path, out_path, **options) -> Path
 
     def load(self):
         module, _, fn = self.target.partition(":")
@@ -28,6 +28,7 @@ EXPORTERS: Registry[ExporterEntry] = Registry("export format")
 for _entry in (
     ExporterEntry("onnx", ".onnx", "onnxruntime", "edgekd.export.onnx:copy_onnx"),
     ExporterEntry("openvino", ".xml", "openvino", "edgekd.export.openvino:onnx_to_openvino"),
+    ExporterEntry("tflite", ".tflite", "litert", "edgekd.export.tflite:onnx_to_tflite"),
 ):
     EXPORTERS.register(_entry.name)(_entry)
 
@@ -52,11 +53,12 @@ class Artifact:
 
 
 def export(model, formats: list[str], out_dir: str | Path, name: str, input_shape: tuple[int, ...],
-           *, opset: int = 17) -> list[Artifact]:
+           *, opset: int = 17, options: dict[str, dict] | None = None) -> list[Artifact]:
     """Export a torch model (float or frozen QAT) to each format in ``formats``.
 
     The ONNX file is always written (``out_dir/name.onnx``): the other formats are converted from
-    it. Returns one Artifact per requested format, in the order given.
+    it. ``options`` holds keyword options per format (e.g. ``{"tflite": {"io": "int8"}}``).
+    Returns one Artifact per requested format, in the order given.
 
     Raises:
         ConfigError: unknown format.
@@ -67,24 +69,26 @@ def export(model, formats: list[str], out_dir: str | Path, name: str, input_shap
 
     out_dir = Path(out_dir)
     onnx_path = export_onnx(model, out_dir / f"{name}.onnx", input_shape, opset=opset)
-    return [_convert(entry, onnx_path, out_dir / f"{name}{entry.suffix}") for entry in entries]
+    return [_convert(entry, onnx_path, out_dir / f"{name}{entry.suffix}", (options or {}).get(entry.name))
+            for entry in entries]
 
 
 def export_onnx_file(onnx_path: str | Path, formats: list[str], out_dir: str | Path,
-                     name: str | None = None) -> list[Artifact]:
+                     name: str | None = None, *, options: dict[str, dict] | None = None) -> list[Artifact]:
     """Convert an existing ONNX file to each format (``onnx`` copies it)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ExportError(f"{onnx_path}: ONNX file not found")
     name = name or onnx_path.stem
     entries = [EXPORTERS.get(f) for f in formats]
-    return [_convert(e, onnx_path, Path(out_dir) / f"{name}{e.suffix}") for e in entries]
+    return [_convert(e, onnx_path, Path(out_dir) / f"{name}{e.suffix}", (options or {}).get(e.name))
+            for e in entries]
 
 
-def _convert(entry: ExporterEntry, onnx_path: Path, out_path: Path) -> Artifact:
+def _convert(entry: ExporterEntry, onnx_path: Path, out_path: Path, options: dict | None) -> Artifact:
     try:
         fn = entry.load()
     except ImportError as err:
         raise ConfigError(f"export format {entry.name!r} needs a package that is not installed "
                           f"({err})") from None
-    return Artifact(entry.name, fn(onnx_path, out_path), entry.runtime)
+    return Artifact(entry.name, fn(onnx_path, out_path, **(options or {})), entry.runtime)

@@ -1,6 +1,6 @@
 """Neutral runtime API: open an artifact in a runtime, run it, evaluate it against labels.
 
-A runtime module (``onnxruntime.py``, ``openvino.py``) defines ``open(path, threads, options)``
+A runtime module (``onnxruntime.py``, ``openvino.py``, ``litert.py``) defines ``open(path, threads, options)``
 returning a ``Session``; the registry maps names to those modules so nothing heavy is imported
 until a session is opened. Light enough to import in the benchmark child (no torch).
 """
@@ -47,6 +47,7 @@ RUNTIMES: Registry[RuntimeEntry] = Registry("runtime")
 for _entry in (
     RuntimeEntry("onnxruntime", "edgekd.runtime.onnxruntime", (".onnx",), "onnxruntime"),
     RuntimeEntry("openvino", "edgekd.runtime.openvino", (".xml", ".onnx"), "openvino"),
+    RuntimeEntry("litert", "edgekd.runtime.litert", (".tflite",), "ai-edge-litert"),
 ):
     RUNTIMES.register(_entry.name)(_entry)
 
@@ -56,7 +57,8 @@ def list_runtimes() -> list[str]:
 
 
 def runtime_for(path: str | Path) -> str:
-    """The native runtime of an artifact, from its suffix (.onnx -> onnxruntime, .xml -> openvino)."""
+    """The native runtime of an artifact, from its suffix (.onnx -> onnxruntime, .xml -> openvino,
+    .tflite -> litert)."""
     suffix = Path(path).suffix.lower()
     for name in RUNTIMES.names():
         if RUNTIMES.get(name).suffixes[0] == suffix:

@@ -64,6 +64,12 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                  [("x", X4)], None, [("w", _w(4, 3, 3, 3)), ("b", _w(3))]), "TRANSPOSE_CONV")
     c["conv_transpose_valid"] = (model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2])],
                                        [("x", X4)], None, [("w", _w(4, 3, 2, 2))]), "TRANSPOSE_CONV")
+    c["conv_1d_lifted"] = (conv([6, 4, 3], x_shape=[1, 4, 16], pads=[1, 1], strides=[2]), "CONV_2D")
+    c["conv_1d_stack_no_transpose_inside"] = (model(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1]), helper.make_node("Relu", ["a"], ["b"]),
+         helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1])], [("x", [1, 4, 16])], None,
+        [("w1", _w(6, 4, 3)), ("w2", _w(5, 6, 3))]), "CONV_2D")
+    c["lrn"] = (unary("LRN", size=3, alpha=1e-3, beta=0.75, bias=1.5), "LOCAL_RESPONSE_NORMALIZATION")
     c["conv_batchnorm_folded"] = (conv_then(
         [helper.make_node("BatchNormalization", ["c", "g", "be", "m", "v"], ["y"])],
         [("g", _w(6) + 1), ("be", _w(6)), ("m", _w(6)), ("v", np.abs(_w(6)) + 0.5)]), "CONV_2D")
@@ -75,6 +81,9 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
         [("w", _w(16, 8)), ("b", _w(1, 8))]), "FULLY_CONNECTED")
     c["matmul_const_3d"] = (model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", [2, 5, 16])], None,
                                   [("w", _w(16, 8))]), "FULLY_CONNECTED")
+    c["gemm_two_inputs_alpha_bias"] = (model([helper.make_node("Gemm", ["x", "z", "b"], ["y"], alpha=0.5,
+                                                                  transB=1)],
+                                             [("x", [3, 6]), ("z", [4, 6])], None, [("b", _w(4))]), "BATCH_MATMUL")
     c["matmul_two_inputs"] = (model([helper.make_node("MatMul", ["x", "z"], ["y"])],
                                     [("x", [2, 4, 6]), ("z", [2, 6, 3])], None), "BATCH_MATMUL")
     c["flatten_conv_into_gemm"] = (conv_then(
@@ -87,6 +96,10 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["mul_two_inputs"] = (model([helper.make_node("Mul", ["x", "z"], ["y"])], [("x", X4), ("z", X4)], None), "MUL")
     c["add_conv_residual"] = (conv_then([helper.make_node("Add", ["c", "x"], ["y"])], w_out=4), "ADD")
     c["div_by_const"] = (unary("Div", inits=[("k", np.float32(2.5))], extra_inputs=["k"]), "MUL")
+    c["sum_two_inputs"] = (model([helper.make_node("Sum", ["x", "z"], ["y"])], [("x", X4), ("z", X4)], None), "ADD")
+    c["max_two_inputs"] = (model([helper.make_node("Max", ["x", "z"], ["y"])], [("x", X4), ("z", X4)], None), "MAXIMUM")
+    c["min_with_const"] = (model([helper.make_node("Min", ["x", "k"], ["y"])], [("x", X4)], None,
+                                 [("k", _w(8))]), "MINIMUM")
     c["relu"] = (unary("Relu"), "RELU")
     c["clip_relu6"] = (unary("Clip", inits=[("lo", np.float32(0)), ("hi", np.float32(6))],
                              extra_inputs=["lo", "hi"]), "RELU6")
@@ -110,6 +123,9 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["avgpool_exclude_pad"] = (unary("AveragePool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]), "AVERAGE_POOL_2D")
     c["avgpool_include_pad"] = (unary("AveragePool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
                                       count_include_pad=1), "AVERAGE_POOL_2D")
+    c["avgpool_exclude_pad_stride2"] = (unary("AveragePool", kernel_shape=[3, 3], strides=[2, 2],
+                                              pads=[1, 1, 1, 1]), "AVERAGE_POOL_2D")
+    c["maxpool_1d_lifted"] = (unary("MaxPool", shape=[1, 4, 15], kernel_shape=[3], strides=[2]), "MAX_POOL_2D")
     c["global_max_pool"] = (unary("GlobalMaxPool"), "REDUCE_MAX")
     c["global_average_pool"] = (unary("GlobalAveragePool"), "MEAN")
     c["reduce_mean_hw"] = (unary("ReduceMean", axes=[2, 3], keepdims=0, opset=17), "MEAN")
@@ -146,7 +162,8 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                           "RESIZE_BILINEAR")
     c["upsample_opset9"] = (unary("Upsample", opset=9, inits=[("sc", scales)], extra_inputs=["sc"]),
                             "RESIZE_NEAREST_NEIGHBOR")
-    c["identity_dropout"] = (model([helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Dropout", ["i"], ["d"]),
+    c["identity_dropout"] = (model([helper.make_node("Identity", ["x"], ["i"]),
+                                    helper.make_node("Dropout", ["i"], ["d", "unused_mask"]),
                                     helper.make_node("Relu", ["d"], ["y"])], [("x", X4)], None), "RELU")
     c["constant_of_shape_folded"] = (model(
         [helper.make_node("Shape", ["x"], ["s"]),
@@ -178,6 +195,7 @@ def qdq(float_model: onnx.ModelProto, feeds: dict[str, np.ndarray], spec: bool =
     m.CopyFrom(float_model)
     g = m.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"})
     activations = list(dict.fromkeys([i.name for i in g.input] + [o for n in g.node for o in n.output]))
     probe = onnx.ModelProto()
     probe.CopyFrom(float_model)
@@ -190,7 +208,7 @@ def qdq(float_model: onnx.ModelProto, feeds: dict[str, np.ndarray], spec: bool =
     rename, params = {}, {}
     producer = {o: n for n in g.node for o in n.output}
     for a in activations:
-        if values[a].dtype != np.float32:
+        if values[a].dtype != np.float32 or a in inits:
             continue
         node = producer.get(a)
         if spec and node is not None and node.op_type in FIXED_OUTPUT:

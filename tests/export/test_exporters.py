@@ -38,7 +38,7 @@ def test_unknown_format_lists_valid_ones(tmp_path, float_student):
     from edgekd.errors import ConfigError
     from edgekd.export import export
 
-    with pytest.raises(ConfigError, match=r"unknown export format 'tflit'.*valid export formats: onnx, openvino"):
+    with pytest.raises(ConfigError, match=r"unknown export format 'tflit'.*valid export formats: onnx, openvino, tflite"):
         export(float_student, ["tflit"], tmp_path, "m", (1, 8, 8))
     assert list(tmp_path.iterdir()) == []  # nothing written before the name was checked
 

@@ -42,7 +42,10 @@ def test_float_op_matches_onnxruntime(tmp_path, name):
         assert parity.relative_error <= FLOAT_RTOL, parity.describe()
 
 
-INT8_CASES = [n for n, (m, _) in CASES.items() if m.opset_import[0].version >= 13]  # per-channel QDQ
+FLOAT_ONLY = {"lrn": "TFLite's LOCAL_RESPONSE_NORMALIZATION kernel is float only",
+              "gemm_two_inputs_alpha_bias": "no ONNX scale exists for the product before alpha and bias"}
+INT8_CASES = [n for n, (m, _) in CASES.items()  # per-channel QDQ needs opset 13
+              if m.opset_import[0].version >= 13 and n not in FLOAT_ONLY]
 
 
 @pytest.mark.parametrize("name", INT8_CASES)
@@ -199,3 +202,44 @@ def test_constant_weights_via_constant_node_and_uint8_qdq(tmp_path):
     assert result.graph.act_quant["x"].zero_point[0] <= 127
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m).values())):
         assert parity.within_one_step >= 0.99
+
+
+def test_demo_int8_student_file_has_int8_conv_and_fully_connected(exported):
+    """Read the exported .tflite back: its CONV_2D and FULLY_CONNECTED run on int8 tensors."""
+    from ai_edge_litert import schema_py_generated as s
+
+    data = exported[("int8", "tflite")].path.read_bytes()
+    flat = s.ModelT.InitFromObj(s.Model.GetRootAs(data, 0))
+    sub = flat.subgraphs[0]
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    kinds = {}
+    for op in sub.operators:
+        name = names[flat.operatorCodes[op.opcodeIndex].builtinCode]
+        kinds.setdefault(name, []).append([sub.tensors[i].type for i in op.inputs[:2]] + [sub.tensors[op.outputs[0]].type])
+    assert len(kinds["CONV_2D"]) == 3 and len(kinds["FULLY_CONNECTED"]) == 1
+    for types in kinds["CONV_2D"] + kinds["FULLY_CONNECTED"]:
+        assert types == [s.TensorType.INT8] * 3
+    assert "TRANSPOSE" not in kinds  # 1-channel input: the NCHW->NHWC move is a free reshape
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_ONLY))
+def test_int8_without_tflite_equivalent_is_refused_clearly(tmp_path, name):
+    m, _ = CASES[name]
+    with pytest.raises(ExportError, match=name.split("_")[0].upper() if name == "lrn" else "int8 Gemm"):
+        convert(_save(tmp_path, qdq(m, _feeds(m))))
+
+
+def test_1d_convolutions_keep_their_layout_between_layers(tmp_path):
+    m, _ = CASES["conv_1d_stack_no_transpose_inside"]
+    result = convert(_save(tmp_path, m))
+    assert result.ops.count("TRANSPOSE") == 2  # at the input and the output; none between the layers
+
+
+def test_sum_of_three_inputs_float(tmp_path):
+    m = model([helper.make_node("Sum", ["x", "z", "k"], ["y"])], [("x", X4), ("z", [4, 1, 1])], None,
+              [("k", _w(8))])
+    path = _save(tmp_path, m)
+    result = convert(path)
+    assert result.ops.count("ADD") == 2
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m).values())):
+        assert parity.relative_error <= FLOAT_RTOL

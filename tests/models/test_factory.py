@@ -103,7 +103,8 @@ def test_unknown_arch_suggests_the_nearest_name():
         create_model("cnn-studnet-xs")
     assert str(info.value) == (
         "arch: unknown model 'cnn-studnet-xs'; did you mean 'cnn-student-xs'?; valid models: "
-        "cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher (or write package.module:callable)")
+        "cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher, mobilenetv2, mobilenetv2-050 "
+        "(or write package.module:callable)")
 
 
 def test_unknown_arch_in_spec_dict_names_the_field():

@@ -128,7 +128,7 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
     elif index in ctx.b.inputs or index in ctx.b.outputs:  # the same tensor cannot be listed twice
         shape = ctx.b.shape_of(index)
         out = ctx.tensor(onnx_name, shape, like=index)
-        ctx.b.op("RESHAPE", [index, ctx.shape_const(shape)], [out], ctx.b.options("Reshape", newShape=shape))
+        ctx.b.op("RESHAPE", *ctx.reshape_args(index, shape, out))
         index = out
     else:
         ctx.b.tensors[index].name = onnx_name

@@ -66,6 +66,8 @@ class Graph:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, np.dtype]
     opset: int
+    batch: int = 1
+    dynamic_batch: bool = False  # the ONNX inputs had a free batch dimension (fixed to ``batch``)
 
     @property
     def quantized(self) -> bool:
@@ -114,19 +116,23 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
                               f"to TFLite; export with standard ONNX operators")
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
-    _fix_static_inputs(model, inputs, batch, path)
+    dynamic = _fix_static_inputs(model, inputs, batch, path)
     shapes, dtypes = _infer(model)
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     g = Graph(path, [], [i.name for i in inputs], [o.name for o in model.graph.output],
-              [o.name for o in model.graph.output], constants, {}, {}, shapes, dtypes, opset)
+              [o.name for o in model.graph.output], constants, {}, {}, shapes, dtypes, opset,
+              batch, dynamic)
     _walk(model, g)
     _fold_batchnorm(g)
     _fuse_activations(g)
     _fill_missing_shapes(model, g)
+    _lift_1d(g)
     return g
 
 
-def _fix_static_inputs(model: onnx.ModelProto, inputs, batch: int, path: str) -> None:
+def _fix_static_inputs(model: onnx.ModelProto, inputs, batch: int, path: str) -> bool:
+    """Give every input a static shape (batch on a free axis 0); True if any batch was free."""
+    dynamic = False
     for inp in inputs:
         dims = inp.type.tensor_type.shape.dim
         for axis, dim in enumerate(dims):
@@ -135,10 +141,12 @@ def _fix_static_inputs(model: onnx.ModelProto, inputs, batch: int, path: str) ->
             if axis == 0:
                 dim.Clear()
                 dim.dim_value = batch
+                dynamic = True
             else:
                 raise ExportError(f"{path}: input {inp.name!r} has a dynamic dimension at axis {axis} "
                                   f"({dim.dim_param or '?'}); TFLite needs static shapes: re-export "
                                   f"the ONNX model with a fixed input size")
+    return dynamic
 
 
 def _infer(model: onnx.ModelProto) -> tuple[dict, dict]:
@@ -186,8 +194,9 @@ def _walk(model: onnx.ModelProto, g: Graph) -> None:
             pending_q[node.outputs[0]] = (node.inputs[0], quant, dtype, node)
             continue
         if node.op in ("Identity", "Dropout") and node.outputs[0] not in g.output_names:
-            if len(node.outputs) > 1 and node.outputs[1]:
-                raise ExportError(f"{g.path}: {node.where()}: the Dropout mask output is not supported")
+            if len(node.outputs) > 1 and node.outputs[1] and _is_read(model, node.outputs[1]):
+                raise ExportError(f"{g.path}: {node.where()}: the Dropout mask output is used; "
+                                  f"export the model in eval mode")
             alias[node.outputs[0]] = node.inputs[0]
             continue
         if node.op == "Shape" and node.inputs[0] in g.shapes:
@@ -211,6 +220,10 @@ def _walk(model: onnx.ModelProto, g: Graph) -> None:
         if name in pending_q:
             raise ExportError(f"{g.path}: graph output {name!r} is the integer output of a "
                               f"QuantizeLinear; export a float output (end with DequantizeLinear)")
+
+
+def _is_read(model: onnx.ModelProto, name: str) -> bool:
+    return any(name in n.input for n in model.graph.node) or any(o.name == name for o in model.graph.output)
 
 
 def _read_quant(node: Node, g: Graph) -> tuple[Quant, np.dtype]:
@@ -383,3 +396,46 @@ def _fill_missing_shapes(model: onnx.ModelProto, g: Graph) -> None:
     for name, value in zip(missing, values):
         g.shapes[name] = tuple(value.shape)
         g.dtypes.setdefault(name, value.dtype)
+
+
+_WINDOW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool"}
+
+
+def _lift_1d(g: Graph) -> None:
+    """1-D convolution/pooling on N x C x L becomes 2-D on N x C x 1 x L between two reshapes
+    (TFLite has no 1-D kernels); the reshapes cost nothing when the layout carries through."""
+    nodes = []
+    for node in g.nodes:
+        if node.op not in _WINDOW_OPS or len(g.shape(node.inputs[0], node)) != 3:
+            nodes.append(node)
+            continue
+        x, out = node.inputs[0], node.outputs[0]
+        n, c, length = g.shape(x, node)
+        x2d, out2d = f"{x}/{node.name}/in2d", f"{out}/out2d"
+        g.shapes[x2d] = (n, c, 1, length)
+        g.shapes[out2d] = (*g.shape(out, node)[:2], 1, g.shape(out, node)[2])
+        nodes.append(Node("Reshape", f"{node.name}/to2d", [x], [x2d]))
+        attrs = dict(node.attrs)
+        for key, fill in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("output_padding", 0)):
+            if key in attrs:
+                attrs[key] = [fill, *attrs[key]]
+        if "pads" in attrs:
+            attrs["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
+        inputs = [x2d, *node.inputs[1:]]
+        if node.op in ("Conv", "ConvTranspose"):
+            inputs[1] = _lift_weight(g, node.inputs[1], node)
+        nodes.append(Node(node.op, node.name, inputs, [out2d, *node.outputs[1:]], attrs))
+        nodes.append(Node("Reshape", f"{node.name}/to1d", [out2d], [out]))
+    g.nodes = nodes
+
+
+def _lift_weight(g: Graph, name: str, node: Node) -> str:
+    if name not in g.constants:
+        raise ExportError(f"{g.path}: {node.where()}: the weight {name!r} must be constant")
+    lifted = f"{name}/as2d"
+    if lifted not in g.constants:
+        g.constants[lifted] = g.constants[name][:, :, None, :]
+        if name in g.qconst:
+            qc = g.qconst[name]
+            g.qconst[lifted] = QConst(qc.values[:, :, None, :], qc.quant)
+    return lifted

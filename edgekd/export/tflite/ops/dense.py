@@ -102,8 +102,12 @@ def matmul(ctx: Context, node: Node) -> None:
 
 
 def _batch_matmul(ctx: Context, node: Node, a: str, b: str, transpose_b: bool) -> None:
-    if node.op == "Gemm" and (node.attr("alpha", 1.0) != 1.0 or len(node.inputs) > 2 and node.inputs[2]):
-        raise ctx.fail(node, "Gemm of two activations with alpha or a bias is not supported")
+    """BATCH_MATMUL of two tensors; a Gemm's alpha and bias follow as MUL and ADD (float)."""
+    alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+    c = node.inputs[2] if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] and beta else None
+    if ctx.int8 and (alpha != 1.0 or c):
+        raise ctx.fail(node, "int8 Gemm of two activations with alpha or a bias is not supported "
+                             "(no scale for the intermediate product)")
     ra, rb = len(ctx.shape(a, node)), len(ctx.shape(b, node))
     if ra < 2 or rb < 2:
         raise ctx.fail(node, "MatMul with 1-D operands is not supported")
@@ -115,6 +119,28 @@ def _batch_matmul(ctx: Context, node: Node, a: str, b: str, transpose_b: bool) -
         else:
             ins.append(ctx.get(name, identity(rank), node).index)
     options = ctx.b.options("BatchMatMul", adjY=transpose_b)
-    out_rank = len(ctx.shape(node.outputs[0], node))
-    ctx.emit("BATCH_MATMUL", ins, node, perm=identity(out_rank), options=options,
-             version=2 if ctx.int8 else 1)
+    out = node.outputs[0]
+    shape = ctx.shape(out, node)
+    perm = identity(len(shape))
+    if alpha == 1.0 and c is None:
+        ctx.emit("BATCH_MATMUL", ins, node, perm=perm, options=options, version=2 if ctx.int8 else 1)
+        return
+    product = ctx.tensor(f"{node.name}/product", shape)
+    ctx.b.op("BATCH_MATMUL", ins, [product], options)
+    steps = ([("MUL", ctx.float_const(np.float32(alpha), f"{node.name}/alpha"))] if alpha != 1.0 else [])
+    if c is not None:
+        if ctx.is_const(c):
+            bias = ctx.g.constants[c].astype(np.float32) * beta  # ADD broadcasts as ONNX does
+            steps.append(("ADD", ctx.float_const(bias, f"{node.name}/bias")))
+        elif beta == 1.0:
+            steps.append(("ADD", ctx.get(c, identity(len(ctx.shape(c, node))), node).index))
+        else:
+            raise ctx.fail(node, "Gemm with a run-time bias and beta != 1 is not supported")
+    for i, (op, operand) in enumerate(steps):
+        options = ctx.b.options("Mul" if op == "MUL" else "Add")
+        if i == len(steps) - 1:
+            ctx.emit(op, [product, operand], node, perm=perm, options=options)
+        else:
+            nxt = ctx.tensor(f"{node.name}/{op.lower()}", shape)
+            ctx.b.op(op, [product, operand], [nxt], options)
+            product = nxt

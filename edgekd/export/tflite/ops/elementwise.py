@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekd.export.tflite.builder import Quant
-from edgekd.export.tflite.context import CONVERTERS, Context, Ref, identity, range_quant
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref, identity, range_quant
 from edgekd.export.tflite.graph import Node, activation_of
 
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
@@ -57,6 +57,39 @@ def _operands(ctx: Context, node: Node) -> tuple[list[int], tuple[int, ...]]:
             value, quant = 1.0 / value.astype(np.float64), None
         indices.append(const_like(ctx, node, value, refs[lead], f"{node.name}/{n}", quant))
     return indices, refs[lead].perm
+
+
+@CONVERTERS.register("Sum")
+@CONVERTERS.register("Max")
+@CONVERTERS.register("Min")
+def variadic(ctx: Context, node: Node) -> None:
+    """Sum/Max/Min of N inputs: one ADD/MAXIMUM/MINIMUM per extra input (float; int8 for two)."""
+    op = {"Sum": "ADD", "Max": "MAXIMUM", "Min": "MINIMUM"}[node.op]
+    names = [n for n in node.inputs if n]
+    if len(names) == 1:
+        x = ctx.get(names[0], None, node)
+        ctx.bind(node.outputs[0], x.index, x.perm)
+        return
+    if len(names) > 2 and ctx.int8:
+        raise ctx.fail(node, f"int8 {node.op} of {len(names)} inputs has no scales for the partial "
+                             f"results; split it into two-input ops in the model")
+    if op != "ADD" and ctx.int8:  # int8 MAXIMUM/MINIMUM do not rescale: both inputs at the output's
+        inputs, perm = _operands(ctx, node)
+        quant = ctx.quant_of(node.outputs[0], node)
+        inputs = [ctx.requantize(i, quant, f"{node.name}/input{k}_requantized") for k, i in enumerate(inputs)]
+        ctx.emit(op, inputs, node, perm=perm, fixed_quant=quant)
+        return
+    partial = node.inputs[0]
+    for i, name in enumerate(names[1:]):
+        last = i == len(names) - 2
+        out = node.outputs[0] if last else f"{node.name}/partial{i}"
+        step = Node(node.op, node.name, [partial, name], [out])
+        if not last:
+            ctx.g.shapes[out] = tuple(np.broadcast_shapes(ctx.shape(partial, node), ctx.shape(name, node)))
+        inputs, perm = _operands(ctx, step)
+        options = ctx.b.options("Add") if op == "ADD" else None
+        ctx.emit(op, inputs, step, perm=perm, options=options, out=out)
+        partial = out
 
 
 @CONVERTERS.register("Add")
@@ -128,6 +161,14 @@ def leaky_relu(ctx: Context, node: Node) -> None:
 def prelu(ctx: Context, node: Node) -> None:
     x = ctx.get(node.inputs[0], None, node)
     slope = ctx.const_value(node.inputs[1], node, "the slope")
+    shape = ctx.shape(node.inputs[0], node)
+    if ctx.g.opset < 7 and slope.ndim == 1 and slope.size == shape[1] > 1:  # PRelu-6: per channel
+        slope = slope.reshape((-1,) + (1,) * (len(shape) - 2))
+    try:
+        np.broadcast_shapes(slope.shape, shape)
+    except ValueError:
+        raise ctx.fail(node, f"slope of shape {slope.shape} does not broadcast to the input "
+                             f"{tuple(shape)}") from None
     quant = None
     if ctx.int8:
         quant = range_quant(float(slope.min()), float(slope.max()))
@@ -187,13 +228,12 @@ def softmax(ctx: Context, node: Node) -> None:
         flat = ctx.get(node.inputs[0], identity(rank), node)
         rows = [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))]
         two_d = ctx.tensor(f"{node.name}/2d", rows, like=flat.index)
-        ctx.b.op("RESHAPE", [flat.index, ctx.shape_const(rows)], [two_d],
-                 ctx.b.options("Reshape", newShape=rows))
+        ctx.b.op("RESHAPE", *ctx.reshape_args(flat.index, rows, two_d))
         out = ctx.tensor(f"{node.name}/softmax2d", rows, like=flat.index, quant=fixed)
         ctx.b.op("SOFTMAX", [two_d], [out], options, 2 if ctx.int8 else 1)
-        ctx.emit("RESHAPE", [out, ctx.shape_const(shape)], node, perm=identity(rank),
-                 options=ctx.b.options("Reshape", newShape=list(shape)), inherit=fixed,
-                 fixed_quant=fixed)
+        inputs, _, reshape_options = ctx.reshape_args(out, shape, -1)
+        ctx.emit("RESHAPE", inputs, node, perm=identity(rank), options=reshape_options,
+                 inherit=fixed, fixed_quant=fixed)
         return
     if x.perm.index(axis) != rank - 1:  # TFLite's SOFTMAX works on the last axis only
         perm = tuple(a for a in range(rank) if a != axis) + (axis,)
@@ -226,3 +266,21 @@ def batch_norm(ctx: Context, node: Node) -> None:
     ctx.emit("ADD", [scaled, shift], node, perm=x.perm,
              options=ctx.b.options("Add", fusedActivationFunction=ctx.activation(node)),
              version=2 if ctx.int8 else 1)
+
+
+@CONVERTERS.register("LRN")
+def local_response_norm(ctx: Context, node: Node) -> None:
+    """ONNX LRN (Krizhevsky et al. 2012): x / (bias + alpha / size * sum of x^2 over ``size``
+    channels)^beta -> LOCAL_RESPONSE_NORMALIZATION (radius (size-1)/2, alpha/size), float only."""
+    size = int(node.attr("size"))
+    if size % 2 == 0:
+        raise ctx.fail(node, f"LRN with an even size ({size}) has an asymmetric window TFLite cannot express")
+    if ctx.int8:
+        raise ctx.fail(node, "TFLite's LOCAL_RESPONSE_NORMALIZATION runs in float only")
+    if len(ctx.shape(node.inputs[0], node)) != 4:
+        raise ctx.fail(node, "LRN is supported on N x C x H x W tensors only")
+    x = ctx.get(node.inputs[0], NHWC, node)
+    options = ctx.b.options("LocalResponseNormalization", radius=(size - 1) // 2,
+                            bias=float(node.attr("bias", 1.0)),
+                            alpha=float(node.attr("alpha", 1e-4)) / size, beta=float(node.attr("beta", 0.75)))
+    ctx.emit("LOCAL_RESPONSE_NORMALIZATION", [x.index], node, perm=NHWC, options=options)

@@ -29,21 +29,42 @@ def _pool(ctx: Context, node: Node, op: str) -> None:
     padding, explicit = tflite_padding(win, list(x_shape[2:]))
     x = ctx.get(node.inputs[0], NHWC, node)
     in_quant = ctx.b.quant_of(x.index)
+    correction = None
     if explicit:
         if op == "MAX_POOL_2D":
             x = pad_nhwc(ctx, x, explicit, node.name, value=_lowest(in_quant))
-        elif node.attr("count_include_pad", 0):
-            x = pad_nhwc(ctx, x, explicit, node.name)
         else:
-            raise ctx.fail(node, f"average pooling with pads {win.pads} and count_include_pad=0 "
-                                 f"does not match TFLite's SAME padding")
+            x = pad_nhwc(ctx, x, explicit, node.name)
+            if not node.attr("count_include_pad", 0):
+                correction = _exclude_pad_factor(win, x_shape, explicit)
     elif padding == "SAME" and op == "AVERAGE_POOL_2D" and node.attr("count_include_pad", 0):
         x = pad_nhwc(ctx, x, [win.pads[0], win.pads[1], *_used_end(win, x_shape)], node.name)
         padding = "VALID"
     options = ctx.b.options("Pool2D", padding=ctx.b.enum("Padding", padding), strideH=win.strides[0],
                             strideW=win.strides[1], filterHeight=kernel[0], filterWidth=kernel[1])
-    ctx.emit(op, [x.index], node, perm=NHWC, options=options, fixed_quant=in_quant,
+    if correction is None:
+        ctx.emit(op, [x.index], node, perm=NHWC, options=options, fixed_quant=in_quant,
+                 version=2 if ctx.int8 else 1)
+        return
+    # zeros were averaged in: rescale each output by window size / pixels really inside
+    out_shape = ctx.shape(node.outputs[0], node)
+    pooled = ctx.tensor(f"{node.name}/pooled", [out_shape[0], out_shape[2], out_shape[3], out_shape[1]],
+                        like=x.index)
+    ctx.b.op(op, [x.index], [pooled], options, 2 if ctx.int8 else 1)
+    factor = ctx.operand_const(correction, f"{node.name}/exclude_pad", None)
+    ctx.emit("MUL", [pooled, factor], node, perm=NHWC, options=ctx.b.options("Mul"),
              version=2 if ctx.int8 else 1)
+
+
+def _exclude_pad_factor(win, x_shape, explicit) -> np.ndarray:
+    """(1, Ho, Wo, 1) factors k_h*k_w / (window pixels inside the unpadded input)."""
+    counts = []
+    for i in range(2):
+        start = np.arange(win.out[i]) * win.strides[i] - explicit[i]
+        inside = np.minimum(start + win.kernel[i], x_shape[2 + i]) - np.maximum(start, 0)
+        counts.append(np.maximum(inside, 1))
+    area = win.kernel[0] * win.kernel[1]
+    return (area / np.outer(counts[0], counts[1])).astype(np.float32).reshape(1, win.out[0], win.out[1], 1)
 
 
 def _used_end(win, x_shape) -> list[int]:

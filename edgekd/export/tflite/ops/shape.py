@@ -34,17 +34,38 @@ def _reshape_to(ctx: Context, node: Node, out_shape: tuple[int, ...]) -> None:
     shape = ctx.shape(name, node)
     x = ctx.get(name, None, node)
     feature_perm = None
-    if not same_order(shape, x.perm):
-        if _flatten_into_fc(ctx, node, shape, out_shape):
-            feature_perm = np.arange(int(np.prod(shape[1:]))).reshape(shape[1:]).transpose(
-                [a - 1 for a in x.perm[1:]]).ravel()
-        else:
-            x = ctx.get(name, identity(len(shape)), node)
-    out_perm = NHWC if len(out_shape) == 4 and same_order(out_shape, NHWC) else identity(len(out_shape))
+    out_perm = carried_perm(shape, x.perm, out_shape)
+    if out_perm is None:
+        if not same_order(shape, x.perm):
+            if _flatten_into_fc(ctx, node, shape, out_shape):
+                feature_perm = np.arange(int(np.prod(shape[1:]))).reshape(shape[1:]).transpose(
+                    [a - 1 for a in x.perm[1:]]).ravel()
+            else:
+                x = ctx.get(name, identity(len(shape)), node)
+        out_perm = NHWC if len(out_shape) == 4 and same_order(out_shape, NHWC) else identity(len(out_shape))
     phys = permuted(out_shape, out_perm)
-    ctx.emit("RESHAPE", [x.index, ctx.shape_const(phys)], node, perm=out_perm,
-             options=ctx.b.options("Reshape", newShape=phys), inherit=ctx.b.quant_of(x.index),
+    inputs, _, options = ctx.reshape_args(x.index, phys, -1)
+    ctx.emit("RESHAPE", inputs, node, perm=out_perm, options=options, inherit=ctx.b.quant_of(x.index),
              feature_perm=feature_perm)
+
+
+def carried_perm(shape, perm, out_shape) -> tuple[int, ...] | None:
+    """A layout for ``out_shape`` whose bytes are those of ``shape`` stored in ``perm``, when the
+    reshape only adds or removes size-1 axes (Squeeze/Unsqueeze, N x C x 1 x 1 <-> N x C, the
+    1-D convolutions lifted to 2-D); None otherwise."""
+    big_in = [a for a in range(len(shape)) if shape[a] != 1]
+    big_out = [a for a in range(len(out_shape)) if out_shape[a] != 1]
+    if [shape[a] for a in big_in] != [out_shape[a] for a in big_out]:
+        return None
+    to_out = dict(zip(big_in, big_out))
+    stored = [to_out[a] for a in perm if shape[a] != 1]  # out axes in the order the bytes hold them
+    rank = len(out_shape)
+    candidates = ([NHWC] if rank == 4 else []) + [identity(rank),
+                                                  tuple(stored + [a for a in range(rank) if a not in stored])]
+    for cand in candidates:
+        if [a for a in cand if out_shape[a] != 1] == stored:
+            return tuple(cand)
+    return None
 
 
 def _flatten_into_fc(ctx: Context, node: Node, shape, out_shape) -> bool:
@@ -145,6 +166,7 @@ def slice_(ctx: Context, node: Node) -> None:
         axes = [int(v) for v in values[2]] if values[2] is not None else list(range(len(starts)))
         steps = [int(v) for v in values[3]] if values[3] is not None else [1] * len(starts)
     begin, end, stride, end_mask = [0] * rank, list(shape), [1] * rank, 0
+    sliced = {a % rank for a in axes}
     for start, stop, axis, step in zip(starts, ends, axes, steps):
         axis %= rank
         dim = shape[axis]
@@ -158,14 +180,18 @@ def slice_(ctx: Context, node: Node) -> None:
     x = ctx.get(node.inputs[0], None, node)
     phys = [x.perm.index(a) for a in range(rank)]  # logical axis -> stored position
     pb, pe, ps = ([values[a] for a in x.perm] for values in (begin, end, stride))
+    begin_mask = 0
     for a in range(rank):
         if stride[a] < 0 and end[a] == -1:  # run to the start: TFLite needs the end mask
             end_mask |= 1 << phys[a]
             pe[phys[a]] = 0
+        if a not in sliced:  # whole axis (e.g. the batch): masks keep it whole after a resize
+            begin_mask |= 1 << phys[a]
+            end_mask |= 1 << phys[a]
     inherit = ctx.b.quant_of(x.index)
     ctx.emit("STRIDED_SLICE", [x.index, ctx.int_const(pb), ctx.int_const(pe), ctx.int_const(ps)], node,
-             perm=x.perm, options=ctx.b.options("StridedSlice", endMask=end_mask), inherit=inherit,
-             fixed_quant=inherit)
+             perm=x.perm, options=ctx.b.options("StridedSlice", beginMask=begin_mask, endMask=end_mask),
+             inherit=inherit, fixed_quant=inherit)
 
 
 # ONNX (mode, coordinate_transformation_mode, nearest_mode) -> (TFLite op, align_corners, half_pixel)

@@ -1,0 +1,169 @@
+"""LiteRT (TensorFlow Lite) sessions: the interpreter of ``ai_edge_litert``, or of the older
+``tflite_runtime`` wheel when that is the one installed.
+
+Options (a target profile's ``runtimes: {litert: {...}}``):
+    xnnpack (bool, default True): apply the XNNPACK delegate, as TFLite does by default
+        (``OpResolverType.AUTO``); False runs the built-in kernels only
+        (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
+
+Callers see the same contract as every runtime: float32 in, float32 logits out. A full-integer
+model with an int8/uint8 interface gets its input quantized with the input tensor's (scale,
+zero point), ``q = clamp(round(x / s) + z)`` rounding half away from zero as TFLite's QUANTIZE
+kernel does, and its output dequantized, ``x = (q - z) * s`` (Jacob et al. 2018).
+
+A TFLite input shape is static. At load the session tries another batch size
+(``resize_tensor_input`` + ``allocate_tensors``): if the model follows, ``input_shape[0]`` is None
+and ``run`` resizes to each new batch; if not, the batch is fixed and reported as an int.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import ai_edge_litert as _package
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+except ImportError:  # the standalone TFLite interpreter wheel has the same interpreter API
+    try:
+        import tflite_runtime as _package
+        from tflite_runtime.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise ImportError("neither ai_edge_litert nor tflite_runtime is installed") from None
+
+from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError, did_you_mean
+
+OPTIONS = {"xnnpack": True}
+
+
+class LiteRTSession:
+    """A .tflite model in a LiteRT interpreter: ``info``, ``input_shape`` and ``run(x)``."""
+
+    def __init__(self, path: Path, threads: int, options: dict):
+        xnnpack = _check_options(options)["xnnpack"]
+        resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.path = path
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                                            experimental_op_resolver_type=resolver)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:  # not a TFLite flatbuffer; an op failed to prepare
+            raise ModelLoadError(f"{path}: LiteRT cannot load it ({_first_line(err)})") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._input_quant = _quantization(path, self._input, "input")
+        self._output_quant = _quantization(path, self._output, "output")
+        shape = [int(d) for d in self._input["shape"]]
+        self._batch = self._stored_batch = shape[0]  # _batch: what the interpreter is allocated for
+        self.input_shape: list[int | None] = [None if self._batch_is_resizable() else shape[0], *shape[1:]]
+        self.info = {"runtime": "litert", "runtime_version": _package.__version__, "device": "CPU",
+                     "threads": threads, "xnnpack": xnnpack, "interpreter": _package.__name__,
+                     "input_dtype": np.dtype(self._input["dtype"]).name}
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch ``x`` (float32, the model's input layout); returns float32 outputs."""
+        if list(x.shape[1:]) != self.input_shape[1:]:
+            raise RuntimeBackendError(f"{self.path}: input of shape {tuple(x.shape)} does not fit the "
+                                      f"model's input {self.input_shape} (only the batch may differ)")
+        if x.shape[0] != self._batch:
+            self._resize(x.shape[0])
+        self._interpreter.set_tensor(self._input["index"], self._to_input(x))
+        self._interpreter.invoke()
+        out = self._interpreter.get_tensor(self._output["index"])
+        if self._output_quant is None:
+            return out.astype(np.float32, copy=False)
+        scale, zero_point = self._output_quant
+        return (out.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+    def _to_input(self, x: np.ndarray) -> np.ndarray:
+        dtype = self._input["dtype"]
+        if self._input_quant is None:
+            return np.ascontiguousarray(x, dtype)
+        scale, zero_point = self._input_quant
+        info = np.iinfo(dtype)
+        q = round_half_away_from_zero(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def _resize(self, batch: int) -> None:
+        if self.input_shape[0] is not None:
+            raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
+                                 f"it cannot run a batch of {batch} (re-export it with a resizable "
+                                 f"batch or run batches of {self._stored_batch})")
+        self._allocate(batch)
+
+    def _allocate(self, batch: int) -> None:
+        shape = [batch, *(int(d) for d in self._input["shape"][1:])]
+        try:
+            self._interpreter.resize_tensor_input(self._input["index"], shape)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
+                                 f"LiteRT cannot resize it to {batch} ({_first_line(err)})") from None
+        self._batch = batch
+
+    def _batch_is_resizable(self) -> bool:
+        """Allocate for another batch size and back: does the output's batch follow the input's?"""
+        batch = self._batch
+        probe = 2 if batch == 1 else 1
+        try:
+            self._allocate(probe)
+            follows = int(self._interpreter.get_output_details()[0]["shape"][0]) == probe
+        except ModelLoadError:
+            follows = False
+        self._allocate(batch)
+        return follows
+
+
+def round_half_away_from_zero(v: np.ndarray) -> np.ndarray:
+    """std::round, as TFLite's QUANTIZE uses (numpy's round goes half to even); exact in float."""
+    whole = np.trunc(v)
+    return whole + np.trunc(2 * (v - whole))
+
+
+def _quantization(path: Path, detail: dict, role: str) -> tuple[float, int] | None:
+    """(scale, zero point) of an integer input/output; None for a float tensor."""
+    dtype = np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.floating):
+        return None
+    params = detail.get("quantization_parameters") or {}
+    scales, zero_points = list(params.get("scales", [])), list(params.get("zero_points", []))
+    if not scales and detail.get("quantization", (0.0, 0))[0]:  # older interpreters: per tensor only
+        scales, zero_points = [detail["quantization"][0]], [detail["quantization"][1]]
+    if len(scales) != 1 or not np.issubdtype(dtype, np.integer):
+        kind = "no quantization parameters" if not scales else f"{len(scales)} scales"
+        raise ModelLoadError(f"{path}: the model's {role} {detail['name']!r} is {dtype.name} with {kind}; "
+                             f"edgekd runs models with a float32 {role} or a per-tensor quantized "
+                             f"int8/uint8 {role}")
+    return float(scales[0]), int(zero_points[0])
+
+
+def _check_options(options: dict) -> dict:
+    unknown = [k for k in options if k not in OPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown LiteRT option {unknown[0]!r}{did_you_mean(unknown[0], OPTIONS)}; "
+                          f"valid options: {', '.join(OPTIONS)}")
+    merged = OPTIONS | options
+    if not isinstance(merged["xnnpack"], bool):
+        raise ConfigError(f"LiteRT option xnnpack: expected true or false, got {merged['xnnpack']!r}")
+    return merged
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def open_session(path: Path, threads: int, options: dict) -> LiteRTSession:
+    """Load ``path`` in a LiteRT interpreter (``edgekd.runtime.open_session(path, "litert", ...)``).
+
+    Args:
+        path: a .tflite file.
+        threads: interpreter threads (``num_threads``), recorded in ``info["threads"]``.
+        options: ``{"xnnpack": bool}`` (default True), recorded in ``info["xnnpack"]``.
+
+    Raises:
+        ModelLoadError: not a loadable TFLite model, or an input/output edgekd cannot feed.
+        ConfigError: an unknown option, or a non-boolean ``xnnpack``.
+    """
+    return LiteRTSession(path, threads, options)
