@@ -29,14 +29,19 @@ ROWS = [  # (label, entry name, field)
     ("int8 student accuracy % (PyTorch sim)", "student-int8.pytorch", "accuracy"),
     ("int8 student accuracy % (onnxruntime)", "student-int8.onnx", "accuracy"),
     ("int8 student accuracy % (OpenVINO)", "student-int8.openvino", "accuracy"),
+    ("int8 student accuracy % (LiteRT)", "student-int8.tflite", "accuracy"),
     ("int8 agreement % (onnxruntime)", "student-int8.onnx", "agreement"),
     ("int8 agreement % (OpenVINO)", "student-int8.openvino", "agreement"),
+    ("int8 agreement % (LiteRT)", "student-int8.tflite", "agreement"),
     ("teacher ONNX size KB", "teacher.onnx", "size_bytes"),
     ("int8 student ONNX size KB", "student-int8.onnx", "size_bytes"),
     ("int8 student IR size KB", "student-int8.openvino", "size_bytes"),
+    ("int8 student TFLite size KB", "student-int8.tflite", "size_bytes"),
     ("teacher onnxruntime p50 us", "teacher.onnx", "p50"),
     ("int8 student onnxruntime p50 us", "student-int8.onnx", "p50"),
     ("int8 student OpenVINO p50 us", "student-int8.openvino", "p50"),
+    ("teacher LiteRT p50 us", "teacher.tflite", "p50"),
+    ("int8 student LiteRT p50 us", "student-int8.tflite", "p50"),
 ]
 
 
@@ -97,6 +102,8 @@ def main() -> None:
           f"kd_acc={m['KD student accuracy %']:.2f} int8_acc={m['int8 student accuracy % (onnxruntime)']:.2f} "
           f"size_ratio={size_ratio:.1f} int8_gap_pts={int8_gap:.2f} kd_gain_pts={kd_gain:+.2f} "
           f"ort_p50_us={m['int8 student onnxruntime p50 us']:.1f} ov_p50_us={m['int8 student OpenVINO p50 us']:.1f} "
+          f"litert_p50_us={m['int8 student LiteRT p50 us']:.1f} "
+          f"tflite_agreement={m['int8 agreement % (LiteRT)']:.2f} "
           f"wall_s={m['wall time s (teacher trained, not cached)']:.1f} "
           f"targets_met={sum(targets.values())}/{len(targets)}")
 

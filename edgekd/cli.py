@@ -167,7 +167,7 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Write the full result (raw samples, manifest) to this JSON file.")
 def bench(artifact: str, target: str, runtime: str | None, threads: int | None, json_out: str | None) -> None:
-    """Benchmark ARTIFACT (.onnx or OpenVINO .xml) in a fresh process: latency and peak memory."""
+    """Benchmark ARTIFACT (.onnx, OpenVINO .xml or .tflite) in a fresh process: latency and peak memory."""
     import json
 
     from edgekd import atomic

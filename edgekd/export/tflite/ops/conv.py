@@ -65,15 +65,20 @@ def bias_tensor(ctx: Context, node: Node, name: str | None, channels: int, in_qu
     return ctx.b.tensor(f"{node.name}/bias", values.shape, np.int32, data=values, quant=quant)
 
 
-@CONVERTERS.register("Conv")
-def conv(ctx: Context, node: Node) -> None:
+def _operands(ctx: Context, node: Node) -> tuple[str, str, str | None, tuple[int, ...]]:
+    """(input, weight, bias or None, input shape) of a 2-D Conv/ConvTranspose."""
     x_name, w_name = node.inputs[0], node.inputs[1]
     b_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
     x_shape = ctx.shape(x_name, node)
     if len(x_shape) != 4:
-        raise ctx.fail(node, f"{len(x_shape) - 2}-D convolution is not supported (2-D only)")
-    w_shape = ctx.shape(w_name, node)
-    out_ch, in_per_group, kh, kw = w_shape
+        raise ctx.fail(node, f"{len(x_shape) - 2}-D {node.op} is not supported (2-D, and 1-D lifted to 2-D)")
+    return x_name, w_name, b_name, x_shape
+
+
+@CONVERTERS.register("Conv")
+def conv(ctx: Context, node: Node) -> None:
+    x_name, w_name, b_name, x_shape = _operands(ctx, node)
+    out_ch, in_per_group, kh, kw = ctx.shape(w_name, node)
     channels, group = x_shape[1], int(node.attr("group", 1))
     win = window(ctx, node, list(x_shape[2:]), [kh, kw])
     padding, explicit = tflite_padding(win, list(x_shape[2:]))
@@ -123,11 +128,7 @@ def _grouped(ctx: Context, node: Node, x: Ref, group: int, common: dict, w_name:
 
 @CONVERTERS.register("ConvTranspose")
 def conv_transpose(ctx: Context, node: Node) -> None:
-    x_name, w_name = node.inputs[0], node.inputs[1]
-    b_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
-    x_shape = ctx.shape(x_name, node)
-    if len(x_shape) != 4:
-        raise ctx.fail(node, f"{len(x_shape) - 2}-D transposed convolution is not supported (2-D only)")
+    x_name, w_name, b_name, x_shape = _operands(ctx, node)
     _, out_per_group, kh, kw = ctx.shape(w_name, node)
     if int(node.attr("group", 1)) != 1:
         raise ctx.fail(node, "grouped ConvTranspose is not supported by TFLite's TRANSPOSE_CONV")
