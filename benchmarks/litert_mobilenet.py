@@ -5,7 +5,8 @@ What is measured, and why:
    weights, seed 0; BatchNorm statistics estimated on the calibration images, see
    ``estimate_batchnorm_stats``) is exported to .tflite as float, and the same weights are quantized
    (BatchNorm folded, int8 fake-quant calibrated on smooth random images, frozen) and exported as
-   int8, both with edgekd's ONNX -> TFLite converter (each file is checked against onnxruntime).
+   int8, both with edgekd's ONNX -> TFLite converter (each file passes the exporter's check against
+   onnxruntime before it is written: see ``build_artifacts``).
    Reported: int8/float p50 latency at 1 and 2 threads, and file sizes (.tflite and .onnx).
 2. Can edgekd's numbers be trusted? The same file at the same thread count is timed by
    ``edgekd.bench.benchmark`` (runtime ``litert``, XNNPACK on: the ``Interpreter`` API in a fresh
@@ -21,9 +22,8 @@ repetitions); each number is the median over repetitions of one run's p50. Ratio
 ways: of those medians (the headline), and the median of per-repetition ratios of runs made
 seconds apart (harness vs tool on one file; int8 vs float at one thread count), which cancels
 slow drifts in the machine's load. The tool gets the harness's warmup and as many timed runs as
-the harness took in its latest run of that case (it has no minimum-seconds option). Sanity check
-(accuracy is irrelevant here): top-1 agreement of the int8 and float .tflite files on the
-calibration images.
+the harness took in its latest run of that case (it has no minimum-seconds option). Sanity checks
+(accuracy is irrelevant here) on the calibration images: see ``conversion_checks``.
 
     python benchmarks/litert_mobilenet.py [--reps 3] [--keep DIR]
 
@@ -104,7 +104,12 @@ def estimate_batchnorm_stats(model: nn.Module, batches: list[torch.Tensor]) -> n
 
 
 def build_artifacts(out_dir: Path, batches: list[torch.Tensor]) -> dict[str, dict[str, Path]]:
-    """Float and int8 (the float weights quantized) .onnx and .tflite files of the same model."""
+    """Float and int8 (the float weights quantized) .onnx and .tflite files of the same model.
+
+    Both pass the exporter's check against onnxruntime (float: 1e-4 relative; int8: 99% of the
+    logits within ceil(sqrt(L)) steps for L requantizing ops, here 8: the kernels' different
+    requantization rounding compounds through 53 layers; ``conversion_checks`` measures it).
+    """
     torch.manual_seed(0)
     fp = estimate_batchnorm_stats(create_model(MODEL, INPUT_SHAPE[0], NUM_CLASSES), batches)
     q = prepare_qat(copy.deepcopy(fp), QATConfig())  # BN folded, int8 fake-quant inserted
@@ -117,18 +122,43 @@ def build_artifacts(out_dir: Path, batches: list[torch.Tensor]) -> dict[str, dic
     return files
 
 
-def top1_agreement(files: dict[str, dict[str, Path]], images: torch.Tensor) -> dict:
-    """int8 vs float .tflite on ``images``: top-1 agreement and mean logit cosine similarity."""
-    logits = {}
-    for precision in PRECISIONS:
-        session = open_session(files[precision]["tflite"], "litert", threads=2, options=OPTIONS)
-        logits[precision] = np.concatenate([session.run(images[i:i + 1].numpy())  # (1, 1000) each
-                                            for i in range(len(images))])
-    f, q = logits["float"], logits["int8"]
-    cosine = (f * q).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1))
-    return {"images": len(images), "top1_agreement": float((f.argmax(1) == q.argmax(1)).mean()),
-            "mean_logit_cosine": float(cosine.mean()),
-            "distinct_float_top1_classes": len(np.unique(f.argmax(1)))}
+def logits_of(path: Path, runtime: str, images: torch.Tensor, options: dict | None = None) -> np.ndarray:
+    session = open_session(path, runtime, threads=2, options=options)
+    return np.concatenate([session.run(images[i:i + 1].numpy()) for i in range(len(images))])  # (N, 1000)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """Top-1 agreement of logits ``a`` with reference ``b``, and ||a - b|| / ||b||."""
+    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "relative_error": float(np.linalg.norm(a - b) / np.linalg.norm(b))}
+
+
+def conversion_checks(files: dict[str, dict[str, Path]], images: torch.Tensor) -> dict:
+    """Sanity checks on ``images`` (accuracy is irrelevant here; these show the files are sound).
+
+    int8 vs float .tflite (what quantization changed); int8 .tflite under XNNPACK vs onnxruntime
+    on the int8 ONNX file (what conversion changed); the same int8 .tflite under TFLite's built-in
+    kernels vs XNNPACK (what kernel rounding alone changes: the scale against which to read the
+    conversion's difference); and the exporter's own int8 parity numbers (``parity.compare``).
+    """
+    from edgekd.export.tflite import convert
+    from edgekd.export.tflite.parity import compare, int8_steps
+
+    tfl_float = logits_of(files["float"]["tflite"], "litert", images, OPTIONS)
+    tfl_int8 = logits_of(files["int8"]["tflite"], "litert", images, OPTIONS)
+    builtin_int8 = logits_of(files["int8"]["tflite"], "litert", images, {"xnnpack": False})
+    ort_int8 = logits_of(files["int8"]["onnx"], "onnxruntime", images)
+    conversion = convert(files["int8"]["onnx"])
+    parity = compare(files["int8"]["onnx"], files["int8"]["tflite"], conversion.graph,
+                     steps=int8_steps(conversion.ops))[0]
+    return {"images": len(images),
+            "int8_vs_float_tflite": agreement(tfl_int8, tfl_float),
+            "int8_tflite_xnnpack_vs_onnxruntime": agreement(tfl_int8, ort_int8),
+            "int8_tflite_builtin_vs_xnnpack": agreement(builtin_int8, tfl_int8),
+            "exporter_int8_parity": {"within_one_step": parity.within_one_step, "step": parity.step,
+                                     "steps_allowed": parity.steps, "within_steps": parity.within_steps,
+                                     "max_error_steps": parity.max_abs_error / parity.step,
+                                     "passes": parity.ok}}
 
 
 def xnnpack_coverage(path: Path, threads: int) -> dict:
@@ -242,6 +272,18 @@ def summarize(raw: list[dict]) -> tuple[dict, dict, dict]:
     return table, ratios, paired
 
 
+def print_sanity(sanity: dict) -> None:
+    print(f"sanity on the {sanity['images']} calibration images (top-1 agreement, relative logit error):")
+    for key, label in (("int8_vs_float_tflite", "int8 vs float .tflite (XNNPACK)"),
+                       ("int8_tflite_xnnpack_vs_onnxruntime", "int8 .tflite (XNNPACK) vs int8 .onnx (onnxruntime)"),
+                       ("int8_tflite_builtin_vs_xnnpack", "int8 .tflite: built-in kernels vs XNNPACK")):
+        print(f"  {label:52s} {100 * sanity[key]['top1_agreement']:5.1f}%  {sanity[key]['relative_error']:.3f}")
+    parity = sanity["exporter_int8_parity"]
+    print(f"  exporter's int8 check: {100 * parity['within_steps']:.1f}% of logits within "
+          f"{parity['steps_allowed']} steps of onnxruntime (needs 99%), {100 * parity['within_one_step']:.1f}% "
+          f"within one, max {parity['max_error_steps']:.0f} steps", flush=True)
+
+
 def print_report(table: dict, ratios: dict, paired: dict, mb: dict, coverage: dict, reps: int) -> None:
     print(f"\nLiteRT {MODEL} {INPUT_SHAPE[1]}x{INPUT_SHAPE[2]}, batch 1, XNNPACK on (harness: option "
           f"xnnpack=True; tool: CPU accelerator), median over {reps} interleaved reps")
@@ -288,10 +330,8 @@ def main() -> None:
         print("exporting float and int8 MobileNetV2 (.onnx, .tflite) ...", flush=True)
         files = build_artifacts(args.keep or Path(tmp), batches)
         sizes = {p: {fmt: path.stat().st_size for fmt, path in files[p].items()} for p in PRECISIONS}
-        sanity = top1_agreement(files, torch.cat(batches))
-        print(f"sanity: int8 vs float .tflite top-1 agreement {100 * sanity['top1_agreement']:.1f}% on "
-              f"{sanity['images']} calibration images ({sanity['distinct_float_top1_classes']} distinct float "
-              f"top-1 classes), mean logit cosine {sanity['mean_logit_cosine']:.4f}", flush=True)
+        sanity = conversion_checks(files, torch.cat(batches))
+        print_sanity(sanity)
         coverage = {f"{p}_{t}t": xnnpack_coverage(files[p]["tflite"], t) for p, t in CASES}
         raw = measure(files, args.reps, tool)
 

@@ -243,3 +243,12 @@ def test_sum_of_three_inputs_float(tmp_path):
     assert result.ops.count("ADD") == 2
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m).values())):
         assert parity.relative_error <= FLOAT_RTOL
+
+
+def test_int8_check_tolerance_grows_with_depth_only():
+    from edgekd.export.tflite.parity import int8_steps
+
+    assert int8_steps(["QUANTIZE", "CONV_2D", "DEQUANTIZE"]) == 1
+    assert int8_steps(["QUANTIZE", "RESHAPE", "CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MEAN",
+                       "FULLY_CONNECTED", "DEQUANTIZE"]) == 3  # the demo student: 5 requantizing ops
+    assert int8_steps(["CONV_2D"] * 52 + ["FULLY_CONNECTED"] + ["ADD"] * 10 + ["MEAN"]) == 8

@@ -141,12 +141,13 @@ def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["
 
     Raises:
         ExportError: the model cannot be converted, or (with ``check``) the TFLite file does not
-            reproduce onnxruntime's outputs (float: 1e-4 relative; int8: one quantization step
-            on 99% of the outputs).
+            reproduce onnxruntime's outputs (float: 1e-4 relative; int8: 99% of the outputs
+            within ceil(sqrt(L)) quantization steps for L requantizing ops, see ``parity``).
     """
     result = convert(onnx_path, io=io, layout=layout, batch=batch)
     if check:  # before writing: a file that does not reproduce the model is never left behind
-        from edgekd.export.tflite.parity import check_parity
+        from edgekd.export.tflite.parity import check_parity, int8_steps
 
-        check_parity(onnx_path, result.data, result.graph, layout=layout, coarse=result.coarse)
+        check_parity(onnx_path, result.data, result.graph, layout=layout, coarse=result.coarse,
+                     steps=int8_steps(result.ops))
     return atomic.write_bytes(Path(out_path).with_suffix(".tflite"), result.data)
