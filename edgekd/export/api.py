@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,4 +92,10 @@ def _convert(entry: ExporterEntry, onnx_path: Path, out_path: Path, options: dic
     except ImportError as err:
         raise ConfigError(f"export format {entry.name!r} needs a package that is not installed "
                           f"({err})") from None
-    return Artifact(entry.name, fn(onnx_path, out_path, **(options or {})), entry.runtime)
+    options = options or {}
+    known = set(inspect.signature(fn).parameters) - {"onnx_path", "out_path"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"export format {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(sorted(known)) or 'none'}")
+    return Artifact(entry.name, fn(onnx_path, out_path, **options), entry.runtime)

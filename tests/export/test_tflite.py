@@ -252,3 +252,93 @@ def test_int8_check_tolerance_grows_with_depth_only():
     assert int8_steps(["QUANTIZE", "RESHAPE", "CONV_2D", "CONV_2D", "MAX_POOL_2D", "CONV_2D", "MEAN",
                        "FULLY_CONNECTED", "DEQUANTIZE"]) == 3  # the demo student: 5 requantizing ops
     assert int8_steps(["CONV_2D"] * 52 + ["FULLY_CONNECTED"] + ["ADD"] * 10 + ["MEAN"]) == 8
+
+
+# -- regressions found in review -------------------------------------------------------------------
+def _parity_ok(tmp_path, m, int8=False, **kw):
+    path = _save(tmp_path, qdq(m, _feeds(m)) if int8 else m, "r.onnx")
+    result = convert(path, **kw)
+    parities = compare(path, result.data, result.graph, feeds=list(_feeds(m, 2).values()), coarse=result.coarse)
+    return result, all((p.within_one_step >= 0.99) if int8 else p.ok for p in parities)
+
+
+def test_reshape_to_another_scale_is_requantized(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["y"])]
+    m = model(nodes, [("x", X4)], None, [("w", _w(6, 4, 3, 3)), ("b", _w(6))])
+    q = qdq(m, _feeds(m))
+    for init in q.graph.initializer:  # the ONNX model gives the flattened tensor twice the scale
+        if init.name == "y/s":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 2, "y/s"))
+    path = _save(tmp_path, q)
+    result = convert(path)
+    assert "QUANTIZE" in result.ops[1:]
+    assert all(p.within_one_step >= 0.99 for p in compare(path, result.data, result.graph))
+
+
+def test_dequantize_without_zero_point_uses_the_constants_type(tmp_path):
+    w = _w(6, 4, 3, 3)
+    scale = np.abs(w).max(axis=(1, 2, 3)) / 127
+    q = np.round(w / scale[:, None, None, None]).astype(np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], axis=0),
+             helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    m = model(nodes, [("x", X4)], None, [("wq", q), ("ws", scale.astype(np.float32))])
+    _, ok = _parity_ok(tmp_path, m)
+    assert ok
+
+
+@pytest.mark.parametrize("mode", ["floor", "ceil"])
+def test_nearest_resize_modes_without_tflite_equivalent_are_refused(tmp_path, mode):
+    m = model([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest", nearest_mode=mode)],
+              [("x", X4)], None, [("sc", np.asarray([1, 1, 2, 2], np.float32))])
+    with pytest.raises(ExportError, match=f"nearest_mode={mode} has no TFLite equivalent"):
+        convert(_save(tmp_path, m))
+
+
+def test_average_pool_ceil_mode_counting_pads(tmp_path):
+    m = model([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)], [("x", [1, 4, 8, 8])], None)
+    _, ok = _parity_ok(tmp_path, m)
+    assert ok
+
+
+def test_conv_transpose_output_shape_attribute(tmp_path):
+    m = model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], output_shape=[15, 15])],
+              [("x", X4)], None, [("w", _w(4, 3, 3, 3))])
+    _, ok = _parity_ok(tmp_path, m)
+    assert ok
+
+
+def test_reshape_to_literal_one_is_not_resized_as_batch(tmp_path):
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray([1, -1]), "s")])
+    path = _save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    from ai_edge_litert import schema_py_generated as s
+    flat = s.ModelT.InitFromObj(s.Model.GetRootAs(convert(path).data, 0))
+    [op] = flat.subgraphs[0].operators
+    assert list(op.builtinOptions.newShape) == [1, 32]  # a literal 1, not the batch: no -1
+
+
+def test_clip_bounds_given_as_one_element_tensors(tmp_path):
+    m = model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [("x", X4)], None,
+              [("lo", np.asarray([0.0], np.float32)), ("hi", np.asarray([6.0], np.float32))])
+    result, ok = _parity_ok(tmp_path, m)
+    assert ok and result.ops == ["RELU6"]
+
+
+def test_identity_writing_a_graph_output(tmp_path):
+    m = model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+              [("x", X4)], None)
+    _, ok = _parity_ok(tmp_path, m)
+    assert ok
+
+
+def test_unknown_exporter_option_is_a_config_error(tmp_path):
+    from edgekd.errors import ConfigError
+    from edgekd.export import export_onnx_file
+
+    m, _ = CASES["relu"]
+    with pytest.raises(ConfigError, match=r"export format 'tflite' has no option 'layuot'.*layout"):
+        export_onnx_file(_save(tmp_path, m), ["tflite"], tmp_path, options={"tflite": {"layuot": "nhwc"}})

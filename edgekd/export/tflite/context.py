@@ -103,7 +103,8 @@ class Context:
             if same_order(shape, ref.perm) and same_order(shape, perm):
                 out = self.tensor(f"{name}/as{''.join(map(str, perm))}", permuted(shape, perm),
                                   like=ref.index)
-                self.b.op("RESHAPE", *self.reshape_args(ref.index, permuted(shape, perm), out))
+                self.b.op("RESHAPE", *self.reshape_args(ref.index, permuted(shape, perm), out,
+                                                        name if perm[0] == 0 else None))
             else:
                 out = self.tensor(f"{name}/transposed{''.join(map(str, perm))}", permuted(shape, perm),
                                   like=ref.index)
@@ -136,12 +137,12 @@ class Context:
     def shape_const(self, shape) -> int:
         return self.int_const(np.asarray(shape, np.int32), "shape")
 
-    def reshape_args(self, index: int, shape, out: int) -> tuple[list[int], list[int], object]:
-        """Inputs, outputs and options of a RESHAPE of ``index`` to ``shape``. With a dynamic
-        ONNX batch, a leading batch dimension is written as -1 so the model can be resized."""
+    def reshape_args(self, index: int, shape, out: int, tensor: str | None) -> tuple[list[int], list[int], object]:
+        """Inputs, outputs and options of a RESHAPE of ``index`` to ``shape`` (the stored shape of
+        ONNX tensor ``tensor``). When that tensor's first axis is the ONNX model's dynamic batch,
+        it is written as -1 so the model can be resized."""
         shape = [int(d) for d in shape]
-        if (self.g.dynamic_batch and shape and shape[0] == self.g.batch
-                and self.b.shape_of(index)[:1] == [self.g.batch]):
+        if tensor is not None and tensor in self.g.batched:
             shape[0] = -1
         return [index, self.shape_const(shape)], [out], self.b.options("Reshape", newShape=shape)
 

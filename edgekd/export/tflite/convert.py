@@ -128,7 +128,7 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
     elif index in ctx.b.inputs or index in ctx.b.outputs:  # the same tensor cannot be listed twice
         shape = ctx.b.shape_of(index)
         out = ctx.tensor(onnx_name, shape, like=index)
-        ctx.b.op("RESHAPE", *ctx.reshape_args(index, shape, out))
+        ctx.b.op("RESHAPE", *ctx.reshape_args(index, shape, out, name if ref.perm[:1] == (0,) else None))
         index = out
     else:
         ctx.b.tensors[index].name = onnx_name

@@ -68,6 +68,7 @@ class Graph:
     opset: int
     batch: int = 1
     dynamic_batch: bool = False  # the ONNX inputs had a free batch dimension (fixed to ``batch``)
+    batched: set[str] = field(default_factory=set)  # tensors whose axis 0 follows that batch
 
     @property
     def quantized(self) -> bool:
@@ -116,12 +117,19 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
                               f"to TFLite; export with standard ONNX operators")
     init_names = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
     dynamic = _fix_static_inputs(model, inputs, batch, path)
     shapes, dtypes = _infer(model)
+    batched = set()
+    if dynamic:  # infer again at another batch: the tensors whose axis 0 moves with it
+        _fix_static_inputs(probe, [i for i in probe.graph.input if i.name not in init_names], batch + 1, path)
+        other, _ = _infer(probe)
+        batched = {n for n, s in shapes.items() if s[:1] == (batch,) and other.get(n, ())[:1] == (batch + 1,)}
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     g = Graph(path, [], [i.name for i in inputs], [o.name for o in model.graph.output],
               [o.name for o in model.graph.output], constants, {}, {}, shapes, dtypes, opset,
-              batch, dynamic)
+              batch, dynamic, batched)
     _walk(model, g)
     _fold_batchnorm(g)
     _fuse_activations(g)
@@ -190,7 +198,9 @@ def _walk(model: onnx.ModelProto, g: Graph) -> None:
             _dequantize(node, g, alias, pending_q)
             continue
         if node.op == "QuantizeLinear" and node.inputs[0] not in g.constants:
-            quant, dtype = _read_quant(node, g)
+            out_dtype = node.attr("output_dtype", 0)
+            quant, dtype = _read_quant(node, g, helper.tensor_dtype_to_np_dtype(out_dtype)
+                                       if out_dtype else np.uint8)
             pending_q[node.outputs[0]] = (node.inputs[0], quant, dtype, node)
             continue
         if node.op in ("Identity", "Dropout") and node.outputs[0] not in g.output_names:
@@ -226,7 +236,12 @@ def _is_read(model: onnx.ModelProto, name: str) -> bool:
     return any(name in n.input for n in model.graph.node) or any(o.name == name for o in model.graph.output)
 
 
-def _read_quant(node: Node, g: Graph) -> tuple[Quant, np.dtype]:
+def _read_quant(node: Node, g: Graph, default_dtype=np.uint8) -> tuple[Quant, np.dtype]:
+    """Scale and zero point of a Q/DQ node; a missing zero point is 0 of ``default_dtype`` (the
+    constant's type for DequantizeLinear, ``output_dtype`` or uint8 for QuantizeLinear)."""
+    if node.attr("block_size", 0):
+        raise ExportError(f"{g.path}: {node.where()}: blocked quantization (block_size) has no "
+                          f"TFLite equivalent; use per-channel or per-tensor scales")
     scale = g.constants.get(node.inputs[1])
     if scale is None:
         raise ExportError(f"{g.path}: {node.where()}: the scale {node.inputs[1]!r} is computed at run "
@@ -236,7 +251,7 @@ def _read_quant(node: Node, g: Graph) -> tuple[Quant, np.dtype]:
             raise ExportError(f"{g.path}: {node.where()}: zero point {node.inputs[2]!r} is not constant")
         zp = g.constants[node.inputs[2]]
     else:
-        zp = np.zeros_like(scale, np.uint8)
+        zp = np.zeros_like(scale, default_dtype)
     dtype = np.dtype(zp.dtype)
     if dtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)):
         raise ExportError(f"{g.path}: {node.where()}: {dtype} quantization is not supported "
@@ -248,7 +263,8 @@ def _read_quant(node: Node, g: Graph) -> tuple[Quant, np.dtype]:
 
 def _dequantize(node: Node, g: Graph, alias: dict, pending_q: dict) -> None:
     x = node.inputs[0]
-    quant, _ = _read_quant(node, g)
+    x_dtype = g.constants[x].dtype if x in g.constants else pending_q[x][2] if x in pending_q else np.uint8
+    quant, _ = _read_quant(node, g, x_dtype)
     if x in g.constants:  # a quantized weight, bias or constant operand
         values = g.constants[x]
         if values.dtype == np.uint8:
@@ -338,11 +354,14 @@ def _clip_bounds(node: Node, g: Graph) -> tuple[float, float] | None:
     if node.op != "Clip":
         return None
     lo, hi = node.attr("min", float("-inf")), node.attr("max", float("inf"))
-    for i, default in ((1, None), (2, None)):
+    for i in (1, 2):
         if len(node.inputs) > i and node.inputs[i]:
             if node.inputs[i] not in g.constants:
                 return None
-            value = float(g.constants[node.inputs[i]])
+            bound = np.asarray(g.constants[node.inputs[i]]).reshape(-1)
+            if bound.size != 1:
+                return None
+            value = float(bound[0])
             lo, hi = (value, hi) if i == 1 else (lo, value)
     return float(lo), float(hi)
 
@@ -414,6 +433,7 @@ def _lift_1d(g: Graph) -> None:
         x2d, out2d = f"{x}/{node.name}/in2d", f"{out}/out2d"
         g.shapes[x2d] = (n, c, 1, length)
         g.shapes[out2d] = (*g.shape(out, node)[:2], 1, g.shape(out, node)[2])
+        g.batched |= {new for new, old in ((x2d, x), (out2d, out)) if old in g.batched}
         nodes.append(Node("Reshape", f"{node.name}/to2d", [x], [x2d]))
         attrs = dict(node.attrs)
         for key, fill in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("output_padding", 0)):

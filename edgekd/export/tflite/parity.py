@@ -122,10 +122,17 @@ def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=N
     session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     expected = session.run(graph.output_names, dict(zip(names, feeds)))
-    got = run_tflite(interpreter(tflite), feeds, layout)
+    try:
+        got = run_tflite(interpreter(tflite), feeds, layout)
+    except (ValueError, RuntimeError) as err:  # the interpreter rejects the file or its input
+        raise ExportError(f"{onnx_path}: LiteRT cannot run the converted model: "
+                          f"{str(err).strip().splitlines()[0][:300]}") from None
     result = []
     for name, alias, e, t in zip(graph.output_names, graph.outputs, expected, got):
         e = np.asarray(e, np.float32)
+        if t.size != e.size:
+            raise ExportError(f"{onnx_path}: output {name!r} has shape {tuple(t.shape)} in TFLite but "
+                              f"{tuple(e.shape)} in onnxruntime")
         t = np.asarray(t, np.float32).reshape(e.shape)
         err = np.abs(t - e)
         quant = graph.act_quant.get(alias)

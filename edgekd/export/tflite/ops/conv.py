@@ -134,11 +134,22 @@ def conv_transpose(ctx: Context, node: Node) -> None:
         raise ctx.fail(node, "grouped ConvTranspose is not supported by TFLite's TRANSPOSE_CONV")
     if list(node.attr("dilations", [1, 1])) != [1, 1]:
         raise ctx.fail(node, "dilated ConvTranspose is not supported by TFLite's TRANSPOSE_CONV")
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise ctx.fail(node, f"auto_pad={node.attr('auto_pad')} is not supported; use explicit pads")
     strides = list(node.attr("strides", [1, 1]))
     pads = list(node.attr("pads", [0, 0, 0, 0]))
     out_shape = ctx.shape(node.outputs[0], node)  # N, O, H, W
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if node.attr("output_shape") is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # the ONNX spec's pads for a requested output size (output_shape, or SAME: in * stride)
+        out_pad = list(node.attr("output_padding", [0, 0]))
+        total = [strides[i] * (x_shape[2 + i] - 1) + out_pad[i] + (kh, kw)[i] - out_shape[2 + i]
+                 for i in range(2)]
+        if any(t < 0 for t in total):
+            raise ctx.fail(node, f"output size {out_shape[2:]} is larger than the transposed "
+                                 f"convolution produces")
+        upper = auto_pad == "SAME_UPPER"
+        pads = [t // 2 if upper else t - t // 2 for t in total] + [t - t // 2 if upper else t // 2 for t in total]
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
     # full (VALID) result, then crop the ONNX pads off; output_padding rows come out as bias only
     full = [(x_shape[2 + i] - 1) * strides[i] + (kh, kw)[i] for i in range(2)]
     full = [max(full[i], out_shape[2 + i] + pads[i]) for i in range(2)]

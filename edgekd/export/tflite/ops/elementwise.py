@@ -127,10 +127,12 @@ def clip(ctx: Context, node: Node) -> None:
         _unary(ctx, node, act)
         return
     lo, hi = node.attr("min"), node.attr("max")
-    if len(node.inputs) > 1 and node.inputs[1]:
-        lo = float(ctx.const_value(node.inputs[1], node, "min"))
-    if len(node.inputs) > 2 and node.inputs[2]:
-        hi = float(ctx.const_value(node.inputs[2], node, "max"))
+    for i, what in ((1, "min"), (2, "max")):
+        if len(node.inputs) > i and node.inputs[i]:
+            bound = np.asarray(ctx.const_value(node.inputs[i], node, what)).reshape(-1)
+            if bound.size != 1:
+                raise ctx.fail(node, f"Clip {what} must be a scalar, got shape {bound.shape}")
+            lo, hi = (float(bound[0]), hi) if i == 1 else (lo, float(bound[0]))
     if (lo, hi) == (0.0, 1.0):
         _unary(ctx, node, "RELU_0_TO_1")
         return
@@ -228,10 +230,10 @@ def softmax(ctx: Context, node: Node) -> None:
         flat = ctx.get(node.inputs[0], identity(rank), node)
         rows = [int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))]
         two_d = ctx.tensor(f"{node.name}/2d", rows, like=flat.index)
-        ctx.b.op("RESHAPE", *ctx.reshape_args(flat.index, rows, two_d))
+        ctx.b.op("RESHAPE", *ctx.reshape_args(flat.index, rows, two_d, None))
         out = ctx.tensor(f"{node.name}/softmax2d", rows, like=flat.index, quant=fixed)
         ctx.b.op("SOFTMAX", [two_d], [out], options, 2 if ctx.int8 else 1)
-        inputs, _, reshape_options = ctx.reshape_args(out, shape, -1)
+        inputs, _, reshape_options = ctx.reshape_args(out, shape, -1, node.outputs[0])
         ctx.emit("RESHAPE", inputs, node, perm=identity(rank), options=reshape_options,
                  inherit=fixed, fixed_quant=fixed)
         return

@@ -26,27 +26,33 @@ def _pool(ctx: Context, node: Node, op: str) -> None:
         raise ctx.fail(node, "MaxPool's Indices output is not supported")
     kernel = list(node.attr("kernel_shape"))
     win = window(ctx, node, list(x_shape[2:]), kernel)
+    out_hw = list(ctx.shape(node.outputs[0], node)[2:])
+    if win.out != out_hw:  # ceil_mode edge cases where onnx shape inference and the kernels differ
+        raise ctx.fail(node, f"the model declares output size {out_hw}, but the pooling window "
+                             f"computes {win.out} (onnxruntime and PyTorch agree with the latter); "
+                             f"re-export the model without ceil_mode")
     padding, explicit = tflite_padding(win, list(x_shape[2:]))
     x = ctx.get(node.inputs[0], NHWC, node)
     in_quant = ctx.b.quant_of(x.index)
     correction = None
-    if explicit:
-        if op == "MAX_POOL_2D":
-            x = pad_nhwc(ctx, x, explicit, node.name, value=_lowest(in_quant))
-        else:
-            x = pad_nhwc(ctx, x, explicit, node.name)
-            if not node.attr("count_include_pad", 0):
-                correction = _exclude_pad_factor(win, x_shape, explicit)
-    elif padding == "SAME" and op == "AVERAGE_POOL_2D" and node.attr("count_include_pad", 0):
-        x = pad_nhwc(ctx, x, [win.pads[0], win.pads[1], *_used_end(win, x_shape)], node.name)
+    include_pad = bool(node.attr("count_include_pad", 0))
+    if op == "MAX_POOL_2D" and explicit:
+        x = pad_nhwc(ctx, x, explicit, node.name, value=_lowest(in_quant))
+    elif op == "AVERAGE_POOL_2D" and (explicit or (padding == "SAME" and include_pad)):
+        # zeros are padded in and averaged over the whole window; then each output is rescaled to
+        # ONNX's divisor (pixels inside the input, or inside input + pads with count_include_pad)
+        pads = explicit or [win.pads[0], win.pads[1], *_used_end(win, x_shape)]
+        x = pad_nhwc(ctx, x, pads, node.name)
         padding = "VALID"
+        factor = _divisor_factor(win, x_shape, pads, include_pad)
+        correction = None if np.allclose(factor, 1.0) else factor
     options = ctx.b.options("Pool2D", padding=ctx.b.enum("Padding", padding), strideH=win.strides[0],
                             strideW=win.strides[1], filterHeight=kernel[0], filterWidth=kernel[1])
     if correction is None:
         ctx.emit(op, [x.index], node, perm=NHWC, options=options, fixed_quant=in_quant,
                  version=2 if ctx.int8 else 1)
         return
-    # zeros were averaged in: rescale each output by window size / pixels really inside
+    # zeros were averaged in: rescale each output from the kernel area to ONNX's divisor
     out_shape = ctx.shape(node.outputs[0], node)
     pooled = ctx.tensor(f"{node.name}/pooled", [out_shape[0], out_shape[2], out_shape[3], out_shape[1]],
                         like=x.index)
@@ -56,13 +62,15 @@ def _pool(ctx: Context, node: Node, op: str) -> None:
              version=2 if ctx.int8 else 1)
 
 
-def _exclude_pad_factor(win, x_shape, explicit) -> np.ndarray:
-    """(1, Ho, Wo, 1) factors k_h*k_w / (window pixels inside the unpadded input)."""
+def _divisor_factor(win, x_shape, pads, include_pad: bool) -> np.ndarray:
+    """(1, Ho, Wo, 1): kernel area / ONNX's divisor at each output. The divisor counts the window
+    pixels inside the input (count_include_pad=0) or inside input + ONNX pads (=1; the extra
+    window of ceil_mode is not counted)."""
     counts = []
     for i in range(2):
-        start = np.arange(win.out[i]) * win.strides[i] - explicit[i]
-        inside = np.minimum(start + win.kernel[i], x_shape[2 + i]) - np.maximum(start, 0)
-        counts.append(np.maximum(inside, 1))
+        start = np.arange(win.out[i]) * win.strides[i] - pads[i]
+        lo, hi = (-win.pads[i], x_shape[2 + i] + win.pads[i + 2]) if include_pad else (0, x_shape[2 + i])
+        counts.append(np.maximum(np.minimum(start + win.kernel[i], hi) - np.maximum(start, lo), 1))
     area = win.kernel[0] * win.kernel[1]
     return (area / np.outer(counts[0], counts[1])).astype(np.float32).reshape(1, win.out[0], win.out[1], 1)
 

@@ -44,8 +44,9 @@ def _reshape_to(ctx: Context, node: Node, out_shape: tuple[int, ...]) -> None:
                 x = ctx.get(name, identity(len(shape)), node)
         out_perm = NHWC if len(out_shape) == 4 and same_order(out_shape, NHWC) else identity(len(out_shape))
     phys = permuted(out_shape, out_perm)
-    inputs, _, options = ctx.reshape_args(x.index, phys, -1)
-    ctx.emit("RESHAPE", inputs, node, perm=out_perm, options=options, inherit=ctx.b.quant_of(x.index),
+    inputs, _, options = ctx.reshape_args(x.index, phys, -1, node.outputs[0] if out_perm[:1] == (0,) else None)
+    inherit = ctx.b.quant_of(x.index)
+    ctx.emit("RESHAPE", inputs, node, perm=out_perm, options=options, inherit=inherit, fixed_quant=inherit,
              feature_perm=feature_perm)
 
 
@@ -93,7 +94,19 @@ def transpose(ctx: Context, node: Node) -> None:
     t = list(node.attr("perm", list(reversed(range(rank)))))
     # out_logical axis i is in_logical axis t[i]; store it so the physical bytes do not move
     out_perm = tuple(t.index(p) for p in x.perm)
-    ctx.bind(node.outputs[0], x.index, out_perm)
+    index = x.index
+    if ctx.int8:  # a different output scale (rare) still needs its QUANTIZE
+        index = ctx.requantize(index, ctx.quant_of(node.outputs[0], node, inherit=ctx.b.quant_of(index)),
+                               node.outputs[0])
+    ctx.bind(node.outputs[0], index, out_perm)
+
+
+@CONVERTERS.register("Identity")
+@CONVERTERS.register("Dropout")
+def identity_op(ctx: Context, node: Node) -> None:
+    """Only reached when the node writes a graph output (others are dropped while loading)."""
+    x = ctx.get(node.inputs[0], None, node)
+    ctx.bind(node.outputs[0], x.index, x.perm, x.feature_perm)
 
 
 @CONVERTERS.register("Concat")
@@ -174,7 +187,7 @@ def slice_(ctx: Context, node: Node) -> None:
             b = min(max(start + dim if start < 0 else start, 0), dim)
             e = min(max(stop + dim if stop < 0 else stop, 0), dim)
         else:
-            b = min(max(start + dim if start < 0 else start, -1), dim - 1)
+            b = min(max(start + dim if start < 0 else start, 0), dim - 1)
             e = min(max(stop + dim if stop < 0 else stop, -1), dim - 1)
         begin[axis], end[axis], stride[axis] = b, e, step
     x = ctx.get(node.inputs[0], None, node)
@@ -220,7 +233,12 @@ def resize(ctx: Context, node: Node) -> None:
         coord = node.attr("coordinate_transformation_mode", "half_pixel")
         nearest = node.attr("nearest_mode", "round_prefer_floor")
     key = (mode, coord, nearest) if mode == "nearest" else (mode, coord)
+    if node.attr("antialias", 0) and any(o < i for i, o in zip(in_shape[2:], out_shape[2:])):
+        raise ctx.fail(node, "antialiased downscaling has no TFLite equivalent")
+    if coord == "pytorch_half_pixel" and 1 in out_shape[2:]:
+        raise ctx.fail(node, "pytorch_half_pixel resizing to a size of 1 has no TFLite equivalent")
     if (key not in _RESIZE and mode == "nearest" and coord in ("half_pixel", "pytorch_half_pixel")
+            and nearest in ("round_prefer_floor", "round_prefer_ceil")
             and _is_integer_upscale(in_shape, out_shape)):
         key = ("nearest", "asymmetric", "floor")  # whole-number upscaling: the modes agree
     if key not in _RESIZE:
