@@ -67,10 +67,12 @@ def _print_run(result) -> None:
     click.echo(f"\nreport: {result.report_path}  (total {report.timings_s['total']:.1f} s)")
 
 
-def _run(recipe, out: str, cache: str | None) -> None:
+def _run(recipe, out: str, cache: str | None, resume: bool = False) -> None:
     from edgekd.pipeline import run
 
-    result = run(recipe, out, cache_dir=cache, log=lambda m: click.echo(m, err=True))
+    result = run(recipe, out, cache_dir=cache, log=lambda m: click.echo(m, err=True), resume=resume)
+    if result is None:  # a non-lead process under torchrun: rank 0 reports
+        return
     _print_run(result)
     if result.budget is not None and not result.budget.passed:
         sys.exit(1)
@@ -83,7 +85,9 @@ def _run(recipe, out: str, cache: str | None) -> None:
               help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
 @click.option("--show-recipe", is_flag=True, help="Print the built-in recipe (YAML) and exit.")
 @click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail).")
-def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool) -> None:
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
+                                             "are loaded, the interrupted one resumes from its last epoch.")
+def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool, resume: bool) -> None:
     """Run the whole pipeline on the built-in 8x8 digits.
 
     Trains (or reuses from the cache) a teacher CNN, distils a ~24x smaller student and a scratch
@@ -98,7 +102,7 @@ def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool) -> None
         return
     recipe = demo_recipe()
     recipe.benchmark = recipe.benchmark and not no_bench
-    _run(recipe, out, cache)
+    _run(recipe, out, cache, resume)
 
 
 @main.command("run")
@@ -107,15 +111,20 @@ def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool) -> None
               help="Output folder [default: edgekd-out/<recipe name>].")
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
-def run_cmd(recipe: str, out: str | None, cache: str | None) -> None:
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
+                                             "are loaded, the interrupted one resumes from its last epoch.")
+def run_cmd(recipe: str, out: str | None, cache: str | None, resume: bool) -> None:
     """Run the pipeline described by RECIPE (YAML; see `edgekd demo --show-recipe`).
 
+    Every epoch is checkpointed; `--resume` continues an interrupted run (at most one epoch is
+    lost). Multi-process: `torchrun --nproc_per_node=N $(which edgekd) run RECIPE` trains with
+    DistributedDataParallel (gloo on CPU); rank 0 exports, benchmarks and reports.
     Exits 1 if a budget in the recipe fails, 2 on a bad recipe.
     """
     from edgekd.recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    _run(parsed, out or f"edgekd-out/{parsed.name}", cache)
+    _run(parsed, out or f"edgekd-out/{parsed.name}", cache, resume)
 
 
 @main.command("export")

@@ -32,6 +32,8 @@ from edgekd.budgets.verdict import CheckResult
 from edgekd.config import dump_yaml
 from edgekd.data.datasets import DataSplits, load_data
 from edgekd.distill.api import distill, train_scratch
+from edgekd.distill.distributed import Distributed, init_from_env
+from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.distill.trainer import TrainConfig, TrainResult, predict
 from edgekd.export.api import Artifact, export
 from edgekd.models.factory import count_parameters, create_model, load_checkpoint, save_checkpoint
@@ -39,6 +41,7 @@ from edgekd.progress import progress
 from edgekd.quant.qat import calibrate, freeze, prepare_qat, set_range_tracking
 from edgekd.recipe import Recipe
 from edgekd.report import Entry, Report, environment
+from edgekd.resume import RunStore
 from edgekd.runtime.api import evaluate_session, open_session
 from edgekd.targets import TargetProfile, load_target
 
@@ -57,52 +60,71 @@ def default_cache_dir() -> Path:
 
 
 def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-        log: Log = lambda msg: None) -> RunResult:
-    """Run every stage of ``recipe``, writing into ``out_dir``; returns the report and budget check."""
+        log: Log = lambda msg: None, resume: bool = False) -> RunResult | None:
+    """Run every stage of ``recipe``, writing into ``out_dir``; returns the report and budget check.
+
+    With ``resume``, finished stages are loaded from ``out_dir`` and an interrupted one continues
+    from its last epoch (see ``edgekd.resume``). Under ``torchrun`` every process trains (DDP)
+    and only rank 0 exports, benchmarks and writes; the other ranks return None.
+    """
     start = time.perf_counter()
     out = Path(out_dir)
+    init_from_env()
+    lead = Distributed.current().rank == 0
     targets = [load_target(t) for t in recipe.targets]  # fail on a bad target before training
     timings: dict[str, float] = {}
-    atomic.write_text(out / "recipe.yaml", dump_yaml(recipe.to_dict()))
 
     tick = time.perf_counter()
     data = load_data(recipe.data)
+    store = RunStore(out, recipe.to_dict(), data.fingerprint, resume=resume, lead=lead)
+    if lead:
+        atomic.write_text(out / "recipe.yaml", dump_yaml(recipe.to_dict()))
     shift = recipe.data.shift if recipe.data.augment else 0
     fit = {"augment_shift": shift, "batch_size": recipe.data.batch_size}
     log(f"data: {data.source}, {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
-        f"train/val/test, {data.num_classes} classes, input {tuple(data.input_shape)}")
+        f"train/val/test, {data.num_classes} classes, input {tuple(data.input_shape)}"
+        + (f", {int(data.train_labelled.sum())} train labels used" if data.train_labelled is not None else ""))
 
     teacher, teacher_note = _teacher(recipe, data, cache_dir, fit, log)
     timings["teacher"] = time.perf_counter() - tick
+    provider, provider_fit = _teacher_provider(recipe, teacher, data, cache_dir)
+    saved = {"data": data, "store": store}
 
     tick = time.perf_counter()
     torch.manual_seed(recipe.seed)
     init = create_model(recipe.student, data.input_shape[0], data.num_classes)
-    scratch = copy.deepcopy(init)  # both students start from the same weights: a fair comparison
-    scratch_fit = train_scratch(scratch, data, recipe.student_training, desc="student (scratch)", **fit)
+    scratch, scratch_fit = _stage(saved, "student-scratch", recipe.student, None, lambda ckpt: (
+        lambda m: (m, train_scratch(m, data, recipe.student_training, desc="student (scratch)",
+                                    checkpoint=ckpt, **fit)))(copy.deepcopy(init)))
     timings["student_scratch"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    student = copy.deepcopy(init)
-    kd_fit = distill(student, teacher, data, recipe.distill, recipe.student_training,
-                     desc="student (KD)", **fit)
+    student, kd_fit = _stage(saved, "student-kd", recipe.student, None, lambda ckpt: (
+        lambda m: (m, distill(m, provider, data, recipe.distill, recipe.student_training,
+                              desc="student (KD)", checkpoint=ckpt, **fit, **provider_fit)))(copy.deepcopy(init)))
     timings["student_kd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    int8, qat_fit = _qat(student, teacher, data, recipe, fit) if recipe.qat.enabled else (None, None)
+    int8, qat_fit = (_stage(saved, "student-int8", recipe.student, recipe.qat.to_dict(),
+                            lambda ckpt: _qat(student, provider, data, recipe, {**fit, **provider_fit}, ckpt))
+                     if recipe.qat.enabled else (None, None))
     timings["qat"] = time.perf_counter() - tick
+    if not lead:
+        return None
 
-    models = {"teacher": (teacher, recipe.teacher, None), "student-scratch": (scratch, recipe.student, None),
-              "student-kd": (student, recipe.student, None)}
+    models = {"student-scratch": (scratch, recipe.student, None), "student-kd": (student, recipe.student, None)}
+    if teacher is not None:
+        models = {"teacher": (teacher, recipe.teacher, None), **models}
     if int8 is not None:
         models["student-int8"] = (int8, recipe.student, recipe.qat.to_dict())
     fits = {"teacher": teacher_note, "student-scratch": scratch_fit, "student-kd": kd_fit,
             "student-int8": qat_fit}
     entries, references = [], {}
     for stage, (model, spec, qat) in models.items():
-        ckpt = save_checkpoint(out / "models" / f"{stage}.pt", model, spec, in_channels=data.input_shape[0],
-                               num_classes=data.num_classes, input_shape=data.input_shape, qat=qat,
-                               extra={"data_fingerprint": data.fingerprint})
+        ckpt = store.model_path(stage)
+        if stage == "teacher":
+            save_checkpoint(ckpt, model, spec, in_channels=data.input_shape[0], num_classes=data.num_classes,
+                            input_shape=data.input_shape, extra={"data_fingerprint": data.fingerprint})
         logits = predict(model, data.x_test)
         references[stage] = logits.argmax(1).numpy()
         fit_info = fits[stage]
@@ -111,10 +133,13 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
             size_bytes=ckpt.stat().st_size, params=count_parameters(model),
             accuracy=float((references[stage] == data.y_test.numpy()).mean()),
             info={"training": _fit_summary(fit_info)} if fit_info is not None else {}))
+    if teacher is None:  # an ONNX teacher: evaluated in onnxruntime, no PyTorch model
+        entries.append(_onnx_teacher_entry(recipe.teacher.checkpoint, data))
 
     tick = time.perf_counter()
     artifacts: list[tuple[str, Artifact]] = []
-    export_stages = ["teacher", "student-kd"] + (["student-int8"] if int8 is not None else [])
+    export_stages = (["teacher"] if teacher is not None else []) + ["student-kd"] + (
+        ["student-int8"] if int8 is not None else [])
     for stage in progress(export_stages, desc="export", unit="model"):
         for artifact in export(models[stage][0], recipe.export.formats, out / "artifacts", stage,
                                data.input_shape, opset=recipe.export.opset,
@@ -150,6 +175,9 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
 
 def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log):
     """Load the teacher from the recipe's checkpoint, or from the cache, or train and cache it."""
+    if recipe.teacher.checkpoint and Path(recipe.teacher.checkpoint).suffix == ".onnx":
+        log(f"teacher: ONNX file {recipe.teacher.checkpoint}, run in onnxruntime (logit losses only)")
+        return None, {"source": recipe.teacher.checkpoint}
     if recipe.teacher.checkpoint:
         teacher, _ = load_checkpoint(recipe.teacher.checkpoint)
         log(f"teacher: loaded {recipe.teacher.checkpoint}")
@@ -166,25 +194,82 @@ def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log):
     torch.manual_seed(recipe.seed)
     teacher = create_model(recipe.teacher, data.input_shape[0], data.num_classes)
     result = train_scratch(teacher, data, recipe.teacher_training, desc="teacher", **fit)
-    save_checkpoint(path, teacher, recipe.teacher, in_channels=data.input_shape[0],
-                    num_classes=data.num_classes, input_shape=data.input_shape,
-                    extra={"data_fingerprint": data.fingerprint, "training": _fit_summary(result)})
+    if Distributed.current().rank == 0:
+        save_checkpoint(path, teacher, recipe.teacher, in_channels=data.input_shape[0],
+                        num_classes=data.num_classes, input_shape=data.input_shape,
+                        extra={"data_fingerprint": data.fingerprint, "training": _fit_summary(result)})
     log(f"teacher: trained, cached at {path}")
     return teacher, result
 
 
-def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict) -> tuple[torch.nn.Module, TrainResult]:
+def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict,
+         checkpoint: Path | None = None) -> tuple[torch.nn.Module, TrainResult]:
     """int8 fine-tuning of the distilled student, with the teacher still guiding it."""
     cfg = recipe.qat
-    model = prepare_qat(student, cfg)
+    model = prepare_qat(copy.deepcopy(student), cfg)
     bs = recipe.data.batch_size
     batches = [data.x_train[i:i + bs] for i in range(0, min(len(data.x_train), cfg.calibration_batches * bs), bs)]
     calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False))
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, seed=recipe.student_training.seed)
     result = distill(model, teacher, data, recipe.distill, train_cfg, desc="student (int8 QAT)",
                      on_epoch_start=lambda epoch: set_range_tracking(model, epoch < cfg.freeze_observers_epoch),
-                     **fit)
+                     checkpoint=checkpoint, **fit)
     return freeze(model), result
+
+
+def _stage(saved: dict, stage: str, spec, qat: dict | None, train_fn):
+    """Run ``train_fn(state_path) -> (model, fit)`` for ``stage``, or load it from a resumed run;
+    the finished model is saved to ``models/<stage>.pt`` (rank 0)."""
+    store, data = saved["store"], saved["data"]
+    done = store.finished(stage)
+    if done is not None:
+        model, meta = load_checkpoint(done)
+        return model, meta["extra"].get("training")
+    model, fit = train_fn(store.state_path(stage))
+    if store.lead:
+        save_checkpoint(store.model_path(stage), model, spec, in_channels=data.input_shape[0],
+                        num_classes=data.num_classes, input_shape=data.input_shape, qat=qat,
+                        extra={"data_fingerprint": data.fingerprint, "run_key": store.key,
+                               "training": _fit_summary(fit)})
+    return model, fit
+
+
+def _teacher_provider(recipe: Recipe, teacher, data: DataSplits, cache_dir) -> tuple[object, dict]:
+    """The teacher the students learn from, as the recipe's ``distill`` section describes it;
+    plus extra training arguments (fixed augmentation views when cached)."""
+    cfg = recipe.distill
+    feature_paths = [t.teacher for t in cfg.terms_() if t.teacher]
+    if teacher is None:
+        from edgekd.distill.teachers.onnx import OnnxTeacher
+
+        provider = OnnxTeacher(recipe.teacher.checkpoint)
+    else:
+        provider = LiveTeacher(teacher, feature_paths)
+    if cfg.teacher_output != "logits":
+        from edgekd.distill.teachers.blackbox import BlackBoxTeacher
+
+        provider = BlackBoxTeacher(provider, output=cfg.teacher_output, k=cfg.top_k)
+    if not cfg.cache:
+        return provider, {}
+    from edgekd.distill.teachers.cache import CachedTeacher, model_fingerprint
+
+    fingerprint = getattr(provider, "fingerprint", None) or model_fingerprint(teacher)
+    shift = recipe.data.shift if recipe.data.augment else 0
+    cached = CachedTeacher(provider, Path(cache_dir or default_cache_dir()) / "teacher-outputs",
+                           dataset_fingerprint=f"{data.fingerprint}-shift{shift}-seed{recipe.student_training.seed}",
+                           num_samples=len(data.x_train), views=cfg.cache_views,
+                           teacher_fingerprint=fingerprint)
+    return cached, {"cache_views": cfg.cache_views}
+
+
+
+def _onnx_teacher_entry(path: str, data: DataSplits) -> Entry:
+    session = open_session(path, "onnxruntime", threads=os.cpu_count() or 1)
+    result = evaluate_session(session, data.x_test.numpy(), data.y_test.numpy())
+    return Entry(name="teacher.onnx", stage="teacher", format="onnx", path=str(path),
+                 size_bytes=Path(path).stat().st_size, accuracy=result.accuracy, runtime="onnxruntime",
+                 info={"source": "recipe teacher.checkpoint (ONNX)", **session.info})
+
 
 
 def _fit_summary(fit) -> dict:
@@ -209,7 +294,7 @@ def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data:
 
 def _benchmark(entries: list[Entry], targets: list[TargetProfile], bench_dir: Path) -> None:
     by_name = {t.name: t for t in targets}
-    jobs = [e for e in entries if e.runtime is not None]
+    jobs = [e for e in entries if e.runtime is not None and e.target in by_name]
     bar = progress(jobs, desc="benchmark", unit="artifact")
     for entry in bar:
         bar.set_postfix_str(f"{entry.name} ({entry.runtime}, {entry.target})")

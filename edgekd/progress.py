@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 
 
 def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None,
-             unit: str = "it", leave: bool = True) -> tqdm:
+             unit: str = "it", leave: bool = True, initial: int = 0) -> tqdm:
     setting = os.environ.get("EDGEKD_PROGRESS", "")
     disable = {"0": True, "1": False}.get(setting, not sys.stderr.isatty())
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, disable=disable,
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, disable=disable, initial=initial,
                 dynamic_ncols=True, file=sys.stderr)

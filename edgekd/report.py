@@ -67,8 +67,10 @@ class Report:
 
     @property
     def teacher_accuracy(self) -> float | None:
-        teacher = self.entry("teacher.pytorch")
-        return teacher.accuracy if teacher else None
+        """The teacher's accuracy: its PyTorch entry, or (an ONNX-only teacher) its first one."""
+        teachers = [e for e in self.entries if e.stage == "teacher" and e.accuracy is not None]
+        teachers.sort(key=lambda e: e.format != "pytorch")
+        return teachers[0].accuracy if teachers else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

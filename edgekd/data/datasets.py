@@ -39,6 +39,11 @@ class DataConfig(Config):
         augment: random shifts of up to ``shift`` pixels during training.
         shift: maximum shift in pixels for augmentation.
         image_size: [H, W] that image-folder images are resized to (default: the first image's size).
+        labelled_fraction: fraction of the train split whose labels training may use (stratified,
+            fixed by ``seed``); the rest is an unlabelled transfer set that only distillation
+            learns from. 0 distils without any label.
+        transfer: an extra unlabelled transfer set: a ``.npz`` with an array ``x`` shaped like
+            the data, appended to the train split without labels.
     """
 
     source: str = "digits"
@@ -48,8 +53,12 @@ class DataConfig(Config):
     augment: bool = True
     shift: int = 1
     image_size: list[int] | None = None
+    labelled_fraction: float = 1.0
+    transfer: str | None = None
 
     def __post_init__(self):
+        if not 0.0 <= self.labelled_fraction <= 1.0:
+            raise FieldError("labelled_fraction", f"expected a fraction in [0, 1], got {self.labelled_fraction}")
         if (len(self.split) != 3 or not all(math.isfinite(f) and f > 0 for f in self.split)
                 or abs(sum(self.split) - 1) > 1e-6):
             raise FieldError("split", f"expected three positive fractions summing to 1 "
@@ -75,6 +84,13 @@ class DataSplits:
     class_names: list[str]
     source: str
     fingerprint: str  # sha256 of the data and split: changes when either changes
+    train_labelled: torch.Tensor | None = None  # (N_train,) bool; None: every label is usable
+
+    def visible_train_labels(self) -> torch.Tensor:
+        """Train labels with -1 where training may not use them.  # (N_train,)"""
+        if self.train_labelled is None:
+            return self.y_train
+        return torch.where(self.train_labelled, self.y_train, torch.full_like(self.y_train, -1))
 
     @property
     def num_classes(self) -> int:
@@ -106,7 +122,46 @@ def load_data(config: DataConfig) -> DataSplits:
             raise DataError(f"{path}: unsupported data file type {path.suffix!r}; use a .npz file "
                             f"with arrays x and y, or an image folder root/<class>/<image>")
     _check_labels(y, len(names), config.source)
-    return _split(x, y, names, config)
+    splits = _split(x, y, names, config)
+    if config.labelled_fraction < 1.0:
+        splits.train_labelled = _labelled_mask(splits.y_train, config.labelled_fraction, config.seed)
+    if config.transfer:
+        _append_transfer(splits, Path(config.transfer).expanduser())
+    return splits
+
+
+def _labelled_mask(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Keep ``fraction`` of each class's labels (at least one per class when fraction > 0)."""
+    rng = np.random.default_rng(seed + 1)
+    mask = np.zeros(len(y), bool)
+    for cls in np.unique(y.numpy()):
+        idx = rng.permutation(np.flatnonzero(y.numpy() == cls))
+        keep = int(round(fraction * len(idx)))
+        mask[idx[:max(keep, 1) if fraction > 0 else 0]] = True
+    return torch.from_numpy(mask)
+
+
+def _append_transfer(splits: DataSplits, path: Path) -> None:
+    try:
+        with np.load(path) as npz:
+            x = np.asarray(npz["x"], np.float32)
+    except FileNotFoundError:
+        raise DataError(f"{path}: transfer set not found") from None
+    except KeyError:
+        raise DataError(f"{path}: a transfer set needs an array named 'x'") from None
+    except Exception as err:  # zip/pickle errors from a corrupt file
+        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    if tuple(x.shape[1:]) != tuple(splits.x_train.shape[1:]):
+        raise DataError(f"{path}: transfer images are {tuple(x.shape[1:])}, the data is "
+                        f"{tuple(splits.x_train.shape[1:])} (C, H, W)")
+    n = len(x)
+    labelled = splits.train_labelled if splits.train_labelled is not None else torch.ones(len(splits.y_train), dtype=torch.bool)
+    splits.x_train = torch.cat([splits.x_train, torch.from_numpy(x)])
+    splits.y_train = torch.cat([splits.y_train, torch.full((n,), -1, dtype=torch.long)])
+    splits.train_labelled = torch.cat([labelled, torch.zeros(n, dtype=torch.bool)])
+    splits.fingerprint = hashlib.sha256((splits.fingerprint + hashlib.sha256(x.tobytes()).hexdigest()).encode()).hexdigest()[:16]
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -232,10 +287,26 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     """Shift each image by up to ``max_shift`` pixels in x and y, filling with zeros.  # (N,C,H,W)"""
     if max_shift == 0:
         return x
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (max_shift,) * 4)  # (N, C, H+2s, W+2s)
+    n = len(x)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    return shift_by(x, dy, dx, max_shift)
+
+
+def view_shift(x: torch.Tensor, index: torch.Tensor, view: int, max_shift: int, seed: int) -> torch.Tensor:
+    """The shift of augmentation ``view`` of samples ``index``: the same (sample, view) always
+    gets the same shift, so a teacher cache keyed by (index, view) stays valid.  # (N,C,H,W)"""
+    if max_shift == 0:
+        return x
+    span = 2 * max_shift + 1
+    mixed = (index.long() * 1_000_003 + view * 7_919 + seed * 104_729) % (span * span)  # (N,)
+    return shift_by(x, mixed // span, mixed % span, max_shift)
+
+
+def shift_by(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Crop each padded image at offsets (dy, dx) in [0, 2*max_shift].  # (N,C,H,W)"""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)  # (N, C, H+2s, W+2s)
     rows = (dy[:, None] + torch.arange(h)[None])  # (N, H)
     cols = (dx[:, None] + torch.arange(w)[None])  # (N, W)
     batch = torch.arange(n)[:, None, None]

@@ -6,31 +6,105 @@ what the teacher bought them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import nn
 
 from edgekd.config import Config, FieldError, check_name
+from edgekd.distill.schedules import Schedule
+from edgekd.errors import ConfigError
 from edgekd.data.datasets import DataSplits
 from edgekd.distill.losses import LOSSES
 from edgekd.distill.trainer import Term, TrainConfig, TrainResult, train
 
 
 @dataclass
+class TermConfig(Config):
+    """One loss term of a distillation objective.
+
+    Attributes:
+        loss: a registered loss (``edgekd list losses``).
+        weight: a number or a ``Schedule`` mapping (constant, linear_warmup, cosine).
+        temperature: for losses that have one (kd, dkd); a number or a schedule.
+        student: module path of the student feature (feature losses), e.g. ``features.block1``.
+        teacher: module path of the teacher feature (feature losses), e.g. ``features.block2``.
+        options: extra loss arguments, e.g. ``{alpha: 1.0, beta: 8.0}`` for dkd.
+    """
+
+    loss: str = "kd"
+    weight: float | Schedule = 1.0
+    temperature: float | Schedule | None = None
+    student: str | None = None
+    teacher: str | None = None
+    options: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_name(LOSSES, self.loss, "loss")
+        cls = LOSSES.get(self.loss)
+        if getattr(cls, "needs", "") == "features":
+            for side in ("student", "teacher"):
+                if not getattr(self, side):
+                    raise FieldError(side, f"feature loss {self.loss!r} needs a module path "
+                                           f"(e.g. student: features.block1, teacher: features.block2)")
+        elif self.student or self.teacher:
+            raise FieldError("student", f"{self.loss!r} is not a feature loss; module paths do not apply")
+        if isinstance(self.weight, float) and self.weight < 0:
+            raise FieldError("weight", f"must be >= 0, got {self.weight}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss}:{self.student}" if self.student else self.loss
+
+    def build(self) -> Term:
+        kwargs = dict(self.options)
+        if self.student:
+            kwargs.update(student=self.student, teacher=self.teacher)
+        if self.temperature is not None:
+            kwargs["temperature"] = _first(self.temperature)
+        try:
+            loss = LOSSES.get(self.loss)(**kwargs)
+        except TypeError as err:
+            raise ConfigError(f"loss {self.loss!r}: bad options {self.options} ({err})") from None
+        return Term(self.name, self.weight, loss, self.temperature)
+
+
+def _first(spec) -> float:
+    return spec.value_at(0, 1) if isinstance(spec, Schedule) else float(spec)
+
+
+@dataclass
 class DistillConfig(Config):
     """How the student learns from the teacher.
 
+    The short form is one logit loss plus cross-entropy (``loss``, ``temperature``,
+    ``kd_weight``, ``ce_weight``). ``terms`` replaces it with any list of weighted, possibly
+    scheduled terms (logit, feature and label losses).
+
     Attributes:
-        loss: registered logit-distillation loss (see ``edgekd losses``).
+        loss: registered logit-distillation loss (see ``edgekd list losses``).
         temperature: softmax temperature T of the soft targets.
         kd_weight: weight of the distillation term.
         ce_weight: weight of cross-entropy on the labels.
+        terms: the full objective; when given, the four fields above are not used.
+        teacher_output: what the student may see of the teacher: "logits" (all of them),
+            "topk" (its top ``top_k`` probabilities) or "labels" (its top-1 class): a black-box
+            teacher, as behind an API.
+        top_k: k for ``teacher_output: topk``.
+        cache: run the teacher once per (sample, augmentation view) and reuse its outputs from a
+            memory-mapped cache (``cache_views`` fixed augmentation views per sample).
+        cache_views: augmentation views per sample when caching.
     """
 
     loss: str = "kd"
     temperature: float = 4.0
     kd_weight: float = 0.9
     ce_weight: float = 0.1
+    terms: list[TermConfig] = field(default_factory=list)
+    teacher_output: Literal["logits", "topk", "labels"] = "logits"
+    top_k: int = 5
+    cache: bool = False
+    cache_views: int = 8
 
     def __post_init__(self):
         check_name(LOSSES, self.loss, "loss")
@@ -39,20 +113,33 @@ class DistillConfig(Config):
         for name in ("kd_weight", "ce_weight"):
             if getattr(self, name) < 0:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.kd_weight == 0 and self.ce_weight == 0:
+        if not self.terms and self.kd_weight == 0 and self.ce_weight == 0:
             raise FieldError("kd_weight", "kd_weight and ce_weight are both 0: nothing to learn from")
+        if self.top_k < 1:
+            raise FieldError("top_k", f"must be >= 1, got {self.top_k}")
+        if self.cache_views < 1:
+            raise FieldError("cache_views", f"must be >= 1, got {self.cache_views}")
+        names = [t.name for t in self.terms]
+        if len(set(names)) != len(names):
+            raise FieldError("terms", f"two terms have the same name: {names}")
 
-    def terms(self) -> list[Term]:
-        terms = [Term(self.loss, self.kd_weight, LOSSES.get(self.loss)(temperature=self.temperature))]
+    def terms_(self) -> list[TermConfig]:
+        """The objective as term configs (the short form expanded)."""
+        if self.terms:
+            return list(self.terms)
+        terms = [TermConfig(self.loss, self.kd_weight, self.temperature)] if self.kd_weight > 0 else []
         if self.ce_weight > 0:
-            terms.append(Term("ce", self.ce_weight, LOSSES.get("ce")()))
-        return [t for t in terms if t.weight > 0]
+            terms.append(TermConfig("ce", self.ce_weight))
+        return terms
+
+    def build_terms(self) -> list[Term]:
+        return [t.build() for t in self.terms_()]
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: DataSplits, config: DistillConfig,
             train_config: TrainConfig, *, desc: str = "distill", **kwargs) -> TrainResult:
     """Train ``student`` in place from ``teacher``'s soft targets (and labels, per ``config``)."""
-    return train(student, data, train_config, config.terms(), teacher=teacher, desc=desc, **kwargs)
+    return train(student, data, train_config, config.build_terms(), teacher=teacher, desc=desc, **kwargs)
 
 
 def train_scratch(model: nn.Module, data: DataSplits, train_config: TrainConfig, *,

@@ -12,14 +12,20 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
+from edgekd import atomic
 from edgekd.config import Config, FieldError
-from edgekd.data.datasets import DataSplits, random_shift
-from edgekd.errors import TrainingError
+from edgekd.data.datasets import DataSplits, random_shift, view_shift
+from edgekd.distill.distributed import Distributed
+from edgekd.distill.hooks import FeatureTaps
+from edgekd.distill.losses import Batch
+from edgekd.distill.teachers.live import LiveTeacher
+from edgekd.errors import ConfigError, TrainingError
 from edgekd.progress import progress
 
 
@@ -50,13 +56,27 @@ class TrainConfig(Config):
             raise FieldError("weight_decay", f"must be >= 0, got {self.weight_decay}")
 
 
-@dataclass
-class Term:
-    """One weighted loss term of an objective."""
+class Term(nn.Module):
+    """One weighted (and possibly scheduled) loss term of an objective.
 
-    name: str
-    weight: float
-    loss: nn.Module
+    ``weight`` and ``temperature`` are numbers or schedules (anything with
+    ``value_at(epoch, epochs)``); ``set_epoch`` applies them at the start of each epoch.
+    """
+
+    def __init__(self, name: str, weight, loss: nn.Module, temperature=None):
+        super().__init__()
+        self.name, self.loss = name, loss
+        self._weight, self._temperature = weight, temperature
+        self.weight = _value(weight, 0, 1)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.weight = _value(self._weight, epoch, epochs)
+        if self._temperature is not None:
+            self.loss.temperature = _value(self._temperature, epoch, epochs)
+
+
+def _value(spec, epoch: int, epochs: int) -> float:
+    return float(spec.value_at(epoch, epochs)) if hasattr(spec, "value_at") else float(spec)
 
 
 @dataclass
@@ -70,63 +90,185 @@ class TrainResult:
 
 
 def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[Term], *,
-          teacher: nn.Module | None = None, augment_shift: int = 0, batch_size: int = 64,
-          desc: str = "train", on_epoch_start: Callable[[int], None] | None = None) -> TrainResult:
+          teacher=None, augment_shift: int = 0, batch_size: int = 64, desc: str = "train",
+          on_epoch_start: Callable[[int], None] | None = None, cache_views: int = 0,
+          checkpoint: str | Path | None = None) -> TrainResult:
     """Train ``model`` in place on ``data.train`` with the weighted ``terms``; keep the best val epoch.
 
+    ``teacher`` is a teacher provider (``edgekd.distill.teachers``) or a plain PyTorch model
+    (wrapped as a ``LiveTeacher``). Terms that need labels only see labelled samples; when every
+    term needs labels, only labelled samples are visited. With ``cache_views`` > 0 augmentation
+    is one of that many fixed views per sample (epoch e uses view e mod views), so a teacher
+    cache keyed by (sample, view) can serve it.
+
     Raises:
-        TrainingError: a loss term became NaN/inf (names the epoch and the term).
+        ConfigError: a loss needs something the teacher cannot give (e.g. features of an ONNX
+            teacher), or a feature path names no module.
+        TrainingError: a loss term became NaN/inf (names epoch and term), a feature hook never
+            fired, or a feature loss stayed exactly zero through the first epoch.
     """
-    if teacher is not None:
-        teacher.eval().requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, config)
-    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    provider = _provider(teacher, terms)
+    _check_needs(terms, provider)
+    student_paths = [t.loss.student_path for t in terms if getattr(t.loss, "needs", "") == "features"]
+    taps = FeatureTaps(model, student_paths) if student_paths else None
+    labels = data.visible_train_labels()
+    visit = torch.arange(len(labels))
+    if all(getattr(t.loss, "needs", "") == "labels" for t in terms):
+        visit = visit[labels >= 0]  # label-only objective: unlabelled samples teach nothing
+    if len(visit) == 0:
+        raise TrainingError(f"{desc}: no labelled training samples and no teacher to learn from")
+    if student_paths:
+        _prepare_feature_losses(model, terms, taps, provider, data.x_train[visit[:batch_size]],
+                                visit[:batch_size])
+    term_params = [p for t in terms for p in t.parameters() if p.requires_grad]
+    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad] + term_params, config)
+    dist = Distributed.current()
+    net = dist.wrap(model)
+    steps_per_epoch = math.ceil(len(visit) / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15,
         anneal_strategy="cos")
     generator = torch.Generator().manual_seed(config.seed)
     result, best_state = TrainResult(), None
-    start = time.perf_counter()
-    bar = progress(range(config.epochs), desc=desc, unit="epoch")
-    for epoch in bar:
-        if on_epoch_start is not None:
-            on_epoch_start(epoch)
-        model.train()
-        sums = {t.name: 0.0 for t in terms}
-        order = torch.randperm(len(data.y_train), generator=generator)
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            x, y = data.x_train[idx], data.y_train[idx]
-            x = random_shift(x, augment_shift, generator)
-            with torch.no_grad():
-                t_logits = teacher(x) if teacher is not None else None
-            logits = model(x)
-            total = 0.0
+    first = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, best_state = _resume(Path(checkpoint), model, terms, optimizer, scheduler, generator, result)
+    start = time.perf_counter() - sum(r.get("seconds", 0.0) for r in result.history[-1:])
+    bar = progress(range(first, config.epochs), desc=desc, unit="epoch", initial=first, total=config.epochs)
+    try:
+        for epoch in bar:
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
             for term in terms:
-                value = term.loss(logits, t_logits, y)
-                if not torch.isfinite(value):
-                    raise TrainingError(f"{desc}: loss term {term.name!r} became {value.item()} in "
-                                        f"epoch {epoch + 1}; lower the learning rate ({config.lr}) "
-                                        f"or check the data for NaN/inf")
-                sums[term.name] += value.item() * len(idx)
-                total = total + term.weight * value
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            scheduler.step()
-        val_acc = evaluate(model, data.x_val, data.y_val)
-        row = {"epoch": epoch + 1, "val_accuracy": val_acc}
-        row.update({f"loss_{k}": v / len(order) for k, v in sums.items()})
-        result.history.append(row)
-        if best_state is None or val_acc > result.best_val_accuracy:
-            result.best_epoch, result.best_val_accuracy = epoch + 1, val_acc
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
+                term.set_epoch(epoch, config.epochs)
+            model.train()
+            sums = {t.name: 0.0 for t in terms}
+            order = visit[torch.randperm(len(visit), generator=generator)]
+            view = epoch % cache_views if cache_views else 0
+            for i in range(0, len(order), batch_size):
+                if len(order[i:i + batch_size]) < dist.world:
+                    break  # every rank needs a sample (DDP steps in lockstep)
+                idx = dist.shard(order[i:i + batch_size])
+                x = data.x_train[idx]
+                x = (view_shift(x, idx, view, augment_shift, config.seed) if cache_views
+                     else random_shift(x, augment_shift, generator))
+                t_out, t_feats = provider(x, idx, view) if provider is not None else (None, {})
+                logits = net(x)
+                batch = Batch(logits, labels[idx], t_out, taps.collect() if taps else {}, t_feats)
+                total = 0.0
+                for term in terms:
+                    value = term.loss(batch)
+                    if not torch.isfinite(value):
+                        raise TrainingError(f"{desc}: loss term {term.name!r} became {value.item()} in "
+                                            f"epoch {epoch + 1}; lower the learning rate ({config.lr}) "
+                                            f"or check the data for NaN/inf")
+                    sums[term.name] += value.item() * len(idx)
+                    total = total + term.weight * value
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                dist.average_gradients(term_params)  # DDP averages the model's; adapters here
+                optimizer.step()
+                scheduler.step()
+            sums = dist.sum_dict(sums)
+            if epoch == 0:
+                _check_feature_losses_moved(terms, sums, desc)
+            val_acc = evaluate(model, data.x_val, data.y_val)
+            row = {"epoch": epoch + 1, "val_accuracy": val_acc}
+            row.update({f"loss_{k}": v / len(order) for k, v in sums.items()})
+            row.update({f"weight_{t.name}": t.weight for t in terms if hasattr(t._weight, "value_at")})
+            result.history.append(row)
+            if best_state is None or val_acc > result.best_val_accuracy:
+                result.best_epoch, result.best_val_accuracy = epoch + 1, val_acc
+                best_state = copy.deepcopy(model.state_dict())
+            row["seconds"] = time.perf_counter() - start
+            if checkpoint is not None and dist.rank == 0:
+                _save(Path(checkpoint), epoch + 1, model, terms, optimizer, scheduler, generator,
+                      result, best_state)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("epoch", "seconds")})
+    finally:
+        if taps is not None:
+            taps.remove()
     model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+CHECKPOINT_FORMAT = "edgekd-train-state"
+
+
+def _save(path: Path, epochs_done: int, model, terms, optimizer, scheduler, generator, result, best_state) -> None:
+    state = {"format": CHECKPOINT_FORMAT, "version": 1, "epochs_done": epochs_done,
+             "model": model.state_dict(), "terms": [t.state_dict() for t in terms],
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+             "history": result.history, "best_epoch": result.best_epoch,
+             "best_val_accuracy": result.best_val_accuracy, "best_state": best_state}
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: Path, model, terms, optimizer, scheduler, generator, result) -> tuple[int, dict]:
+    try:
+        state = torch.load(path, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not an edgekd training checkpoint")
+        model.load_state_dict(state["model"])
+        for term, term_state in zip(terms, state["terms"]):
+            term.load_state_dict(term_state)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except Exception as err:  # pickle/zip/key errors all mean the file cannot be resumed from
+        raise TrainingError(f"{path}: cannot resume from this checkpoint ({str(err)[:200]}); "
+                            f"delete it to start the stage again") from None
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    result.history = list(state["history"])
+    result.best_epoch, result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
+    return int(state["epochs_done"]), state["best_state"]
+
+
+def _provider(teacher, terms: list[Term]):
+    """A teacher provider for ``teacher`` (None, a provider, or a PyTorch model)."""
+    if teacher is None or not isinstance(teacher, nn.Module):
+        return teacher
+    paths = [t.loss.teacher_path for t in terms if getattr(t.loss, "needs", "") == "features"]
+    return LiveTeacher(teacher, paths)
+
+
+def _check_needs(terms: list[Term], provider) -> None:
+    for term in terms:
+        needs = getattr(term.loss, "needs", "")
+        if needs in ("teacher_output", "teacher_logits", "features") and provider is None:
+            raise ConfigError(f"loss {term.name!r} needs a teacher")
+        if needs == "teacher_logits" and provider.kind != "logits":
+            raise ConfigError(f"loss {term.name!r} needs the teacher's logits; this teacher gives "
+                              f"only {provider.kind} (use 'kd', which adapts to top-k and labels)")
+        if needs == "features" and term.loss.teacher_path not in getattr(provider, "feature_paths", []):
+            raise ConfigError(f"loss {term.name!r} needs teacher features at {term.loss.teacher_path!r}; "
+                              f"this teacher gives logits only (feature losses need a PyTorch teacher)")
+
+
+@torch.no_grad()
+def _prepare_feature_losses(model, terms, taps, provider, x, idx) -> None:
+    """One forward pass to learn feature shapes; feature losses build their adapters from it."""
+    was_training = model.training
+    model.eval()
+    model(x)
+    s_feats = taps.collect()
+    _, t_feats = provider(x, idx, 0)
+    for term in terms:
+        if getattr(term.loss, "needs", "") == "features":
+            term.loss.prepare(s_feats[term.loss.student_path], t_feats[term.loss.teacher_path])
+    model.train(was_training)
+
+
+def _check_feature_losses_moved(terms: list[Term], sums: dict, desc: str) -> None:
+    for term in terms:
+        if getattr(term.loss, "kind", "") == "feature" and sums[term.name] == 0.0:
+            raise TrainingError(f"{desc}: feature loss {term.name!r} was exactly zero for the whole "
+                                f"first epoch: the two features carry no signal (check the module "
+                                f"paths {term.loss.student_path!r} and {term.loss.teacher_path!r})")
 
 
 def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,67 @@
+"""Distillation and label losses: one registry, one calling convention.
+
+Every loss is an ``nn.Module`` called with a ``Batch`` (student logits and features, labels,
+what the teacher provided) and returning a scalar tensor, so the objective can weight, schedule
+and log each term separately. Class attributes say what a loss needs:
+
+- ``needs``: "teacher_logits" (the teacher's full logits), "teacher_output" (logits, top-k
+  probabilities or labels: black-box teachers), "features" (student and teacher features at
+  module paths), "labels" (ground truth) or nothing;
+- ``kind``: "logit", "feature" or "label", for reports.
+
+Logit losses live in ``logit.py``, feature losses in ``feature.py``; importing this package
+registers them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from edgekd.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+
+
+def list_losses() -> list[str]:
+    return LOSSES.names()
+
+
+@dataclass
+class TeacherOutput:
+    """What a teacher gave for one batch: full logits, top-k probabilities, or only labels."""
+
+    kind: Literal["logits", "topk", "labels"]
+    logits: torch.Tensor | None = None        # (N, K)
+    probs: torch.Tensor | None = None         # (N, k) top-k probabilities, descending
+    indices: torch.Tensor | None = None       # (N, k) their classes; (N,) labels for "labels"
+
+    def hard_labels(self) -> torch.Tensor:
+        """The teacher's top-1 class per sample, whatever it provided.  # (N,)"""
+        if self.kind == "logits":
+            return self.logits.argmax(1)
+        return self.indices[:, 0] if self.kind == "topk" else self.indices
+
+
+@dataclass
+class Batch:
+    """Everything a loss may read for one training batch."""
+
+    logits: torch.Tensor                       # student (N, K)
+    labels: torch.Tensor | None = None         # (N,); -1 marks an unlabelled sample
+    teacher: TeacherOutput | None = None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)          # student, by path
+    teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher, by path
+
+    def labelled(self) -> torch.Tensor:
+        """Boolean mask of samples that carry a ground-truth label.  # (N,)"""
+        if self.labels is None:
+            return torch.zeros(len(self.logits), dtype=torch.bool, device=self.logits.device)
+        return self.labels >= 0
+
+
+from edgekd.distill.losses import feature, logit  # noqa: E402,F401  (register the losses)
+
+__all__ = ["LOSSES", "Batch", "TeacherOutput", "list_losses"]
