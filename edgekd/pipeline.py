@@ -109,6 +109,10 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
                             lambda ckpt: _qat(student, provider, data, recipe, {**fit, **provider_fit}, ckpt))
                      if recipe.qat.enabled else (None, None))
     timings["qat"] = time.perf_counter() - tick
+    cache = _find_cache(provider)
+    if cache is not None:
+        cache.close()
+        log(f"teacher cache {cache.path}: {cache.stats}")
     if not lead:
         return None
 
@@ -235,32 +239,39 @@ def _stage(saved: dict, stage: str, spec, qat: dict | None, train_fn):
 
 
 def _teacher_provider(recipe: Recipe, teacher, data: DataSplits, cache_dir) -> tuple[object, dict]:
-    """The teacher the students learn from, as the recipe's ``distill`` section describes it;
-    plus extra training arguments (fixed augmentation views when cached)."""
+    """The teacher the students learn from, as the recipe's ``distill`` section describes it,
+    plus extra training arguments (fixed augmentation views when cached). The cache sits under
+    the black box: it keeps full logits, so one cache serves any top-k or labels view of them."""
     cfg = recipe.distill
     feature_paths = [t.teacher for t in cfg.terms_() if t.teacher]
     if teacher is None:
         from edgekd.distill.teachers.onnx import OnnxTeacher
 
-        provider = OnnxTeacher(recipe.teacher.checkpoint)
+        provider = OnnxTeacher(recipe.teacher.checkpoint, threads=1)
     else:
         provider = LiveTeacher(teacher, feature_paths)
+    extra = {}
+    if cfg.cache:
+        from edgekd.distill.teachers.cache import CachedTeacher
+
+        shift = recipe.data.shift if recipe.data.augment else 0
+        provider = CachedTeacher(provider, Path(cache_dir or default_cache_dir()) / "teacher-outputs",
+                                 dataset_fingerprint=data.fingerprint, num_samples=len(data.x_train),
+                                 views=cfg.cache_views,
+                                 augmentation={"shift": shift, "seed": recipe.student_training.seed})
+        extra = {"cache_views": cfg.cache_views}
     if cfg.teacher_output != "logits":
         from edgekd.distill.teachers.blackbox import BlackBoxTeacher
 
         provider = BlackBoxTeacher(provider, output=cfg.teacher_output, k=cfg.top_k)
-    if not cfg.cache:
-        return provider, {}
-    from edgekd.distill.teachers.cache import CachedTeacher, model_fingerprint
+    return provider, extra
 
-    fingerprint = getattr(provider, "fingerprint", None) or model_fingerprint(teacher)
-    shift = recipe.data.shift if recipe.data.augment else 0
-    cached = CachedTeacher(provider, Path(cache_dir or default_cache_dir()) / "teacher-outputs",
-                           dataset_fingerprint=f"{data.fingerprint}-shift{shift}-seed{recipe.student_training.seed}",
-                           num_samples=len(data.x_train), views=cfg.cache_views,
-                           teacher_fingerprint=fingerprint)
-    return cached, {"cache_views": cfg.cache_views}
 
+def _find_cache(provider):
+    """The CachedTeacher inside ``provider`` (possibly under a BlackBoxTeacher), if any."""
+    while provider is not None and type(provider).__name__ != "CachedTeacher":
+        provider = getattr(provider, "inner", None)
+    return provider
 
 
 def _onnx_teacher_entry(path: str, data: DataSplits) -> Entry:

@@ -109,6 +109,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     """
     provider = _provider(teacher, terms)
     _check_needs(terms, provider)
+    if _is_cached(provider) and augment_shift and not cache_views:
+        raise ConfigError("a cached teacher needs fixed augmentation views (cache_views > 0): with "
+                          "random shifts every epoch the cache would serve stale outputs")
     student_paths = [t.loss.student_path for t in terms if getattr(t.loss, "needs", "") == "features"]
     taps = FeatureTaps(model, student_paths) if student_paths else None
     labels = data.visible_train_labels()
@@ -234,6 +237,14 @@ def _provider(teacher, terms: list[Term]):
         return teacher
     paths = [t.loss.teacher_path for t in terms if getattr(t.loss, "needs", "") == "features"]
     return LiveTeacher(teacher, paths)
+
+
+def _is_cached(provider) -> bool:
+    while provider is not None:
+        if type(provider).__name__ == "CachedTeacher":
+            return True
+        provider = getattr(provider, "inner", None)
+    return False
 
 
 def _check_needs(terms: list[Term], provider) -> None:

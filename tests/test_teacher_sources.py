@@ -1,0 +1,83 @@
+"""Recipes that distil from an ONNX teacher file, a black-box teacher, or a teacher cache."""
+
+import pytest
+
+import edgekd.pipeline as pipeline
+from edgekd.recipe import demo_recipe
+
+
+def _recipe(**distill):
+    recipe = demo_recipe()
+    recipe.teacher_training.epochs = 3
+    recipe.student_training.epochs = 3
+    recipe.qat.enabled = False
+    recipe.export.formats = ["onnx"]
+    recipe.benchmark = False
+    recipe.budgets = []
+    for key, value in distill.items():
+        setattr(recipe.distill, key, value)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def onnx_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher-run")
+    result = pipeline.run(_recipe(), out, cache_dir=out / "cache")
+    return out / "artifacts" / "teacher.onnx", result
+
+
+def test_distil_from_an_onnx_teacher_file(tmp_path, onnx_teacher):
+    path, first = onnx_teacher
+    recipe = _recipe()
+    recipe.teacher.checkpoint = str(path)
+    result = pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
+    names = [e.name for e in result.report.entries]
+    assert "teacher.onnx" in names and "teacher.pytorch" not in names
+    teacher = result.report.entry("teacher.onnx")
+    assert teacher.runtime == "onnxruntime"
+    assert teacher.accuracy == pytest.approx(first.report.entry("teacher.pytorch").accuracy, abs=1e-9)
+    assert result.report.teacher_accuracy == teacher.accuracy
+    kd = result.report.entry("student-kd.pytorch")
+    assert kd.info["training"]["history"][-1]["loss_kd"] > 0
+    # the same teacher as a PyTorch model gave the same soft targets (to ~1e-6): the same student
+    assert kd.accuracy == pytest.approx(first.report.entry("student-kd.pytorch").accuracy, abs=0.02)
+
+
+def test_onnx_teacher_refuses_feature_losses(tmp_path, onnx_teacher):
+    from edgekd.distill.api import TermConfig
+    from edgekd.errors import ConfigError
+
+    recipe = _recipe(terms=[TermConfig("ce"), TermConfig("fitnets", student="features.block1",
+                                                          teacher="features.block2")])
+    recipe.teacher.checkpoint = str(onnx_teacher[0])
+    with pytest.raises(ConfigError, match="feature losses need a PyTorch teacher"):
+        pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("output", ["topk", "labels"])
+def test_black_box_teacher_only_shows_topk_or_labels(tmp_path, output, monkeypatch):
+    seen = []
+    real = pipeline.distill
+
+    def spy(student, provider, *args, **kwargs):
+        seen.append(provider.kind)
+        return real(student, provider, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "distill", spy)
+    result = pipeline.run(_recipe(teacher_output=output, top_k=3), tmp_path / "out",
+                          cache_dir=tmp_path / "cache")
+    assert seen == [output]
+    assert result.report.entry("student-kd.pytorch").accuracy > 0.5  # learnt (chance is 0.1)
+
+
+def test_teacher_cache_is_filled_once_and_reused_by_the_next_run(tmp_path):
+    logs = []
+    recipe = _recipe(cache=True, cache_views=2)
+    pipeline.run(recipe, tmp_path / "a", cache_dir=tmp_path / "cache", log=logs.append)
+    first = next(m for m in logs if m.startswith("teacher cache"))
+    assert "'misses': " in first and "'hits': " in first
+    logs.clear()
+    recipe.name = "another-student-same-teacher"
+    pipeline.run(recipe, tmp_path / "b", cache_dir=tmp_path / "cache", log=logs.append)
+    second = next(m for m in logs if m.startswith("teacher cache"))
+    assert "'misses': 0," in second  # every (sample, view) served from the memory-mapped file
