@@ -36,7 +36,9 @@ from edgekd.distill.distributed import Distributed, init_from_env
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.distill.trainer import TrainConfig, TrainResult, predict
 from edgekd.export.api import Artifact, export
+from edgekd.errors import ConfigError
 from edgekd.models.factory import count_parameters, create_model, load_checkpoint, save_checkpoint
+from edgekd.models.transfer import init_from_teacher
 from edgekd.progress import progress
 from edgekd.quant.qat import calibrate, freeze, prepare_qat, set_range_tracking
 from edgekd.recipe import Recipe
@@ -99,9 +101,15 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     timings["student_scratch"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    kd_init = copy.deepcopy(init)
+    if recipe.distill.init_from_teacher:
+        if teacher is None:
+            raise ConfigError("distill.init_from_teacher needs a PyTorch teacher, not an ONNX file")
+        copied = init_from_teacher(kd_init, teacher)["copied"]
+        log(f"student (KD): {len(copied)} tensors initialised from the teacher's blocks")
     student, kd_fit = _stage(saved, "student-kd", recipe.student, None, lambda ckpt: (
         lambda m: (m, distill(m, provider, data, recipe.distill, recipe.student_training,
-                              desc="student (KD)", checkpoint=ckpt, **fit, **provider_fit)))(copy.deepcopy(init)))
+                              desc="student (KD)", checkpoint=ckpt, **fit, **provider_fit)))(kd_init))
     timings["student_kd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

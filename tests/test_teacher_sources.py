@@ -81,3 +81,14 @@ def test_teacher_cache_is_filled_once_and_reused_by_the_next_run(tmp_path):
     pipeline.run(recipe, tmp_path / "b", cache_dir=tmp_path / "cache", log=logs.append)
     second = next(m for m in logs if m.startswith("teacher cache"))
     assert "'misses': 0," in second  # every (sample, view) served from the memory-mapped file
+
+
+def test_kd_student_starts_from_every_other_teacher_block(tmp_path):
+    logs = []
+    recipe = _recipe(init_from_teacher=True)
+    recipe.student.arch = "cnn-teacher-half"
+    recipe.student_training.epochs = 1
+    result = pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache", log=logs.append)
+    assert any("tensors initialised from the teacher's blocks" in m for m in logs)
+    kd, scratch = (result.report.entry(f"student-{s}.pytorch").accuracy for s in ("kd", "scratch"))
+    assert kd > scratch  # one epoch from the teacher's filters vs one from random ones

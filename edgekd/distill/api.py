@@ -94,6 +94,9 @@ class DistillConfig(Config):
         cache: run the teacher once per (sample, augmentation view) and reuse its outputs from a
             memory-mapped cache (``cache_views`` fixed augmentation views per sample).
         cache_views: augmentation views per sample when caching.
+        init_from_teacher: start the distilled student from every other block of the teacher
+            (DistilBERT-style; ``edgekd.models.transfer``); the scratch baseline keeps the random
+            initialisation, so the report shows what the teacher's weights and targets bought.
     """
 
     loss: str = "kd"
@@ -105,6 +108,7 @@ class DistillConfig(Config):
     top_k: int = 5
     cache: bool = False
     cache_views: int = 8
+    init_from_teacher: bool = False
 
     def __post_init__(self):
         check_name(LOSSES, self.loss, "loss")

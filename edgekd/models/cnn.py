@@ -55,6 +55,13 @@ def cnn_teacher(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.
     return ConvNet(in_channels, num_classes, [64, 64, 128, 128], pool_after=(1,), dropout=dropout)
 
 
+@register_model("cnn-teacher-half")
+def cnn_teacher_half(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.0) -> ConvNet:
+    """cnn-teacher with every other block (64-128 channels, ~75k parameters): a student that can
+    start from the teacher's blocks 0 and 2 (``distill.init_from_teacher``)."""
+    return ConvNet(in_channels, num_classes, [64, 128], pool_after=(0,), dropout=dropout)
+
+
 @register_model("cnn-student-m")
 def cnn_student_m(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.0) -> ConvNet:
     """Medium student: 16-32-64 channels, ~24k parameters."""

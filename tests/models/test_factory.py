@@ -103,7 +103,7 @@ def test_unknown_arch_suggests_the_nearest_name():
         create_model("cnn-studnet-xs")
     assert str(info.value) == (
         "arch: unknown model 'cnn-studnet-xs'; did you mean 'cnn-student-xs'?; valid models: "
-        "cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher, mobilenetv2, mobilenetv2-050 "
+        "cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher, cnn-teacher-half, mobilenetv2, mobilenetv2-050 "
         "(or write package.module:callable)")
 
 
@@ -263,3 +263,23 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path):
                     input_shape=(1, 8, 8))
     with pytest.raises(ModelLoadError, match=f"^{path}: weights do not fit architecture 'cnn-student-s': "):
         load_checkpoint(path)
+
+
+def test_student_initialised_from_every_other_teacher_block():
+    import torch
+
+    from edgekd.errors import ConfigError
+    from edgekd.models import create_model
+    from edgekd.models.transfer import init_from_teacher
+
+    torch.manual_seed(0)
+    teacher, student = create_model("cnn-teacher"), create_model("cnn-teacher-half")
+    report = init_from_teacher(student, teacher)
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["features.block0.conv.weight"], t["features.block0.conv.weight"])
+    assert torch.equal(s["features.block1.conv.weight"], t["features.block2.conv.weight"])
+    assert torch.equal(s["features.block1.bn.running_var"], t["features.block2.bn.running_var"])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+    assert report["kept"] == []
+    with pytest.raises(ConfigError, match=r"student features.block0.conv.weight \(16, 1, 3, 3\) cannot take"):
+        init_from_teacher(create_model("cnn-student-s"), teacher)
