@@ -144,8 +144,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
                 on_epoch_start(epoch)
             for term in terms:
                 term.set_epoch(epoch, config.epochs)
+            weights = torch.tensor([t.weight for t in terms])  # (terms,)
             model.train()
-            sums = {t.name: 0.0 for t in terms}
+            term_sums = torch.zeros(len(terms), dtype=torch.float64)
             order = visit[torch.randperm(len(visit), generator=generator)]
             view = epoch % cache_views if cache_views else 0
             for i in range(0, len(order), batch_size):
@@ -158,21 +159,20 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
                 t_out, t_feats = provider(x, idx, view) if provider is not None else (None, {})
                 logits = net(x)
                 batch = Batch(logits, labels[idx], t_out, taps.collect() if taps else {}, t_feats)
-                total = 0.0
-                for term in terms:
-                    value = term.loss(batch)
-                    if not torch.isfinite(value):
-                        raise TrainingError(f"{desc}: loss term {term.name!r} became {value.item()} in "
-                                            f"epoch {epoch + 1}; lower the learning rate ({config.lr}) "
-                                            f"or check the data for NaN/inf")
-                    sums[term.name] += value.item() * len(idx)
-                    total = total + term.weight * value
+                values = torch.stack([term.loss(batch) for term in terms])  # (terms,)
+                if not torch.isfinite(values).all():  # one check per batch; name the culprit
+                    bad = next(i for i, v in enumerate(values) if not torch.isfinite(v))
+                    raise TrainingError(f"{desc}: loss term {terms[bad].name!r} became {values[bad].item()} "
+                                        f"in epoch {epoch + 1}; lower the learning rate ({config.lr}) "
+                                        f"or check the data for NaN/inf")
+                term_sums = term_sums + values.detach() * len(idx)
+                total = (values * weights).sum()
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 dist.average_gradients(term_params)  # DDP averages the model's; adapters here
                 optimizer.step()
                 scheduler.step()
-            sums = dist.sum_dict(sums)
+            sums = dist.sum_dict(dict(zip([t.name for t in terms], term_sums.tolist())))
             if epoch == 0:
                 _check_feature_losses_moved(terms, sums, desc)
             val_acc = evaluate(model, data.x_val, data.y_val)

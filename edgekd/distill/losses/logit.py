@@ -109,7 +109,8 @@ class CrossEntropyLoss(nn.Module):
         super().__init__()
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        mask = batch.labelled()
-        if not mask.any():
+        if batch.labels is None:
             return batch.logits.sum() * 0.0
-        return F.cross_entropy(batch.logits[mask], batch.labels[mask])
+        # ignore_index skips unlabelled (-1) samples; a batch without labels gives 0, not NaN
+        loss = F.cross_entropy(batch.logits, batch.labels, ignore_index=-1, reduction="sum")
+        return loss / (batch.labels >= 0).sum().clamp_min(1)

@@ -141,6 +141,7 @@ class CachedTeacher:
         self.key = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.path = Path(cache_dir) / self.key
         self.hits = self.misses = 0
+        self._complete: set[int] = set()  # views whose every row is filled
         self.width: int | None = {"topk": 2 * k if k else None, "labels": 1}.get(kind)
         self.commit_seconds = commit_seconds
         self._outputs: np.memmap | None = None  # (views, num_samples, width)
@@ -180,8 +181,14 @@ class CachedTeacher:
             return self.inner(x, index, view)[0], {}
         if self._outputs is None:  # nothing written yet, or closed: map the folder if it is valid
             self._open_existing()
-        missing = (np.ones(len(idx), bool) if self._flags is None
-                   else self._flags[view, idx] == 0)  # (N,)
+        if self._flags is None:
+            missing = np.ones(len(idx), bool)
+        elif view in self._complete:  # every row of this view is filled: no flag lookups
+            missing = np.zeros(len(idx), bool)
+        else:
+            missing = self._flags[view, idx] == 0  # (N,)
+            if not missing.any() and self._flags[view].all():
+                self._complete.add(view)
         miss = np.flatnonzero(missing)
         if len(miss):
             sel = torch.from_numpy(miss).to(x.device)
@@ -197,12 +204,14 @@ class CachedTeacher:
             self._pending.append((view, idx[miss]))
             if time.monotonic() - self._committed_at >= self.commit_seconds:
                 self.commit()
+        if not len(miss):  # the common case once filled: one gather from the memory map
+            self.hits += len(idx)
+            return self._decode(torch.from_numpy(self._outputs[view, idx]).to(x.device)), {}
         rows = np.empty((len(idx), self.width), np.float32)  # (N, width)
         hit = np.flatnonzero(~missing)
         if len(hit):
             rows[hit] = self._outputs[view, idx[hit]]
-        if len(miss):
-            rows[miss] = fresh
+        rows[miss] = fresh
         self.hits += len(hit)
         self.misses += len(miss)
         return self._decode(torch.from_numpy(rows).to(x.device)), {}
@@ -288,6 +297,7 @@ class CachedTeacher:
 
     def _discard(self) -> None:
         self._outputs = self._filled = self._flags = None
+        self._complete = set()
         self._pending.clear()
         for path in self._files():  # meta.json first: a half-removed folder never looks valid
             path.unlink(missing_ok=True)
