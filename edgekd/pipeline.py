@@ -35,9 +35,14 @@ from edgekd.distill.api import distill, train_scratch
 from edgekd.distill.distributed import Distributed, init_from_env
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.distill.trainer import TrainConfig, TrainResult, predict
-from edgekd.export.api import Artifact, export
 from edgekd.errors import ConfigError
-from edgekd.models.factory import count_parameters, create_model, load_checkpoint, save_checkpoint
+from edgekd.export.api import Artifact, export
+from edgekd.models.factory import (
+    count_parameters,
+    create_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 from edgekd.models.transfer import init_from_teacher
 from edgekd.progress import progress
 from edgekd.quant.qat import calibrate, freeze, prepare_qat, set_range_tracking
@@ -95,9 +100,13 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     tick = time.perf_counter()
     torch.manual_seed(recipe.seed)
     init = create_model(recipe.student, data.input_shape[0], data.num_classes)
-    scratch, scratch_fit = _stage(saved, "student-scratch", recipe.student, None, lambda ckpt: (
-        lambda m: (m, train_scratch(m, data, recipe.student_training, desc="student (scratch)",
-                                    checkpoint=ckpt, **fit)))(copy.deepcopy(init)))
+
+    def fit_scratch(ckpt: Path):
+        model = copy.deepcopy(init)
+        return model, train_scratch(model, data, recipe.student_training, desc="student (scratch)",
+                                    checkpoint=ckpt, **fit)
+
+    scratch, scratch_fit = _stage(saved, "student-scratch", recipe.student, None, fit_scratch)
     timings["student_scratch"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -107,9 +116,13 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
             raise ConfigError("distill.init_from_teacher needs a PyTorch teacher, not an ONNX file")
         copied = init_from_teacher(kd_init, teacher)["copied"]
         log(f"student (KD): {len(copied)} tensors initialised from the teacher's blocks")
-    student, kd_fit = _stage(saved, "student-kd", recipe.student, None, lambda ckpt: (
-        lambda m: (m, distill(m, provider, data, recipe.distill, recipe.student_training,
-                              desc="student (KD)", checkpoint=ckpt, **fit, **provider_fit)))(kd_init))
+
+    def fit_kd(ckpt: Path):
+        model = copy.deepcopy(kd_init)
+        return model, distill(model, provider, data, recipe.distill, recipe.student_training,
+                              desc="student (KD)", checkpoint=ckpt, **fit, **provider_fit)
+
+    student, kd_fit = _stage(saved, "student-kd", recipe.student, None, fit_kd)
     timings["student_kd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

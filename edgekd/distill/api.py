@@ -12,11 +12,11 @@ from typing import Literal
 from torch import nn
 
 from edgekd.config import Config, FieldError, check_name
-from edgekd.distill.schedules import Schedule
-from edgekd.errors import ConfigError
 from edgekd.data.datasets import DataSplits
 from edgekd.distill.losses import LOSSES
+from edgekd.distill.schedules import Schedule
 from edgekd.distill.trainer import Term, TrainConfig, TrainResult, train
+from edgekd.errors import ConfigError
 
 
 @dataclass

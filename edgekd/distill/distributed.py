@@ -48,7 +48,7 @@ class Distributed:
     world: int = 1
 
     @staticmethod
-    def current() -> "Distributed":
+    def current() -> Distributed:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -20,7 +20,7 @@ from edgekd.errors import ConfigError, TrainingError, did_you_mean
 
 
 def strip_ddp(path: str) -> str:
-    return path[len("module."):] if path.startswith("module.") else path
+    return path.removeprefix("module.")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,7 +59,7 @@ class FeatureTaps:
         self.outputs: dict[str, object] = {}
         self._handles = []
         for path in self.paths:
-            resolved, module = resolve(model, path, role)
+            _, module = resolve(model, path, role)
             self._handles.append(module.register_forward_hook(self._hook(path)))
 
     def _hook(self, path: str):
@@ -82,7 +82,7 @@ class FeatureTaps:
             handle.remove()
         self._handles = []
 
-    def __enter__(self) -> "FeatureTaps":
+    def __enter__(self) -> FeatureTaps:
         return self
 
     def __exit__(self, *exc) -> None:

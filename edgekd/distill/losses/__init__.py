@@ -62,6 +62,6 @@ class Batch:
         return self.labels >= 0
 
 
-from edgekd.distill.losses import feature, logit  # noqa: E402,F401  (register the losses)
+from edgekd.distill.losses import feature, logit  # noqa: F401  (register the losses)
 
 __all__ = ["LOSSES", "Batch", "TeacherOutput", "list_losses"]

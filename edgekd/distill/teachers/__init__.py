@@ -33,10 +33,14 @@ class TeacherProvider(Protocol):
 
 
 # none of these imports onnxruntime: OnnxTeacher opens it through the runtime layer when created
-from edgekd.distill.teachers.blackbox import BlackBoxTeacher  # noqa: E402
-from edgekd.distill.teachers.cache import CachedTeacher, model_fingerprint, provider_fingerprint  # noqa: E402
-from edgekd.distill.teachers.live import LiveTeacher  # noqa: E402
-from edgekd.distill.teachers.onnx import OnnxTeacher  # noqa: E402
+from edgekd.distill.teachers.blackbox import BlackBoxTeacher
+from edgekd.distill.teachers.cache import (
+    CachedTeacher,
+    model_fingerprint,
+    provider_fingerprint,
+)
+from edgekd.distill.teachers.live import LiveTeacher
+from edgekd.distill.teachers.onnx import OnnxTeacher
 
 __all__ = ["BlackBoxTeacher", "CachedTeacher", "LiveTeacher", "OnnxTeacher", "TeacherProvider",
            "model_fingerprint", "provider_fingerprint"]
