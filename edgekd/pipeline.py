@@ -256,6 +256,7 @@ def _stage(saved: dict, stage: str, spec, qat: dict | None, train_fn):
                         num_classes=data.num_classes, input_shape=data.input_shape, qat=qat,
                         extra={"data_fingerprint": data.fingerprint, "run_key": store.key,
                                "training": _fit_summary(fit)})
+        store.state_path(stage).unlink(missing_ok=True)  # the finished model supersedes it
     return model, fit
 
 
