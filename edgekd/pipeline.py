@@ -95,7 +95,6 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     teacher, teacher_note = _teacher(recipe, data, cache_dir, fit, log)
     timings["teacher"] = time.perf_counter() - tick
     provider, provider_fit = _teacher_provider(recipe, teacher, data, cache_dir)
-    saved = {"data": data, "store": store}
 
     tick = time.perf_counter()
     torch.manual_seed(recipe.seed)
@@ -106,7 +105,7 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
         return model, train_scratch(model, data, recipe.student_training, desc="student (scratch)",
                                     checkpoint=ckpt, **fit)
 
-    scratch, scratch_fit = _stage(saved, "student-scratch", recipe.student, None, fit_scratch)
+    scratch, scratch_fit = _stage(store, data, "student-scratch", recipe.student, None, fit_scratch)
     timings["student_scratch"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -122,11 +121,11 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
         return model, distill(model, provider, data, recipe.distill, recipe.student_training,
                               desc="student (KD)", checkpoint=ckpt, **fit, **provider_fit)
 
-    student, kd_fit = _stage(saved, "student-kd", recipe.student, None, fit_kd)
+    student, kd_fit = _stage(store, data, "student-kd", recipe.student, None, fit_kd)
     timings["student_kd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    int8, qat_fit = (_stage(saved, "student-int8", recipe.student, recipe.qat.to_dict(),
+    int8, qat_fit = (_stage(store, data, "student-int8", recipe.student, recipe.qat.to_dict(),
                             lambda ckpt: _qat(student, provider, data, recipe, {**fit, **provider_fit}, ckpt))
                      if recipe.qat.enabled else (None, None))
     timings["qat"] = time.perf_counter() - tick
@@ -242,10 +241,9 @@ def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict,
     return freeze(model), result
 
 
-def _stage(saved: dict, stage: str, spec, qat: dict | None, train_fn):
+def _stage(store: RunStore, data: DataSplits, stage: str, spec, qat: dict | None, train_fn):
     """Run ``train_fn(state_path) -> (model, fit)`` for ``stage``, or load it from a resumed run;
     the finished model is saved to ``models/<stage>.pt`` (rank 0)."""
-    store, data = saved["store"], saved["data"]
     done = store.finished(stage)
     if done is not None:
         model, meta = load_checkpoint(done)
@@ -265,7 +263,7 @@ def _teacher_provider(recipe: Recipe, teacher, data: DataSplits, cache_dir) -> t
     plus extra training arguments (fixed augmentation views when cached). The cache sits under
     the black box: it keeps full logits, so one cache serves any top-k or labels view of them."""
     cfg = recipe.distill
-    feature_paths = [t.teacher for t in cfg.terms_() if t.teacher]
+    feature_paths = [t.teacher for t in cfg.objective() if t.teacher]
     if teacher is None:
         from edgekd.distill.teachers.onnx import OnnxTeacher
 

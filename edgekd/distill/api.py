@@ -127,7 +127,7 @@ class DistillConfig(Config):
         if len(set(names)) != len(names):
             raise FieldError("terms", f"two terms have the same name: {names}")
 
-    def terms_(self) -> list[TermConfig]:
+    def objective(self) -> list[TermConfig]:
         """The objective as term configs (the short form expanded)."""
         if self.terms:
             return list(self.terms)
@@ -137,7 +137,7 @@ class DistillConfig(Config):
         return terms
 
     def build_terms(self) -> list[Term]:
-        return [t.build() for t in self.terms_()]
+        return [t.build() for t in self.objective()]
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: DataSplits, config: DistillConfig,

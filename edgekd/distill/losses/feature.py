@@ -28,6 +28,7 @@ first tensor, searched depth-first in order.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 
 import torch
@@ -38,8 +39,9 @@ from edgekd.distill.losses import LOSSES, Batch
 from edgekd.errors import ConfigError, TrainingError
 
 
-class FeatureLoss(nn.Module):
-    """Base of the losses between a student feature and a teacher feature."""
+class FeatureLoss(nn.Module, abc.ABC):
+    """Base of the losses between a student feature and a teacher feature; subclasses implement
+    ``compare`` (and ``check``/``build_adapter`` when shapes need them)."""
 
     needs, kind = "features", "feature"
     name = "feature"  # the registered name, for messages
@@ -92,8 +94,9 @@ class FeatureLoss(nn.Module):
         """The student feature mapped onto the teacher's shape (the adapter, if any)."""
         return self.adapter(student) if self.adapter is not None else student
 
+    @abc.abstractmethod
     def compare(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss between the adapted student feature and the teacher feature (a scalar)."""
 
     def shape_error(self, student: torch.Tensor, teacher: torch.Tensor, why: str) -> ConfigError:
         return ConfigError(
