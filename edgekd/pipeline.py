@@ -31,11 +31,11 @@ from edgekd.budgets.budget import Budget, check
 from edgekd.budgets.verdict import CheckResult
 from edgekd.config import dump_yaml
 from edgekd.data.datasets import DataSplits, load_data
-from edgekd.distill.api import distill, train_scratch
-from edgekd.distill.distributed import Distributed, init_from_env
+from edgekd.distill.api import check_distill_setup, distill, train_scratch
+from edgekd.distill.distributed import Distributed, init_from_env, shutdown
+from edgekd.distill.teachers.cache import find_cache
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.distill.trainer import TrainConfig, TrainResult, predict
-from edgekd.errors import ConfigError
 from edgekd.export.api import Artifact, export
 from edgekd.models.factory import (
     count_parameters,
@@ -83,16 +83,19 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
 
     tick = time.perf_counter()
     data = load_data(recipe.data)
+    check_distill_setup(recipe.distill, onnx_teacher=_onnx_teacher(recipe), num_classes=data.num_classes)
     store = RunStore(out, recipe.to_dict(), data.fingerprint, resume=resume, lead=lead)
+    Distributed.current().barrier()  # rank 0 has cleared old checkpoints before anyone trains
     if lead:
         atomic.write_text(out / "recipe.yaml", dump_yaml(recipe.to_dict()))
     shift = recipe.data.shift if recipe.data.augment else 0
-    fit = {"augment_shift": shift, "batch_size": recipe.data.batch_size}
+    fit = {"augment_shift": shift, "batch_size": recipe.data.batch_size, "resume": resume,
+           "run_key": store.key}
     log(f"data: {data.source}, {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
         f"train/val/test, {data.num_classes} classes, input {tuple(data.input_shape)}"
         + (f", {int(data.train_labelled.sum())} train labels used" if data.train_labelled is not None else ""))
 
-    teacher, teacher_note = _teacher(recipe, data, cache_dir, fit, log)
+    teacher, teacher_note = _teacher(recipe, data, cache_dir, fit, log, store.state_path("teacher"))
     timings["teacher"] = time.perf_counter() - tick
     provider, provider_fit = _teacher_provider(recipe, teacher, data, cache_dir)
 
@@ -111,8 +114,6 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     tick = time.perf_counter()
     kd_init = copy.deepcopy(init)
     if recipe.distill.init_from_teacher:
-        if teacher is None:
-            raise ConfigError("distill.init_from_teacher needs a PyTorch teacher, not an ONNX file")
         copied = init_from_teacher(kd_init, teacher)["copied"]
         log(f"student (KD): {len(copied)} tensors initialised from the teacher's blocks")
 
@@ -129,11 +130,13 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
                             lambda ckpt: _qat(student, provider, data, recipe, {**fit, **provider_fit}, ckpt))
                      if recipe.qat.enabled else (None, None))
     timings["qat"] = time.perf_counter() - tick
-    cache = _find_cache(provider)
+    cache = find_cache(provider)
     if cache is not None:
         cache.close()
         log(f"teacher cache {cache.path}: {cache.stats}")
-    if not lead:
+    if not lead:  # rank 0 exports and reports; wait for it, then leave the group together
+        Distributed.current().barrier()
+        shutdown()
         return None
 
     models = {"student-scratch": (scratch, recipe.student, None), "student-kd": (student, recipe.student, None)}
@@ -194,12 +197,18 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     report_path = report.write(out / "report.json")
     atomic.write_text(out / "report.md", report.markdown() + "\n")
     verdicts = check(report, Budget(budgets=recipe.budgets)) if recipe.budgets else None
+    Distributed.current().barrier()
+    shutdown()
     return RunResult(report, report_path, verdicts)
 
 
-def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log):
+def _onnx_teacher(recipe: Recipe) -> bool:
+    return bool(recipe.teacher.checkpoint) and Path(recipe.teacher.checkpoint).suffix == ".onnx"
+
+
+def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log, state: Path):
     """Load the teacher from the recipe's checkpoint, or from the cache, or train and cache it."""
-    if recipe.teacher.checkpoint and Path(recipe.teacher.checkpoint).suffix == ".onnx":
+    if _onnx_teacher(recipe):
         log(f"teacher: ONNX file {recipe.teacher.checkpoint}, run in onnxruntime (logit losses only)")
         return None, {"source": recipe.teacher.checkpoint}
     if recipe.teacher.checkpoint:
@@ -217,7 +226,7 @@ def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log):
         return teacher, {"source": str(path), "cached": True, **meta["extra"].get("training", {})}
     torch.manual_seed(recipe.seed)
     teacher = create_model(recipe.teacher, data.input_shape[0], data.num_classes)
-    result = train_scratch(teacher, data, recipe.teacher_training, desc="teacher", **fit)
+    result = train_scratch(teacher, data, recipe.teacher_training, desc="teacher", checkpoint=state, **fit)
     if Distributed.current().rank == 0:
         save_checkpoint(path, teacher, recipe.teacher, in_channels=data.input_shape[0],
                         num_classes=data.num_classes, input_shape=data.input_shape,
@@ -275,23 +284,18 @@ def _teacher_provider(recipe: Recipe, teacher, data: DataSplits, cache_dir) -> t
         from edgekd.distill.teachers.cache import CachedTeacher
 
         shift = recipe.data.shift if recipe.data.augment else 0
+        ranks = Distributed.current()  # one writer per cache folder: one folder per rank under DDP
         provider = CachedTeacher(provider, Path(cache_dir or default_cache_dir()) / "teacher-outputs",
                                  dataset_fingerprint=data.fingerprint, num_samples=len(data.x_train),
                                  views=cfg.cache_views,
-                                 augmentation={"shift": shift, "seed": recipe.student_training.seed})
+                                 augmentation={"shift": shift, "seed": recipe.student_training.seed,
+                                               **({"rank": ranks.rank} if ranks.active else {})})
         extra = {"cache_views": cfg.cache_views}
     if cfg.teacher_output != "logits":
         from edgekd.distill.teachers.blackbox import BlackBoxTeacher
 
         provider = BlackBoxTeacher(provider, output=cfg.teacher_output, k=cfg.top_k)
     return provider, extra
-
-
-def _find_cache(provider):
-    """The CachedTeacher inside ``provider`` (possibly under a BlackBoxTeacher), if any."""
-    while provider is not None and type(provider).__name__ != "CachedTeacher":
-        provider = getattr(provider, "inner", None)
-    return provider
 
 
 def _onnx_teacher_entry(path: str, data: DataSplits) -> Entry:

@@ -4,7 +4,8 @@ Each training stage writes ``out/checkpoints/<stage>.state`` after every epoch (
 adapters, optimizer, scheduler, RNG state, history: see ``distill.trainer``) and, when it ends,
 its model to ``out/models/<stage>.pt``. A resumed run loads finished stages from ``models/`` and
 continues an interrupted one from its ``.state`` file. Both carry the run's key (a hash of the
-recipe and the data), so a folder holding another recipe's run is refused instead of mixed in.
+recipe's training sections and the data; export, targets, benchmark and budgets may change
+between the two runs), so a folder holding another run is refused instead of mixed in.
 Without ``--resume`` a run starts clean and replaces earlier checkpoints.
 """
 
@@ -19,12 +20,17 @@ from edgekd import atomic
 from edgekd.errors import ConfigError
 
 
+TRAINING_FIELDS = ("seed", "data", "teacher", "teacher_training", "student", "student_training",
+                   "distill", "qat")
+
+
 class RunStore:
     """Where a run keeps stage checkpoints; only the lead process (rank 0) writes."""
 
     def __init__(self, out: Path, recipe: dict, data_fingerprint: str, *, resume: bool, lead: bool):
         self.out, self.resume, self.lead = out, resume, lead
-        self.key = hashlib.sha256(json.dumps({"recipe": recipe, "data": data_fingerprint},
+        training = {k: recipe.get(k) for k in TRAINING_FIELDS}  # export/bench/budgets may change
+        self.key = hashlib.sha256(json.dumps({"recipe": training, "data": data_fingerprint},
                                              sort_keys=True).encode()).hexdigest()[:16]
         self.dir = out / "checkpoints"
         key_file = self.dir / "run.key"

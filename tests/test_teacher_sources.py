@@ -92,3 +92,15 @@ def test_kd_student_starts_from_every_other_teacher_block(tmp_path):
     assert any("tensors initialised from the teacher's blocks" in m for m in logs)
     kd, scratch = (result.report.entry(f"student-{s}.pytorch").accuracy for s in ("kd", "scratch"))
     assert kd > scratch  # one epoch from the teacher's filters vs one from random ones
+
+
+@pytest.mark.parametrize("distill, message", [
+    ({"teacher_output": "topk", "loss": "dkd"}, "needs the teacher's logits; teacher_output 'topk' hides them"),
+    ({"teacher_output": "topk", "top_k": 11}, "top_k is 11 but the data has 10 classes"),
+])
+def test_objective_the_teacher_cannot_feed_fails_before_any_training(tmp_path, distill, message, monkeypatch):
+    from edgekd.errors import ConfigError
+
+    monkeypatch.setattr(pipeline, "train_scratch", lambda *a, **k: pytest.fail("trained first"))
+    with pytest.raises(ConfigError, match=message):
+        pipeline.run(_recipe(**distill), tmp_path / "out", cache_dir=tmp_path / "cache")

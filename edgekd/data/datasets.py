@@ -143,16 +143,14 @@ def _labelled_mask(y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
 
 def _append_transfer(splits: DataSplits, path: Path) -> None:
     try:
-        with np.load(path) as npz:
-            x = np.asarray(npz["x"], np.float32)
+        with np.load(path, allow_pickle=False) as npz:
+            x = _images(npz["x"], path)
     except FileNotFoundError:
         raise DataError(f"{path}: transfer set not found") from None
     except KeyError:
         raise DataError(f"{path}: a transfer set needs an array named 'x'") from None
-    except Exception as err:  # zip/pickle errors from a corrupt file
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
-    if x.ndim == 3:
-        x = x[:, None]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__})") from None
     if tuple(x.shape[1:]) != tuple(splits.x_train.shape[1:]):
         raise DataError(f"{path}: transfer images are {tuple(x.shape[1:])}, the data is "
                         f"{tuple(splits.x_train.shape[1:])} (C, H, W)")
@@ -172,18 +170,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, digits.target.astype(np.int64), [str(i) for i in range(10)]
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz file: truncated, corrupt, or not written by "
-                        f"np.savez ({type(err).__name__})") from None
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
-                        f"{', '.join(arrays) or 'none'}. Save with np.savez(path, x=images, y=labels)")
-    x, y = arrays["x"], arrays["y"]
+def _images(x: np.ndarray, path: Path) -> np.ndarray:
+    """Images of a .npz as float32 (N, C, H, W): uint8 scaled by 1/255, (N, H, W) and NHWC accepted."""
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
@@ -196,6 +184,23 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
     elif x.ndim != 4:
         raise DataError(f"{path}: x has shape {x.shape}; expected (N,H,W), (N,C,H,W) or (N,H,W,C)")
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: x contains NaN or infinite values")
+    return x
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz file: truncated, corrupt, or not written by "
+                        f"np.savez ({type(err).__name__})") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
+                        f"{', '.join(arrays) or 'none'}. Save with np.savez(path, x=images, y=labels)")
+    x, y = _images(arrays["x"], path), arrays["y"]
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: y has shape {y.shape} but x has {len(x)} samples; "
                         f"expected y of shape ({len(x)},)")
@@ -204,8 +209,6 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             y = y.astype(np.int64)
         else:
             raise DataError(f"{path}: y has dtype {y.dtype}; expected integer class labels 0..K-1")
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: x contains NaN or infinite values")
     num_classes = int(y.max()) + 1 if len(y) else 0
     if num_classes > len(y):
         raise DataError(f"{path}: label {int(y.max())} is out of range for {len(y)} samples; labels "

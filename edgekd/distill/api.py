@@ -49,8 +49,12 @@ class TermConfig(Config):
                                            f"(e.g. student: features.block1, teacher: features.block2)")
         elif self.student or self.teacher:
             raise FieldError("student", f"{self.loss!r} is not a feature loss; module paths do not apply")
-        if isinstance(self.weight, float) and self.weight < 0:
-            raise FieldError("weight", f"must be >= 0, got {self.weight}")
+        for name, strict in (("weight", False), ("temperature", True)):
+            spec = getattr(self, name)
+            values = [] if spec is None else spec.values() if isinstance(spec, Schedule) else [spec]
+            bad = [v for v in values if v < 0 or strict and v == 0]
+            if bad:
+                raise FieldError(name, f"must be {'> 0' if strict else '>= 0'}, got {bad[0]:g}")
 
     @property
     def name(self) -> str:
@@ -138,6 +142,28 @@ class DistillConfig(Config):
 
     def build_terms(self) -> list[Term]:
         return [t.build() for t in self.objective()]
+
+
+def check_distill_setup(config: DistillConfig, *, onnx_teacher: bool, num_classes: int) -> None:
+    """Refuse, before any training, an objective the teacher cannot feed.
+
+    Raises:
+        ConfigError: a feature loss or ``init_from_teacher`` with an ONNX or black-box teacher, a
+            logit-hungry loss (dkd, mse) with a black-box teacher, or ``top_k`` > classes.
+    """
+    black_box = config.teacher_output != "logits"
+    for term in config.objective():
+        needs = getattr(LOSSES.get(term.loss), "needs", "")
+        if needs == "features" and (onnx_teacher or black_box):
+            raise ConfigError(f"distill: loss {term.name!r} needs teacher features; an ONNX or "
+                              f"black-box teacher gives logits only (feature losses need a PyTorch teacher)")
+        if needs == "teacher_logits" and black_box:
+            raise ConfigError(f"distill: loss {term.name!r} needs the teacher's logits; "
+                              f"teacher_output {config.teacher_output!r} hides them (use 'kd')")
+    if config.init_from_teacher and onnx_teacher:
+        raise ConfigError("distill.init_from_teacher needs a PyTorch teacher, not an ONNX file")
+    if config.teacher_output == "topk" and config.top_k > num_classes:
+        raise ConfigError(f"distill.top_k is {config.top_k} but the data has {num_classes} classes")
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: DataSplits, config: DistillConfig,

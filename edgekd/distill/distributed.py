@@ -1,8 +1,9 @@
 """Multi-process training with torch.distributed: what the trainer needs, in one place.
 
 Under ``torchrun --nproc_per_node=N edgekd run RECIPE`` every process runs the same pipeline.
-``init_from_env`` starts the process group (gloo on CPU, nccl when CUDA is available) from the
-variables torchrun sets; ``Distributed.current()`` then describes this process:
+``init_from_env`` starts the process group from the variables torchrun sets (gloo: edgekd
+trains on CPU tensors, which nccl cannot reduce); ``Distributed.current()`` then describes this
+process:
 
 - ``wrap(model)``: DistributedDataParallel around the student (the teacher stays outside DDP:
   it is not trained, and hooks find its modules without a ``module.`` prefix);
@@ -10,7 +11,11 @@ variables torchrun sets; ``Distributed.current()`` then describes this process:
   sample from r), so N processes see the same global batches a single process would;
 - ``average_gradients(params)``: all-reduce for parameters outside the DDP model (feature
   adapters);
-- ``sum_dict``: reduces the per-term loss sums, so every rank logs the same metrics.
+- ``sum_dict``: reduces the per-term loss sums, so every rank logs the same metrics;
+- ``broadcast_model``: rank 0's weights and BatchNorm statistics to every rank at the end of a
+  stage (BatchNorm statistics are per process during training), so all ranks go on with the
+  model rank 0 saves;
+- ``barrier``: wait for every rank (e.g. after rank 0 cleared old checkpoints).
 
 Only rank 0 writes checkpoints and artifacts. Without a process group everything is a no-op.
 """
@@ -30,8 +35,7 @@ def init_from_env() -> bool:
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="gloo")  # edgekd trains on CPU tensors (nccl needs CUDA ones)
     return True
 
 
@@ -78,6 +82,21 @@ class Distributed:
             if p.grad is not None:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def sum_dict(self, values: dict[str, float]) -> dict[str, float]:
         if not self.active or not values:

@@ -2,7 +2,7 @@
 
 In a recipe a weight or temperature is a number, or a mapping::
 
-    weight: {kind: linear_warmup, value: 2.0, warmup_epochs: 5}   # 0 -> 2.0 over 5 epochs, then 2.0
+    weight: {kind: linear_warmup, value: 2.0, warmup_epochs: 5}   # rises toward 2.0 over 5 epochs
     temperature: {kind: cosine, value: 8.0, final: 2.0}          # 8 -> 2 along a half cosine
 
 ``value_at(epoch, epochs)`` gives the value for 0-based ``epoch`` of a stage of ``epochs``.
@@ -22,8 +22,10 @@ class Schedule(Config):
     """A value that changes with the epoch.
 
     Attributes:
-        kind: "constant", "linear_warmup" (from ``start`` to ``value`` over ``warmup_epochs``,
-            then ``value``) or "cosine" (from ``value`` to ``final`` over the stage).
+        kind: "constant", "linear_warmup" (rises linearly from ``start`` toward ``value``:
+            epoch e < warmup_epochs gets start + (value - start) * (e + 1) / (warmup_epochs + 1),
+            later epochs ``value``) or "cosine" (from ``value`` at the first epoch to ``final`` at
+            the last, along a half cosine).
         value: the constant value, the value after warm-up, or the cosine's start.
         start: warm-up start value.
         warmup_epochs: length of the warm-up.
@@ -41,6 +43,11 @@ class Schedule(Config):
             raise FieldError("warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         if self.kind == "linear_warmup" and self.warmup_epochs == 0:
             raise FieldError("warmup_epochs", "linear_warmup needs warmup_epochs >= 1")
+
+    def values(self) -> list[float]:
+        """The values this schedule moves between (for validation)."""
+        return {"constant": [self.value], "linear_warmup": [self.start, self.value],
+                "cosine": [self.value, self.final]}[self.kind]
 
     def value_at(self, epoch: int, epochs: int) -> float:
         if self.kind == "linear_warmup" and epoch < self.warmup_epochs:

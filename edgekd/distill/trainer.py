@@ -24,6 +24,7 @@ from edgekd.data.datasets import DataSplits, random_shift, view_shift
 from edgekd.distill.distributed import Distributed
 from edgekd.distill.hooks import FeatureTaps
 from edgekd.distill.losses import Batch
+from edgekd.distill.teachers.cache import find_cache
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.errors import ConfigError, TrainingError
 from edgekd.progress import progress
@@ -92,7 +93,7 @@ class TrainResult:
 def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[Term], *,
           teacher=None, augment_shift: int = 0, batch_size: int = 64, desc: str = "train",
           on_epoch_start: Callable[[int], None] | None = None, cache_views: int = 0,
-          checkpoint: str | Path | None = None) -> TrainResult:
+          checkpoint: str | Path | None = None, resume: bool = False, run_key: str = "") -> TrainResult:
     """Train ``model`` in place on ``data.train`` with the weighted ``terms``; keep the best val epoch.
 
     ``teacher`` is a teacher provider (``edgekd.distill.teachers``) or a plain PyTorch model
@@ -109,7 +110,7 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     """
     provider = _provider(teacher, terms)
     _check_needs(terms, provider)
-    if _is_cached(provider) and augment_shift and not cache_views:
+    if find_cache(provider) is not None and augment_shift and not cache_views:
         raise ConfigError("a cached teacher needs fixed augmentation views (cache_views > 0): with "
                           "random shifts every epoch the cache would serve stale outputs")
     student_paths = [t.loss.student_path for t in terms if getattr(t.loss, "needs", "") == "features"]
@@ -134,8 +135,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     generator = torch.Generator().manual_seed(config.seed)
     result, best_state = TrainResult(), None
     first = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        first, best_state = _resume(Path(checkpoint), model, terms, optimizer, scheduler, generator, result)
+    if checkpoint is not None and resume and Path(checkpoint).is_file():
+        first, best_state = _resume(Path(checkpoint), model, terms, optimizer, scheduler, generator,
+                                    result, run_key)
     start = time.perf_counter() - sum(r.get("seconds", 0.0) for r in result.history[-1:])
     bar = progress(range(first, config.epochs), desc=desc, unit="epoch", initial=first, total=config.epochs)
     try:
@@ -152,10 +154,11 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
             for i in range(0, len(order), batch_size):
                 if len(order[i:i + batch_size]) < dist.world:
                     break  # every rank needs a sample (DDP steps in lockstep)
-                idx = dist.shard(order[i:i + batch_size])
+                idx = order[i:i + batch_size]
                 x = data.x_train[idx]
                 x = (view_shift(x, idx, view, augment_shift, config.seed) if cache_views
-                     else random_shift(x, augment_shift, generator))
+                     else random_shift(x, augment_shift, generator))  # the global batch: every
+                x, idx = dist.shard(x), dist.shard(idx)  # rank draws the same random numbers
                 t_out, t_feats = provider(x, idx, view) if provider is not None else (None, {})
                 logits = net(x)
                 batch = Batch(logits, labels[idx], t_out, taps.collect() if taps else {}, t_feats)
@@ -186,12 +189,13 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
             row["seconds"] = time.perf_counter() - start
             if checkpoint is not None and dist.rank == 0:
                 _save(Path(checkpoint), epoch + 1, model, terms, optimizer, scheduler, generator,
-                      result, best_state)
+                      result, best_state, run_key)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("epoch", "seconds")})
     finally:
         if taps is not None:
             taps.remove()
     model.load_state_dict(best_state)
+    dist.broadcast_model(model)  # BatchNorm statistics differ per rank: all go on with rank 0's
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
@@ -200,8 +204,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
 CHECKPOINT_FORMAT = "edgekd-train-state"
 
 
-def _save(path: Path, epochs_done: int, model, terms, optimizer, scheduler, generator, result, best_state) -> None:
-    state = {"format": CHECKPOINT_FORMAT, "version": 1, "epochs_done": epochs_done,
+def _save(path: Path, epochs_done: int, model, terms, optimizer, scheduler, generator, result,
+          best_state, run_key: str) -> None:
+    state = {"format": CHECKPOINT_FORMAT, "version": 1, "epochs_done": epochs_done, "run_key": run_key,
              "model": model.state_dict(), "terms": [t.state_dict() for t in terms],
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -211,11 +216,13 @@ def _save(path: Path, epochs_done: int, model, terms, optimizer, scheduler, gene
         torch.save(state, tmp)
 
 
-def _resume(path: Path, model, terms, optimizer, scheduler, generator, result) -> tuple[int, dict]:
+def _resume(path: Path, model, terms, optimizer, scheduler, generator, result, run_key: str) -> tuple[int, dict]:
     try:
         state = torch.load(path, weights_only=True)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("not an edgekd training checkpoint")
+        if state.get("run_key", "") != run_key:
+            raise ValueError("it was written by a run with other settings")
         model.load_state_dict(state["model"])
         for term, term_state in zip(terms, state["terms"]):
             term.load_state_dict(term_state)
@@ -237,14 +244,6 @@ def _provider(teacher, terms: list[Term]):
         return teacher
     paths = [t.loss.teacher_path for t in terms if getattr(t.loss, "needs", "") == "features"]
     return LiveTeacher(teacher, paths)
-
-
-def _is_cached(provider) -> bool:
-    while provider is not None:
-        if type(provider).__name__ == "CachedTeacher":
-            return True
-        provider = getattr(provider, "inner", None)
-    return False
 
 
 def _check_needs(terms: list[Term], provider) -> None:

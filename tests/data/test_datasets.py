@@ -363,3 +363,15 @@ def test_random_shift_depends_only_on_the_generator_seed():
     c = random_shift(x, 1, torch.Generator().manual_seed(4))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_transfer_set_is_scaled_like_the_data_and_unlabelled(tmp_path):
+    import numpy as np
+
+    from edgekd.data.datasets import DataConfig, load_data
+
+    base = load_data(DataConfig())
+    np.savez(tmp_path / "t.npz", x=np.full((5, 8, 8), 255, np.uint8))
+    data = load_data(DataConfig(transfer=str(tmp_path / "t.npz")))
+    assert len(data.y_train) == len(base.y_train) + 5 and float(data.x_train[-5:].max()) == 1.0
+    assert (data.visible_train_labels()[-5:] == -1).all() and data.fingerprint != base.fingerprint

@@ -157,3 +157,26 @@ def test_epoch_checkpoint_resume_matches_an_uninterrupted_run(tmp_path, digits, 
     assert [r["val_accuracy"] for r in resumed.history] == [r["val_accuracy"] for r in full.history]
     for a, b in zip(whole.state_dict().values(), resumed_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("term, message", [
+    ({"loss": "kd", "temperature": 0.0}, "temperature: must be > 0"),
+    ({"loss": "kd", "weight": {"kind": "cosine", "value": 1.0, "final": -1.0}}, "weight: must be >= 0"),
+])
+def test_term_values_are_validated(term, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig.from_dict({"terms": [term]})
+
+
+def test_checkpoint_is_not_resumed_unless_asked(tmp_path, digits):
+    ckpt = tmp_path / "s.state"
+    torch.manual_seed(0)
+    train_cfg = TrainConfig(epochs=2)
+    from edgekd.distill import train_scratch
+
+    train_scratch(create_model("cnn-student-xs"), digits, train_cfg, checkpoint=ckpt)
+    fresh = train_scratch(create_model("cnn-student-xs"), digits, TrainConfig(epochs=1), checkpoint=ckpt)
+    assert len(fresh.history) == 1  # started over, did not pick up the old two epochs
+    with pytest.raises(TrainingError, match="written by a run with other settings"):
+        train_scratch(create_model("cnn-student-xs"), digits, TrainConfig(epochs=3), checkpoint=ckpt,
+                      resume=True, run_key="another-run")

@@ -52,6 +52,13 @@ CACHE_FORMAT_VERSION = 1
 KINDS = ("logits", "topk", "labels")
 
 
+def find_cache(provider) -> CachedTeacher | None:
+    """The CachedTeacher inside ``provider`` (it may sit under a BlackBoxTeacher), or None."""
+    while provider is not None and not isinstance(provider, CachedTeacher):
+        provider = getattr(provider, "inner", None)
+    return provider
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 (16 hex) over the class name and the state_dict's names, dtypes, shapes and bytes."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
