@@ -127,6 +127,59 @@ def run_cmd(recipe: str, out: str | None, cache: str | None, resume: bool) -> No
     _run(parsed, out or f"edgekd-out/{parsed.name}", cache, resume)
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "source", default="digits", show_default=True,
+              help="Calibration and test data: 'digits', a .npz with x/y, or an image folder.")
+@click.option("--observer", default="mse", show_default=True,
+              help="Activation range observer: minmax, moving_average, percentile, mse.")
+@click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Calibration batches (of the train split, batch size 64).")
+@click.option("--percentile", type=float, default=99.99, show_default=True,
+              help="Percentile of the 'percentile' observer.")
+@click.option("-f", "--format", "formats", multiple=True, default=["onnx"], show_default=True,
+              help="Export format(s) of the int8 model; repeat for several.")
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder for <name>-ptq.pt and its exports.")
+def ptq(model: str, source: str, observer: str, batches: int, percentile: float,
+        formats: tuple[str, ...], out: str) -> None:
+    """Post-training quantization of MODEL (an edgekd float checkpoint .pt): calibration only.
+
+    The same int8 simulation as QAT (BatchNorm folded, per-channel int8 weights, per-tensor int8
+    activations) with ranges set by --observer on --batches training batches; then the int8
+    checkpoint and its exports are written, and float vs int8 test accuracy is printed.
+    """
+    from edgekd.data.datasets import DataConfig, load_data
+    from edgekd.distill.trainer import evaluate
+    from edgekd.export import export
+    from edgekd.models import load_checkpoint, save_checkpoint
+    from edgekd.quant import PTQConfig, post_training_quantize
+    from edgekd.units import format_size
+
+    config = PTQConfig.from_dict({"enabled": True, "observer": observer, "calibration_batches": batches,
+                                  "percentile": percentile})
+    float_model, meta = load_checkpoint(model)
+    if meta.get("qat"):
+        raise click.UsageError(f"{model} is already an int8 checkpoint; give a float one")
+    data = load_data(DataConfig(source=source))
+    calibration = [data.x_train[i:i + 64] for i in range(0, min(len(data.x_train), batches * 64), 64)]
+    int8 = post_training_quantize(float_model, calibration, config)
+    name = f"{Path(model).stem}-ptq"
+    from edgekd.models.factory import ModelSpec
+
+    spec = ModelSpec.from_dict({k: v for k, v in meta["model"].items() if k in ("arch", "kwargs", "checkpoint")})
+    path = save_checkpoint(Path(out) / f"{name}.pt", int8, spec, in_channels=meta["model"]["in_channels"],
+                           num_classes=meta["model"]["num_classes"], input_shape=tuple(meta["input_shape"]),
+                           qat=config.qat_config().to_dict(), extra={"ptq": config.to_dict()})
+    before = evaluate(float_model, data.x_test, data.y_test)
+    after = evaluate(int8, data.x_test, data.y_test)
+    click.echo(f"PTQ ({observer}, {len(calibration)} batches): test accuracy float {100 * before:.2f}% -> "
+               f"int8 {100 * after:.2f}% ({100 * (after - before):+.2f} points)")
+    click.echo(f"int8 checkpoint {path}")
+    for a in export(int8, list(formats), out, name, tuple(meta["input_shape"])):
+        click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
+
+
 @main.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-f", "--format", "formats", multiple=True, default=["onnx"], show_default=True,
@@ -241,10 +294,12 @@ def targets() -> None:
 
 
 @main.command("list")
-@click.argument("kind", type=click.Choice(["models", "losses", "formats", "runtimes"]))
+@click.argument("kind", type=click.Choice(["models", "losses", "formats", "runtimes", "observers"]))
 def list_cmd(kind: str) -> None:
-    """List registered models, losses, export formats or runtimes."""
-    if kind == "models":
+    """List registered models, losses, export formats, runtimes or calibration observers."""
+    if kind == "observers":
+        from edgekd.quant.observers import list_observers as names
+    elif kind == "models":
         from edgekd.models import list_models as names
     elif kind == "losses":
         from edgekd.distill import list_losses as names

@@ -45,7 +45,8 @@ from edgekd.models.factory import (
 )
 from edgekd.models.transfer import init_from_teacher
 from edgekd.progress import progress
-from edgekd.quant.qat import calibrate, freeze, prepare_qat, set_range_tracking
+from edgekd.quant.ptq import post_training_quantize
+from edgekd.quant.qat import calibrate, freeze, observer_options, prepare_qat, set_range_tracking
 from edgekd.recipe import Recipe
 from edgekd.report import Entry, Report, environment
 from edgekd.resume import RunStore
@@ -130,6 +131,14 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
                             lambda ckpt: _qat(student, provider, data, recipe, {**fit, **provider_fit}, ckpt))
                      if recipe.qat.enabled else (None, None))
     timings["qat"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    ptq_qat = recipe.ptq.qat_config().to_dict()
+    ptq = (_stage(store, data, "student-ptq", recipe.student, ptq_qat, lambda ckpt: (
+        post_training_quantize(student, _calibration_batches(data, recipe.data.batch_size,
+                                                             recipe.ptq.calibration_batches), recipe.ptq), None))
+        if recipe.ptq.enabled else (None, None))
+    timings["ptq"] = time.perf_counter() - tick
     cache = find_cache(provider)
     if cache is not None:
         cache.close()
@@ -144,8 +153,11 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
         models = {"teacher": (teacher, recipe.teacher, None), **models}
     if int8 is not None:
         models["student-int8"] = (int8, recipe.student, recipe.qat.to_dict())
+    if ptq[0] is not None:
+        models["student-ptq"] = (ptq[0], recipe.student, ptq_qat)
     fits = {"teacher": teacher_note, "student-scratch": scratch_fit, "student-kd": kd_fit,
-            "student-int8": qat_fit}
+            "student-int8": qat_fit, "student-ptq": {"observer": recipe.ptq.observer,
+                                                     "calibration_batches": recipe.ptq.calibration_batches}}
     entries, references = [], {}
     for stage, (model, spec, qat) in models.items():
         ckpt = store.model_path(stage)
@@ -166,11 +178,11 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     tick = time.perf_counter()
     artifacts: list[tuple[str, Artifact]] = []
     export_stages = (["teacher"] if teacher is not None else []) + ["student-kd"] + (
-        ["student-int8"] if int8 is not None else [])
+        ["student-int8"] if int8 is not None else []) + (["student-ptq"] if ptq[0] is not None else [])
     for stage in progress(export_stages, desc="export", unit="model"):
         for artifact in export(models[stage][0], recipe.export.formats, out / "artifacts", stage,
                                data.input_shape, opset=recipe.export.opset,
-                               options=recipe.export.options(quantized=stage == "student-int8")):
+                               options=recipe.export.options(quantized=stage in ("student-int8", "student-ptq"))):
             artifacts.append((stage, artifact))
     timings["export"] = time.perf_counter() - tick
 
@@ -240,14 +252,20 @@ def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict,
     """int8 fine-tuning of the distilled student, with the teacher still guiding it."""
     cfg = recipe.qat
     model = prepare_qat(copy.deepcopy(student), cfg)
-    bs = recipe.data.batch_size
-    batches = [data.x_train[i:i + bs] for i in range(0, min(len(data.x_train), cfg.calibration_batches * bs), bs)]
-    calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False))
+    batches = _calibration_batches(data, recipe.data.batch_size, cfg.calibration_batches)
+    calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False), cfg.observer,
+              **observer_options(cfg))
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, seed=recipe.student_training.seed)
     result = distill(model, teacher, data, recipe.distill, train_cfg, desc="student (int8 QAT)",
                      on_epoch_start=lambda epoch: set_range_tracking(model, epoch < cfg.freeze_observers_epoch),
                      checkpoint=checkpoint, **fit)
     return freeze(model), result
+
+
+def _calibration_batches(data: DataSplits, batch_size: int, count: int) -> list[torch.Tensor]:
+    """The first ``count`` training batches (un-augmented), for observers."""
+    end = min(len(data.x_train), count * batch_size)
+    return [data.x_train[i:i + batch_size] for i in range(0, end, batch_size)]
 
 
 def _stage(store: RunStore, data: DataSplits, stage: str, spec, qat: dict | None, train_fn):

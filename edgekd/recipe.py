@@ -16,6 +16,7 @@ from edgekd.distill.api import DistillConfig
 from edgekd.distill.trainer import TrainConfig
 from edgekd.export.api import EXPORTERS
 from edgekd.models.factory import ModelSpec
+from edgekd.quant.ptq import PTQConfig
 from edgekd.quant.qat import QATConfig
 
 SCHEMA_VERSION = 1
@@ -71,6 +72,7 @@ class Recipe(Config):
     student_training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40))
     distill: DistillConfig = field(default_factory=DistillConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    ptq: PTQConfig = field(default_factory=PTQConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     targets: list[str] = field(default_factory=lambda: ["x86-cpu"])
     benchmark: bool = True

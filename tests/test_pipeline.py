@@ -44,8 +44,9 @@ def test_report_has_every_stage_and_artifact(result):
     res, out, _, _ = result
     names = [e.name for e in res.report.entries]
     assert names == ["teacher.pytorch", "student-scratch.pytorch", "student-kd.pytorch",
-                     "student-int8.pytorch", "teacher.onnx", "teacher.openvino", "student-kd.onnx",
-                     "student-kd.openvino", "student-int8.onnx", "student-int8.openvino"]
+                     "student-int8.pytorch", "student-ptq.pytorch", "teacher.onnx", "teacher.openvino",
+                     "student-kd.onnx", "student-kd.openvino", "student-int8.onnx", "student-int8.openvino",
+                     "student-ptq.onnx", "student-ptq.openvino"]
     for e in res.report.entries:
         assert e.size_bytes > 0 and e.accuracy is not None and e.params > 0
         if e.format != "pytorch":
@@ -54,8 +55,8 @@ def test_report_has_every_stage_and_artifact(result):
             assert e.peak_memory_bytes > e.memory["model_peak_bytes"] > 0
             assert e.threads == 1 and e.target == "fast-cpu"
     assert {p.name for p in (out / "models").iterdir()} == {
-        "teacher.pt", "student-scratch.pt", "student-kd.pt", "student-int8.pt"}
-    assert len(list((out / "bench").glob("*.json"))) == 6
+        "teacher.pt", "student-scratch.pt", "student-kd.pt", "student-int8.pt", "student-ptq.pt"}
+    assert len(list((out / "bench").glob("*.json"))) == 8
 
 
 def test_report_json_is_versioned_and_readable(result):

@@ -32,9 +32,10 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("max_val", torch.tensor(float("-inf")))
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
-        self.observing = False  # calibration: widen the range with min/max
+        self.observing = False  # calibration: widen the range with min/max (or ``observer``)
         self.tracking = False  # QAT: follow the range by moving average
         self.enabled = True  # fake-quantize in forward
+        self.observer = None  # during calibration: an edgekd.quant.observers observer
 
     @property
     def calibrated(self) -> bool:
@@ -52,12 +53,23 @@ class ActivationQuantizer(nn.Module):
         lo, hi = x.min(), x.max()
         if not torch.isfinite(lo) or not torch.isfinite(hi):
             return  # a NaN/inf batch must not poison the range; the trainer reports it
+        if self.observing and self.observer is not None:
+            self.observer.update(x)
+            return
         if self.observing or not self.calibrated:
             self.min_val.copy_(torch.minimum(self.min_val, lo))
             self.max_val.copy_(torch.maximum(self.max_val, hi))
         else:
             self.min_val.lerp_(lo, self.momentum)
             self.max_val.lerp_(hi, self.momentum)
+        self.scale.copy_(self._scale())
+        self.zero_point.copy_(self._zero_point())
+
+    @torch.no_grad()
+    def set_range(self, lo: float, hi: float) -> None:
+        """Cover the real interval [lo, hi] (widened to contain 0)."""
+        self.min_val.fill_(lo)
+        self.max_val.fill_(hi)
         self.scale.copy_(self._scale())
         self.zero_point.copy_(self._zero_point())
 

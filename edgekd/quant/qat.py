@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from edgekd.config import Config, FieldError
+from edgekd.config import Config, FieldError, check_name
 from edgekd.errors import QuantizationError
 from edgekd.quant.fake_quant import (
     QUANT_LAYERS,
@@ -55,6 +55,9 @@ class QATConfig(Config):
         epochs: fine-tuning epochs with the teacher guiding.
         lr: learning rate (smaller than float training: the weights are nearly right).
         calibration_batches: batches used to calibrate activation ranges before fine-tuning.
+        observer: how calibration sets activation ranges: minmax, moving_average, percentile or
+            mse (``edgekd.quant.observers``).
+        percentile: the percentile of the ``percentile`` observer.
         freeze_observers_epoch: activation ranges follow the data until this epoch, then stay fixed.
         momentum: moving-average factor of activation ranges during QAT.
         weight_bits: weight precision (int8 in this version).
@@ -65,6 +68,8 @@ class QATConfig(Config):
     epochs: int = 4
     lr: float = 2e-4
     calibration_batches: int = 8
+    observer: str = "minmax"
+    percentile: float = 99.99
     freeze_observers_epoch: int = 2
     momentum: float = 0.01
     weight_bits: int = 8
@@ -79,6 +84,11 @@ class QATConfig(Config):
             raise FieldError("lr", f"expected a learning rate in (0, 1), got {self.lr}")
         if not 0 < self.momentum <= 1:
             raise FieldError("momentum", f"expected a value in (0, 1], got {self.momentum}")
+        from edgekd.quant.observers import OBSERVERS
+
+        check_name(OBSERVERS, self.observer, "observer")
+        if not 50 < self.percentile <= 100:
+            raise FieldError("percentile", f"expected a percentile in (50, 100], got {self.percentile}")
         for name in ("weight_bits", "activation_bits"):
             if getattr(self, name) != 8:
                 raise FieldError(name, f"only 8 bits is supported in this version, got {getattr(self, name)}")
@@ -116,23 +126,32 @@ def activation_quantizers(model: nn.Module) -> list[tuple[str, ActivationQuantiz
 
 
 @torch.no_grad()
-def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
-    """Observe activation ranges (min/max, float activations) on ``batches``; returns batches used.
+def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor], observer: str = "minmax",
+              **observer_options) -> int:
+    """Observe activation ranges on ``batches`` (float activations) with ``observer`` (see
+    ``edgekd.quant.observers``: minmax, moving_average, percentile, mse); returns batches used.
 
     Raises:
         QuantizationError: no batch was given, or a quantizer never saw data.
     """
+    from edgekd.quant.observers import OBSERVERS
+
+    factory = OBSERVERS.get(observer)
     quantizers = activation_quantizers(model)
     was_training = model.training
     model.eval()
     for _, q in quantizers:
         q.observing, q.enabled = True, False
+        q.observer = factory(**observer_options)
     count = 0
     for x in batches:
         model(x)
         count += 1
     for _, q in quantizers:
-        q.observing, q.enabled = False, True
+        seen = q.observer.range()
+        if all(abs(v) != float("inf") for v in seen):
+            q.set_range(*seen)
+        q.observing, q.enabled, q.observer = False, True, None
     model.train(was_training)
     if count == 0:
         raise QuantizationError("calibration got no batches; give at least one batch of inputs")
@@ -141,6 +160,11 @@ def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor]) -> int:
         raise QuantizationError(f"activation quantizer(s) {', '.join(missing)} saw no data during "
                                 f"calibration (or only NaN/inf values)")
     return count
+
+
+def observer_options(config: "QATConfig") -> dict:
+    """Keyword options of ``config.observer`` for ``calibrate``."""
+    return {"percentile": config.percentile} if config.observer == "percentile" else {}
 
 
 def set_range_tracking(model: nn.Module, on: bool) -> None:

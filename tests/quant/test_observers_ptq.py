@@ -1,0 +1,92 @@
+"""Range observers by hand, PTQ through the API, the CLI and the pipeline."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgekd.quant.observers import OBSERVERS, fake_quantize, list_observers
+
+
+def _observe(name, batches, **kw):
+    obs = OBSERVERS.get(name)(**kw)
+    for b in batches:
+        obs.update(torch.as_tensor(b, dtype=torch.float32))
+    return obs.range()
+
+
+def test_minmax_and_moving_average_by_hand():
+    batches = [[0.0, 1.0], [-2.0, 3.0]]
+    assert _observe("minmax", batches) == (-2.0, 3.0)
+    lo, hi = _observe("moving_average", batches, momentum=0.5)  # first batch, then halfway
+    assert (lo, hi) == pytest.approx((-1.0, 2.0))
+
+
+def test_percentile_clips_a_rare_outlier_minmax_keeps_it():
+    values = torch.linspace(-1, 1, 10_001)
+    values[0] = 100.0
+    assert _observe("minmax", [values])[1] == 100.0
+    lo, hi = _observe("percentile", [values], percentile=99.9)
+    assert hi < 1.01 and lo == pytest.approx(-0.998, abs=0.01)
+
+
+def test_mse_picks_the_range_with_least_quantization_error():
+    torch.manual_seed(0)
+    laplace = torch.distributions.Laplace(0.0, 1.0).sample((20_000,))
+    lo, hi = _observe("mse", [laplace], max_samples=160_000)  # every value kept: exact comparison
+    full = _observe("minmax", [laplace])
+    err = lambda a, b: float(((fake_quantize(laplace, a, b) - laplace) ** 2).mean())  # noqa: E731
+    assert hi < full[1] and err(lo, hi) < err(*full)
+    for shrink in (0.5, 0.7, 0.9):  # no other clipping on the grid does better
+        assert err(lo, hi) <= err(full[0] * shrink, full[1] * shrink)
+    uniform = torch.rand(20_000) * 2 - 1
+    assert _observe("mse", [uniform])[1] == pytest.approx(1.0, abs=0.05)
+
+
+def test_every_observer_gives_a_range_containing_the_bulk():
+    x = torch.randn(4, 1000)
+    for name in list_observers():
+        lo, hi = _observe(name, list(x))
+        assert lo < -1 and hi > 1, name
+
+
+def test_ptq_keeps_accuracy_and_uses_the_observer(digits, float_student):
+    from edgekd.distill import evaluate
+    from edgekd.quant import PTQConfig, post_training_quantize
+
+    batches = [digits.x_train[i:i + 64] for i in range(0, 512, 64)]
+    float_acc = evaluate(float_student, digits.x_test, digits.y_test)
+    for observer in ("minmax", "mse"):
+        int8 = post_training_quantize(float_student, batches, PTQConfig(observer=observer))
+        assert evaluate(int8, digits.x_test, digits.y_test) >= float_acc - 0.03, observer
+
+
+def test_ptq_command_writes_int8_checkpoint_and_export(tmp_path, float_student, digits):
+    from edgekd.cli import main
+    from edgekd.models import ModelSpec, load_checkpoint, save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "student.pt", float_student, ModelSpec(arch="cnn-student-s"),
+                           in_channels=1, num_classes=10, input_shape=(1, 8, 8))
+    result = CliRunner().invoke(main, ["ptq", str(ckpt), "--observer", "percentile", "--batches", "4",
+                                       "--out", str(tmp_path), "-f", "onnx"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "PTQ (percentile, 4 batches): test accuracy float" in result.output
+    int8, meta = load_checkpoint(tmp_path / "student-ptq.pt")
+    assert meta["qat"]["observer"] == "percentile" and (tmp_path / "student-ptq.onnx").is_file()
+    bad = CliRunner().invoke(main, ["ptq", str(ckpt), "--observer", "minmx"])
+    assert bad.exit_code == 2 and "did you mean 'minmax'" in bad.output
+
+
+def test_pipeline_ptq_stage_is_reported_next_to_qat(tmp_path):
+    import edgekd.pipeline as pipeline
+    from edgekd.recipe import demo_recipe
+
+    recipe = demo_recipe()
+    recipe.teacher_training.epochs = recipe.student_training.epochs = 3
+    recipe.qat.epochs, recipe.qat.freeze_observers_epoch = 1, 1
+    recipe.ptq.enabled = True
+    recipe.export.formats, recipe.benchmark, recipe.budgets = ["onnx"], False, []
+    result = pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
+    names = [e.name for e in result.report.entries]
+    assert {"student-ptq.pytorch", "student-ptq.onnx", "student-int8.onnx"} <= set(names)
+    ptq = result.report.entry("student-ptq.onnx")
+    assert ptq.agreement >= 0.99  # onnxruntime runs what the PTQ simulation computed
