@@ -10,11 +10,16 @@ Quantization follows the affine scheme of Jacob et al. 2018 (q = clamp(round(x /
   declared with [-128, 127] because that is what the TorchScript ONNX exporter accepts.
 
 Gradients pass straight through inside the range and are zero outside it (Bengio et al. 2013),
-which is what ``torch.fake_quantize_*`` implement. ``freeze()`` turns every scale and zero point
+which is what ``torch.fake_quantize_*`` implement. With ``make_learnable`` (QAT option
+``learnable_scales``) the scales are parameters trained with the weights, LSQ (Esser et al.
+2020): the gradient of the scale is the LSQ step-size gradient, scaled by 1 / sqrt(N * Qmax)
+(``torch._fake_quantize_learnable_*``); activation zero points stay as calibrated. ``freeze()`` turns every scale and zero point
 into a constant buffer, so the exported graph holds constants, never a scale computed at run time.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -36,17 +41,36 @@ class ActivationQuantizer(nn.Module):
         self.tracking = False  # QAT: follow the range by moving average
         self.enabled = True  # fake-quantize in forward
         self.observer = None  # during calibration: an edgekd.quant.observers observer
+        self.learnable = False  # LSQ: ``learned_scale`` is trained (see make_learnable)
+        self.frozen = False
 
     @property
     def calibrated(self) -> bool:
         return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
+
+    def make_learnable(self) -> None:
+        """LSQ: the scale becomes a parameter (initialised from calibration, trained with QAT)."""
+        self.learnable = True
+        self.learned_scale = nn.Parameter(self.scale.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing or self.tracking:
             self._observe(x.detach())
         if not self.enabled or not self.calibrated:
             return x
+        if self.learnable and not self.frozen:
+            grad_factor = 1.0 / math.sqrt(x.numel() * QMAX)
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.learned_scale.abs().clamp_min(1e-8).reshape(1),
+                self.zero_point.float().reshape(1), QMIN, QMAX, grad_factor)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Fix the scale (a learned one is copied into the constant buffer the export reads)."""
+        if self.learnable:
+            self.scale.copy_(self.learned_scale.abs().clamp_min(1e-8))
+        self.frozen = True
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
@@ -56,6 +80,8 @@ class ActivationQuantizer(nn.Module):
         if self.observing and self.observer is not None:
             self.observer.update(x)
             return
+        if self.learnable and not self.observing:
+            return  # LSQ: the scale is learned, not tracked
         if self.observing or not self.calibrated:
             self.min_val.copy_(torch.minimum(self.min_val, lo))
             self.max_val.copy_(torch.maximum(self.max_val, hi))
@@ -72,6 +98,8 @@ class ActivationQuantizer(nn.Module):
         self.max_val.fill_(hi)
         self.scale.copy_(self._scale())
         self.zero_point.copy_(self._zero_point())
+        if self.learnable:
+            self.learned_scale.copy_(self.scale)
 
     def _scale(self) -> torch.Tensor:
         lo, hi = torch.clamp(self.min_val, max=0.0), torch.clamp(self.max_val, min=0.0)
@@ -94,8 +122,24 @@ class PerChannelWeightQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(channels))
         self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
         self.frozen = False
+        self.learnable = False
+
+    def make_learnable(self) -> None:
+        """LSQ: per-channel scales become parameters, initialised to max|w| / 127 on first use."""
+        self.learnable = True
+        self.learned_scale = nn.Parameter(torch.ones_like(self.scale))
+        self.register_buffer("initialised", torch.tensor(False))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:  # (Cout, ...) -> same
+        if self.learnable and not self.frozen:
+            if not self.initialised:
+                with torch.no_grad():
+                    self.learned_scale.copy_(self.compute_scale(w))
+                    self.initialised.fill_(True)
+            grad_factor = 1.0 / math.sqrt(w.numel() * QMAX)
+            return torch._fake_quantize_learnable_per_channel_affine(
+                w, self.learned_scale.abs().clamp_min(1e-8), self.zero_point.float(), 0, QMIN, QMAX,
+                grad_factor)
         if not self.frozen:
             with torch.no_grad():
                 self.scale.copy_(self.compute_scale(w))
@@ -103,8 +147,12 @@ class PerChannelWeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def freeze(self, w: torch.Tensor) -> None:
-        """Fix the scales to those of the final weights ``w``; forward then uses constants only."""
-        self.scale.copy_(self.compute_scale(w))
+        """Fix the scales (learned ones, or those of the final weights ``w``); forward then uses
+        constants only."""
+        if self.learnable and self.initialised:
+            self.scale.copy_(self.learned_scale.abs().clamp_min(1e-8))
+        else:
+            self.scale.copy_(self.compute_scale(w))
         self.frozen = True
 
     @staticmethod

@@ -60,6 +60,8 @@ class QATConfig(Config):
         percentile: the percentile of the ``percentile`` observer.
         freeze_observers_epoch: activation ranges follow the data until this epoch, then stay fixed.
         momentum: moving-average factor of activation ranges during QAT.
+        learnable_scales: LSQ (Esser et al. 2020): weight and activation scales are parameters
+            trained with the weights (initialised from calibration), not tracked by moving average.
         weight_bits: weight precision (int8 in this version).
         activation_bits: activation precision (int8 in this version).
     """
@@ -72,6 +74,7 @@ class QATConfig(Config):
     percentile: float = 99.99
     freeze_observers_epoch: int = 2
     momentum: float = 0.01
+    learnable_scales: bool = False
     weight_bits: int = 8
     activation_bits: int = 8
 
@@ -118,6 +121,10 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
         _ensure_input_quantized(gm, node, outputs, momentum)
     gm.graph.lint()
     gm.recompile()
+    if config.learnable_scales:
+        for module in gm.modules():
+            if isinstance(module, (ActivationQuantizer, PerChannelWeightQuantizer)):
+                module.make_learnable()
     return gm
 
 
@@ -179,6 +186,8 @@ def freeze(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, QUANT_LAYERS):
             module.weight_quant.freeze(module.weight)
+        elif isinstance(module, ActivationQuantizer):
+            module.freeze()
     return model.eval()
 
 
@@ -186,7 +195,7 @@ def rebuild_frozen(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     """The structure of a frozen QAT model, to load a saved int8 checkpoint's state dict into."""
     gm = prepare_qat(model, config)
     for module in gm.modules():
-        if isinstance(module, PerChannelWeightQuantizer):
+        if isinstance(module, (PerChannelWeightQuantizer, ActivationQuantizer)):
             module.frozen = True
     return gm.eval()
 

@@ -90,3 +90,34 @@ def test_pipeline_ptq_stage_is_reported_next_to_qat(tmp_path):
     assert {"student-ptq.pytorch", "student-ptq.onnx", "student-int8.onnx"} <= set(names)
     ptq = result.report.entry("student-ptq.onnx")
     assert ptq.agreement >= 0.99  # onnxruntime runs what the PTQ simulation computed
+
+
+def test_lsq_learns_scales_and_exports_them_as_constants(tmp_path, digits, float_student):
+    import copy
+
+    from edgekd.distill import DistillConfig, TrainConfig, distill, evaluate
+    from edgekd.export import export
+    from edgekd.models import ModelSpec, load_checkpoint, save_checkpoint
+    from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
+    from edgekd.quant.fake_quant import ActivationQuantizer
+    from edgekd.runtime import evaluate_session, open_session
+
+    cfg = QATConfig(learnable_scales=True)
+    q = prepare_qat(copy.deepcopy(float_student), cfg)
+    calibrate(q, [digits.x_train[i:i + 64] for i in range(0, 512, 64)])
+    acts = [m for m in q.modules() if isinstance(m, ActivationQuantizer)]
+    before = [float(m.learned_scale.detach()) for m in acts]
+    assert before == [float(m.scale) for m in acts]  # LSQ starts from calibration
+    distill(q, float_student, digits, DistillConfig(), TrainConfig(epochs=2, lr=1e-3, weight_decay=0.0))
+    freeze(q)
+    after = [float(m.scale) for m in acts]
+    assert any(abs(a - b) > 1e-6 for a, b in zip(after, before))  # the scales were trained
+    assert evaluate(q, digits.x_test, digits.y_test) > 0.9
+    [onnx] = export(q, ["onnx"], tmp_path, "lsq", digits.input_shape)
+    reference = q(digits.x_test).argmax(1).numpy()
+    result = evaluate_session(open_session(onnx.path), digits.x_test.numpy(), digits.y_test.numpy(), reference)
+    assert result.agreement >= 0.99
+    ckpt = save_checkpoint(tmp_path / "lsq.pt", q, ModelSpec(arch="cnn-student-s"), in_channels=1,
+                           num_classes=10, input_shape=(1, 8, 8), qat=cfg.to_dict())
+    loaded, _ = load_checkpoint(ckpt)
+    assert (loaded(digits.x_test).argmax(1).numpy() == reference).mean() == 1.0
