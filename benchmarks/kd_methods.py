@@ -78,12 +78,8 @@ def one_method(name: str, terms, data, teacher, init, seed: int, epochs: int) ->
 
 def label_budget(data, teacher, init, seed: int, epochs: int) -> dict:
     """10% of the labels alone vs the full train split with no label at all."""
-    import dataclasses
-
-    from edgekd.data.datasets import _labelled_mask
-
-    few = dataclasses.replace(data, train_labelled=_labelled_mask(data.y_train, 0.1, seed))
-    none = dataclasses.replace(data, train_labelled=torch.zeros(len(data.y_train), dtype=torch.bool))
+    few = data.with_label_fraction(0.1, seed)
+    none = data.with_label_fraction(0.0, seed)
     scratch = copy.deepcopy(init)
     # same number of optimizer steps: the 10% set gets 10x the epochs
     train_scratch(scratch, few, TrainConfig(epochs=epochs * 10, seed=seed), augment_shift=1)

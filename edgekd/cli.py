@@ -162,14 +162,14 @@ def ptq(model: str, source: str, observer: str, batches: int, percentile: float,
     if meta.get("qat"):
         raise click.UsageError(f"{model} is already an int8 checkpoint; give a float one")
     data = load_data(DataConfig(source=source))
-    calibration = [data.x_train[i:i + 64] for i in range(0, min(len(data.x_train), batches * 64), 64)]
+    calibration = data.calibration_batches(64, batches)
     int8 = post_training_quantize(float_model, calibration, config)
     name = f"{Path(model).stem}-ptq"
-    from edgekd.models.factory import ModelSpec
+    from edgekd.models.factory import checkpoint_spec
 
-    spec = ModelSpec.from_dict({k: v for k, v in meta["model"].items() if k in ("arch", "kwargs", "checkpoint")})
-    path = save_checkpoint(Path(out) / f"{name}.pt", int8, spec, in_channels=meta["model"]["in_channels"],
-                           num_classes=meta["model"]["num_classes"], input_shape=tuple(meta["input_shape"]),
+    spec, in_channels, num_classes = checkpoint_spec(meta)
+    path = save_checkpoint(Path(out) / f"{name}.pt", int8, spec, in_channels=in_channels,
+                           num_classes=num_classes, input_shape=tuple(meta["input_shape"]),
                            qat=config.qat_config().to_dict(), extra={"ptq": config.to_dict()})
     before = evaluate(float_model, data.x_test, data.y_test)
     after = evaluate(int8, data.x_test, data.y_test)

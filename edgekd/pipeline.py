@@ -135,8 +135,8 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     tick = time.perf_counter()
     ptq_qat = recipe.ptq.qat_config().to_dict()
     ptq = (_stage(store, data, "student-ptq", recipe.student, ptq_qat, lambda ckpt: (
-        post_training_quantize(student, _calibration_batches(data, recipe.data.batch_size,
-                                                             recipe.ptq.calibration_batches), recipe.ptq), None))
+        post_training_quantize(student, data.calibration_batches(recipe.data.batch_size,
+                                                                 recipe.ptq.calibration_batches), recipe.ptq), None))
         if recipe.ptq.enabled else (None, None))
     timings["ptq"] = time.perf_counter() - tick
     cache = find_cache(provider)
@@ -252,7 +252,7 @@ def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict,
     """int8 fine-tuning of the distilled student, with the teacher still guiding it."""
     cfg = recipe.qat
     model = prepare_qat(copy.deepcopy(student), cfg)
-    batches = _calibration_batches(data, recipe.data.batch_size, cfg.calibration_batches)
+    batches = data.calibration_batches(recipe.data.batch_size, cfg.calibration_batches)
     calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False), cfg.observer,
               **observer_options(cfg))
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, seed=recipe.student_training.seed)
@@ -260,12 +260,6 @@ def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict,
                      on_epoch_start=lambda epoch: set_range_tracking(model, epoch < cfg.freeze_observers_epoch),
                      checkpoint=checkpoint, **fit)
     return freeze(model), result
-
-
-def _calibration_batches(data: DataSplits, batch_size: int, count: int) -> list[torch.Tensor]:
-    """The first ``count`` training batches (un-augmented), for observers."""
-    end = min(len(data.x_train), count * batch_size)
-    return [data.x_train[i:i + batch_size] for i in range(0, end, batch_size)]
 
 
 def _stage(store: RunStore, data: DataSplits, stage: str, spec, qat: dict | None, train_fn):

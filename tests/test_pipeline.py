@@ -5,17 +5,12 @@ import json
 import pytest
 
 from edgekd.pipeline import run
-from edgekd.recipe import demo_recipe
+from tests.recipes import short_recipe as shortened
 
 
 @pytest.fixture(scope="module")
 def short_recipe():
-    recipe = demo_recipe()
-    recipe.teacher_training.epochs = 6
-    recipe.student_training.epochs = 6
-    recipe.qat.epochs = 2
-    recipe.qat.freeze_observers_epoch = 1
-    return recipe
+    return shortened(epochs=6, qat_epochs=2, lean=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,11 @@ import pytest
 import edgekd.pipeline as pipeline
 from edgekd.config import dump_yaml
 from edgekd.errors import ConfigError
-from edgekd.recipe import demo_recipe
+from tests.recipes import short_recipe
 
 
 def _small_recipe():
-    recipe = demo_recipe()
-    recipe.teacher_training.epochs = 4
-    recipe.student_training.epochs = 4
-    recipe.qat.epochs = 2
-    recipe.qat.freeze_observers_epoch = 1
-    recipe.export.formats = ["onnx"]
-    recipe.benchmark = False
-    recipe.budgets = []
-    return recipe
+    return short_recipe(epochs=4, qat_epochs=2)
 
 
 def _accuracies(report) -> dict:

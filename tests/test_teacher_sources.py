@@ -3,17 +3,11 @@
 import pytest
 
 import edgekd.pipeline as pipeline
-from edgekd.recipe import demo_recipe
+from tests.recipes import short_recipe
 
 
 def _recipe(**distill):
-    recipe = demo_recipe()
-    recipe.teacher_training.epochs = 3
-    recipe.student_training.epochs = 3
-    recipe.qat.enabled = False
-    recipe.export.formats = ["onnx"]
-    recipe.benchmark = False
-    recipe.budgets = []
+    recipe = short_recipe(epochs=3, qat_epochs=None)
     for key, value in distill.items():
         setattr(recipe.distill, key, value)
     return recipe

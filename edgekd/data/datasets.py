@@ -86,6 +86,16 @@ class DataSplits:
     fingerprint: str  # sha256 of the data and split: changes when either changes
     train_labelled: torch.Tensor | None = None  # (N_train,) bool; None: every label is usable
 
+    def calibration_batches(self, batch_size: int, count: int) -> list[torch.Tensor]:
+        """The first ``count`` training batches, un-augmented, for quantization observers."""
+        end = min(len(self.x_train), count * batch_size)
+        return [self.x_train[i:i + batch_size] for i in range(0, end, batch_size)]
+
+    def with_label_fraction(self, fraction: float, seed: int) -> DataSplits:
+        """A copy whose training may use only ``fraction`` of the train labels (see
+        ``DataConfig.labelled_fraction``)."""
+        return dataclasses.replace(self, train_labelled=_labelled_mask(self.y_train, fraction, seed))
+
     def visible_train_labels(self) -> torch.Tensor:
         """Train labels with -1 where training may not use them.  # (N_train,)"""
         if self.train_labelled is None:
@@ -124,7 +134,7 @@ def load_data(config: DataConfig) -> DataSplits:
     _check_labels(y, len(names), config.source)
     splits = _split(x, y, names, config)
     if config.labelled_fraction < 1.0:
-        splits.train_labelled = _labelled_mask(splits.y_train, config.labelled_fraction, config.seed)
+        splits = splits.with_label_fraction(config.labelled_fraction, config.seed)
     if config.transfer:
         _append_transfer(splits, Path(config.transfer).expanduser())
     return splits

@@ -163,6 +163,17 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def checkpoint_spec(payload: dict) -> tuple[ModelSpec, int, int]:
+    """(ModelSpec, in_channels, num_classes) recorded in a checkpoint dict.
+
+    Raises:
+        KeyError, ConfigError: the record is incomplete or invalid.
+    """
+    info = dict(payload["model"])
+    in_channels, num_classes = info.pop("in_channels"), info.pop("num_classes")
+    return ModelSpec.from_dict(info), in_channels, num_classes
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model saved in an edgekd checkpoint (QAT models come back frozen, in eval mode).
 
@@ -173,10 +184,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         ModelLoadError: unreadable file, or weights that do not fit the recorded architecture.
     """
     payload = read_checkpoint(path)
-    info = dict(payload["model"])
     try:
-        in_channels, num_classes = info.pop("in_channels"), info.pop("num_classes")
-        spec = ModelSpec.from_dict(info)
+        spec, in_channels, num_classes = checkpoint_spec(payload)
         model = create_model(spec, in_channels, num_classes)
     except (KeyError, ConfigError) as err:
         raise ModelLoadError(f"{path}: the checkpoint's model cannot be rebuilt ({err})") from None

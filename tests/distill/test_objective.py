@@ -99,17 +99,14 @@ def test_feature_loss_that_stays_zero_is_an_error(digits):
 
 
 def test_label_fraction_scratch_sees_only_labelled_and_distillation_sees_all(digits, float_student):
-    import dataclasses
-
-    from edgekd.data.datasets import _labelled_mask
     from edgekd.distill import train_scratch
 
-    part = dataclasses.replace(digits, train_labelled=_labelled_mask(digits.y_train, 0.1, 0))
+    part = digits.with_label_fraction(0.1, 0)
     assert int(part.train_labelled.sum()) == pytest.approx(0.1 * len(digits.y_train), abs=10)
     torch.manual_seed(0)
     scratch = create_model("cnn-student-s")
     train_scratch(scratch, part, TrainConfig(epochs=2))
-    no_labels = dataclasses.replace(digits, train_labelled=torch.zeros(len(digits.y_train), dtype=torch.bool))
+    no_labels = digits.with_label_fraction(0.0, 0)
     with pytest.raises(TrainingError, match="no labelled training samples"):
         train_scratch(create_model("cnn-student-s"), no_labels, TrainConfig(epochs=1))
     student = create_model("cnn-student-s")

@@ -78,13 +78,10 @@ def test_ptq_command_writes_int8_checkpoint_and_export(tmp_path, float_student, 
 
 def test_pipeline_ptq_stage_is_reported_next_to_qat(tmp_path):
     import edgekd.pipeline as pipeline
-    from edgekd.recipe import demo_recipe
+    from tests.recipes import short_recipe
 
-    recipe = demo_recipe()
-    recipe.teacher_training.epochs = recipe.student_training.epochs = 3
-    recipe.qat.epochs, recipe.qat.freeze_observers_epoch = 1, 1
+    recipe = short_recipe(epochs=3, qat_epochs=1)
     recipe.ptq.enabled = True
-    recipe.export.formats, recipe.benchmark, recipe.budgets = ["onnx"], False, []
     result = pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
     names = [e.name for e in result.report.entries]
     assert {"student-ptq.pytorch", "student-ptq.onnx", "student-int8.onnx"} <= set(names)

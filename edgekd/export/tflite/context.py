@@ -158,9 +158,7 @@ class Context:
         """
         if not self.int8:
             return self.float_const(values, name)
-        if quant is None or quant.per_channel and values.size and len(quant.scale) != values.size:
-            quant = range_quant(float(values.min(initial=0.0)), float(values.max(initial=0.0)))
-        if quant.per_channel:  # per-channel constant operands are expanded to per-element scales
+        if quant is None or quant.per_channel:  # element-wise operands take one per-tensor scale
             quant = range_quant(float(values.min(initial=0.0)), float(values.max(initial=0.0)))
         return self.b.tensor(name, values.shape, np.int8, data=quant.quantize(values), quant=quant)
 
