@@ -141,13 +141,18 @@ def run_cmd(recipe: str, out: str | None, cache: str | None, resume: bool) -> No
               help="Export format(s) of the int8 model; repeat for several.")
 @click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Output folder for <name>-ptq.pt and its exports.")
+@click.option("--target", default=None,
+              help="Target profile whose integer arithmetic to simulate (see `edgekd targets`) "
+                   "[default: edgekd's int8 scheme, which every local runtime runs].")
 def ptq(model: str, source: str, observer: str, batches: int, percentile: float,
-        formats: tuple[str, ...], out: str) -> None:
+        formats: tuple[str, ...], out: str, target: str | None) -> None:
     """Post-training quantization of MODEL (an edgekd float checkpoint .pt): calibration only.
 
-    The same int8 simulation as QAT (BatchNorm folded, per-channel int8 weights, per-tensor int8
+    The same integer simulation as QAT (BatchNorm folded; weights and activations as --target's
+    quantization scheme says, by default per-channel int8 weights and per-tensor int8
     activations) with ranges set by --observer on --batches training batches; then the int8
-    checkpoint and its exports are written, and float vs int8 test accuracy is printed.
+    checkpoint and its exports are written, the ONNX export is validated against the scheme, and
+    float vs int8 test accuracy is printed.
     """
     from edgekd.data.datasets import DataConfig, load_data
     from edgekd.distill.trainer import evaluate
@@ -156,28 +161,71 @@ def ptq(model: str, source: str, observer: str, batches: int, percentile: float,
     from edgekd.quant import PTQConfig, post_training_quantize
     from edgekd.units import format_size
 
+    from edgekd.quant import QATConfig
+
     config = PTQConfig.from_dict({"enabled": True, "observer": observer, "calibration_batches": batches,
                                   "percentile": percentile})
+    simulation = QATConfig(target=target).resolved()
     float_model, meta = load_checkpoint(model)
     if meta.get("qat"):
         raise click.UsageError(f"{model} is already an int8 checkpoint; give a float one")
     data = load_data(DataConfig(source=source))
     calibration = data.calibration_batches(64, batches)
-    int8 = post_training_quantize(float_model, calibration, config)
+    int8 = post_training_quantize(float_model, calibration, config, simulation)
     name = f"{Path(model).stem}-ptq"
     from edgekd.models.factory import checkpoint_spec
 
     spec, in_channels, num_classes = checkpoint_spec(meta)
     path = save_checkpoint(Path(out) / f"{name}.pt", int8, spec, in_channels=in_channels,
                            num_classes=num_classes, input_shape=tuple(meta["input_shape"]),
-                           qat=config.qat_config().to_dict(), extra={"ptq": config.to_dict()})
+                           qat=config.qat_config(simulation).to_dict(), extra={"ptq": config.to_dict()})
     before = evaluate(float_model, data.x_test, data.y_test)
     after = evaluate(int8, data.x_test, data.y_test)
     click.echo(f"PTQ ({observer}, {len(calibration)} batches): test accuracy float {100 * before:.2f}% -> "
                f"int8 {100 * after:.2f}% ({100 * (after - before):+.2f} points)")
     click.echo(f"int8 checkpoint {path}")
+    from edgekd.quant.validate import validate_onnx
+
     for a in export(int8, list(formats), out, name, tuple(meta["input_shape"])):
         click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
+        if a.format == "onnx":
+            click.echo(validate_onnx(a.path, simulation.scheme).summary())
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--target", required=True,
+              help="Target profile name or YAML path whose quantization scheme to check against.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Also write the violations as JSON to this file.")
+def validate(artifact: str, target: str, json_out: str | None) -> None:
+    """Check a quantized ARTIFACT (.onnx, QDQ) against --target's quantization scheme.
+
+    Reads the integer arithmetic back from the graph: weight and activation dtypes, symmetry,
+    per-channel scales, narrow range, fixed output scales (softmax), scales shared through pools,
+    reshapes and concat, and, on integer-only targets, any op left in float. Prints each
+    violation with its node. Exit 0: conforms; 1: violations; 2: bad input.
+    """
+    import json
+
+    from edgekd import atomic
+    from edgekd.errors import ConfigError
+    from edgekd.quant.validate import validate_onnx
+    from edgekd.targets import load_target
+
+    profile = load_target(target)
+    if Path(artifact).suffix != ".onnx":
+        raise ConfigError(f"{artifact}: validate reads QDQ ONNX files (the file every other format "
+                          f"is converted from); give the .onnx export")
+    if profile.quantization is None:
+        raise ConfigError(f"target {profile.name!r} states no quantization scheme (no "
+                          f"`quantization:` section in its profile)")
+    result = validate_onnx(artifact, profile.quantization)
+    click.echo(f"target {profile.name}: " + result.summary())
+    if json_out:
+        atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+    if not result.passed:
+        sys.exit(1)
 
 
 @main.command("export")
@@ -240,6 +288,7 @@ def bench(artifact: str, target: str, runtime: str | None, threads: int | None, 
     from edgekd.units import format_size
 
     profile = load_target(target)
+    profile.require_reachable("benchmark")
     runtime = runtime or runtime_for(artifact)
     if runtime not in profile.runtimes:
         raise ConfigError(f"target {profile.name!r} has no runtime {runtime!r}; it lists "
@@ -289,8 +338,12 @@ def targets() -> None:
     from edgekd.targets import list_targets
 
     for t in list_targets():
-        click.echo(f"{t.name:14s} {t.connection:6s} threads={t.threads} runtimes={','.join(t.runtimes)}"
-                   f"  {t.description}")
+        scheme = t.quantization
+        quant = (f"W {scheme.weights.dtype}{'/pc' if scheme.weights.per_channel else ''} "
+                 f"A {scheme.activations.dtype}{' sym' if scheme.activations.symmetric else ''}"
+                 if scheme is not None else "int8 (default)")
+        click.echo(f"{t.name:16s} {t.connection:6s} threads={t.threads} runtimes={','.join(t.runtimes):28s} "
+                   f"quant: {quant:22s} {t.description}")
 
 
 @main.command("list")

@@ -47,6 +47,7 @@ from edgekd.models.transfer import init_from_teacher
 from edgekd.progress import progress
 from edgekd.quant.ptq import post_training_quantize
 from edgekd.quant.qat import calibrate, freeze, observer_options, prepare_qat, set_range_tracking
+from edgekd.quant.validate import validate_onnx
 from edgekd.recipe import Recipe
 from edgekd.report import Entry, Report, environment
 from edgekd.resume import RunStore
@@ -80,6 +81,10 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     init_from_env()
     lead = Distributed.current().rank == 0
     targets = [load_target(t) for t in recipe.targets]  # fail on a bad target before training
+    for target in targets:
+        target.require_reachable("run the recipe's artifacts (recipe targets)")
+    qat_config = recipe.qat.resolved(recipe.targets[0])  # the arithmetic QAT and PTQ simulate
+    scheme = qat_config.scheme
     timings: dict[str, float] = {}
 
     tick = time.perf_counter()
@@ -127,16 +132,18 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     timings["student_kd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    int8, qat_fit = (_stage(store, data, "student-int8", recipe.student, recipe.qat.to_dict(),
-                            lambda ckpt: _qat(student, provider, data, recipe, {**fit, **provider_fit}, ckpt))
+    int8, qat_fit = (_stage(store, data, "student-int8", recipe.student, qat_config.to_dict(),
+                            lambda ckpt: _qat(student, provider, data, recipe, qat_config,
+                                              {**fit, **provider_fit}, ckpt))
                      if recipe.qat.enabled else (None, None))
     timings["qat"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    ptq_qat = recipe.ptq.qat_config().to_dict()
+    ptq_qat = recipe.ptq.qat_config(qat_config).to_dict()
     ptq = (_stage(store, data, "student-ptq", recipe.student, ptq_qat, lambda ckpt: (
         post_training_quantize(student, data.calibration_batches(recipe.data.batch_size,
-                                                                 recipe.ptq.calibration_batches), recipe.ptq), None))
+                                                                 recipe.ptq.calibration_batches), recipe.ptq,
+                               qat_config), None))
         if recipe.ptq.enabled else (None, None))
     timings["ptq"] = time.perf_counter() - tick
     cache = find_cache(provider)
@@ -152,7 +159,7 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     if teacher is not None:
         models = {"teacher": (teacher, recipe.teacher, None), **models}
     if int8 is not None:
-        models["student-int8"] = (int8, recipe.student, recipe.qat.to_dict())
+        models["student-int8"] = (int8, recipe.student, qat_config.to_dict())
     if ptq[0] is not None:
         models["student-ptq"] = (ptq[0], recipe.student, ptq_qat)
     fits = {"teacher": teacher_note, "student-scratch": scratch_fit, "student-kd": kd_fit,
@@ -184,6 +191,10 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
                                data.input_shape, opset=recipe.export.opset,
                                options=recipe.export.options(quantized=stage in ("student-int8", "student-ptq"))):
             artifacts.append((stage, artifact))
+    validations = {stage: validate_onnx(a.path, scheme) for stage, a in artifacts
+                   if a.format == "onnx" and stage in ("student-int8", "student-ptq")}
+    for stage, validation in validations.items():
+        log(validation.summary())
     timings["export"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -193,6 +204,8 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
             if artifact.runtime not in target.runtimes:
                 continue
             entries.append(_artifact_entry(stage, artifact, target, data, references[stage], params[stage]))
+            if stage in validations and artifact.format == "onnx":
+                entries[-1].info["quantization"] = {"target": qat_config.target, **validations[stage].to_dict()}
     timings["parity"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -247,10 +260,10 @@ def _teacher(recipe: Recipe, data: DataSplits, cache_dir, fit: dict, log: Log, s
     return teacher, result
 
 
-def _qat(student, teacher, data: DataSplits, recipe: Recipe, fit: dict,
+def _qat(student, teacher, data: DataSplits, recipe: Recipe, cfg, fit: dict,
          checkpoint: Path | None = None) -> tuple[torch.nn.Module, TrainResult]:
-    """int8 fine-tuning of the distilled student, with the teacher still guiding it."""
-    cfg = recipe.qat
+    """int8 fine-tuning of the distilled student (``cfg``: the resolved QATConfig), with the
+    teacher still guiding it."""
     model = prepare_qat(copy.deepcopy(student), cfg)
     batches = data.calibration_batches(recipe.data.batch_size, cfg.calibration_batches)
     calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False), cfg.observer,

@@ -1,7 +1,11 @@
 """Target profiles: YAML files in ``targets/`` that describe a device and how to run on it.
 
 A profile names the runtimes to use (with per-runtime options such as onnxruntime providers or
-the OpenVINO device and precision hint), the thread count, and benchmark settings. Profiles are
+the OpenVINO device and precision hint), the thread count, benchmark settings, and the integer
+arithmetic of its kernels (``quantization:``, an ``edgekd.quant.scheme.QuantScheme``) that QAT and
+PTQ simulate and the artifact validator checks against. A profile with ``connection: none``
+describes a device edgekd cannot reach in this version (an NPU, a phone, a microcontroller): it
+drives quantization and validation only, and benchmarking on it is refused. Profiles are
 found by name in the built-in folder (the repository's ``targets/``, or
 ``<prefix>/share/edgekd/targets`` in a wheel install), in folders listed in ``EDGEKD_TARGETS``
 (os.pathsep-separated), or given as a path to a YAML file.
@@ -17,7 +21,8 @@ from typing import Any, Literal
 
 from edgekd.bench.harness import BenchSettings
 from edgekd.config import Config, FieldError, check_name, load_yaml
-from edgekd.errors import UnknownNameError
+from edgekd.errors import ConfigError, UnknownNameError
+from edgekd.quant.scheme import QuantScheme
 from edgekd.runtime.api import RUNTIMES
 
 SCHEMA_VERSION = 1
@@ -30,21 +35,24 @@ class TargetProfile(Config):
     Attributes:
         name: the profile's name (matches its file name).
         description: one line for ``edgekd targets``.
-        connection: how the device is reached; "local" in this version (ssh/adb come later).
+        connection: how the device is reached: "local", or "none" for a device edgekd cannot
+            reach in this version (quantization scheme and validation only; ssh/adb come later).
         device: device class, e.g. "cpu".
         threads: inference threads (recorded with every result).
         runtimes: runtime name -> options (onnxruntime: providers; openvino: device, precision_hint).
         benchmark: measurement settings.
+        quantization: the integer arithmetic of the target's kernels (``edgekd.quant.scheme``).
         version: schema version of this file.
     """
 
     name: str
     description: str = ""
-    connection: Literal["local"] = "local"
+    connection: Literal["local", "none"] = "local"
     device: str = "cpu"
     threads: int = 1
     runtimes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"onnxruntime": {}})
     benchmark: BenchSettings = field(default_factory=BenchSettings)
+    quantization: QuantScheme | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -57,6 +65,18 @@ class TargetProfile(Config):
         if self.version > SCHEMA_VERSION:
             raise FieldError("version", f"profile schema {self.version} is newer than this edgekd "
                                         f"supports ({SCHEMA_VERSION})")
+
+    @property
+    def reachable(self) -> bool:
+        """edgekd can run artifacts on this target (parity, benchmark)."""
+        return self.connection != "none"
+
+    def require_reachable(self, what: str) -> None:
+        """Raise ConfigError when edgekd cannot run artifacts on this target (``what``: the task)."""
+        if not self.reachable:
+            raise ConfigError(f"target {self.name!r} has connection: none ({self.description or 'a device edgekd cannot reach'}): "
+                              f"it cannot {what} in this version; it drives quantization (qat.target) and "
+                              f"`edgekd validate` only. Run on a local target, e.g. x86-cpu")
 
     def runtime_options(self, runtime: str) -> dict[str, Any]:
         return dict(self.runtimes.get(runtime) or {})

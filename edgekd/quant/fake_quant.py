@@ -2,12 +2,17 @@
 
 Quantization follows the affine scheme of Jacob et al. 2018 (q = clamp(round(x / s) + z)):
 
-- ``ActivationQuantizer``: per-tensor, asymmetric int8 in [-128, 127]. The range is observed as
-  min/max during calibration, then tracked by an exponential moving average during QAT until it
-  is frozen. The range always includes 0 so that zero (padding, ReLU) is exact.
-- ``PerChannelWeightQuantizer``: symmetric int8 per output channel, s = max|w| / 127, z = 0.
-  Values lie in [-127, 127] (narrow range, as XNNPACK/TFLite and oneDNN expect); the op is
-  declared with [-128, 127] because that is what the TorchScript ONNX exporter accepts.
+- ``ActivationQuantizer``: per tensor, asymmetric (default) or symmetric, over the integer codes
+  [qmin, qmax] of the target's activation dtype (int8 [-128, 127] by default; uint8, int16,
+  uint16). The range is observed as min/max during calibration, then tracked by an exponential
+  moving average during QAT until it is frozen. The range always includes 0 so that zero
+  (padding, ReLU) is exact. A fixed output quantization (TFLite's softmax: 1/256, -128) is set
+  once and never observed.
+- ``PerChannelWeightQuantizer``: symmetric per output channel by default, s = max|w| / qmax,
+  z = 0; int8 values lie in [-127, 127] (narrow range, as XNNPACK/TFLite and oneDNN expect),
+  while the op is declared over the dtype's full range because that is what the TorchScript ONNX
+  exporter accepts. Per-tensor and asymmetric weights (and int4 codes) follow the target's
+  scheme (``edgekd.quant.scheme``).
 
 Gradients pass straight through inside the range and are zero outside it (Bengio et al. 2013),
 which is what ``torch.fake_quantize_*`` implement. With ``make_learnable`` (QAT option
@@ -27,12 +32,34 @@ from torch import nn
 QMIN, QMAX = -128, 127
 
 
-class ActivationQuantizer(nn.Module):
-    """Observe a tensor's range and fake-quantize it per tensor (asymmetric int8)."""
+def affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int,
+                   symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering [lo, hi] (widened to contain 0) with codes [qmin, qmax].
 
-    def __init__(self, momentum: float = 0.01):
+    Symmetric: the zero point is 0 for signed codes (the mid code for unsigned ones) and the
+    scale covers max(|lo|, |hi|). Works elementwise (per-channel weights).
+    """
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    if symmetric:
+        zp = torch.zeros_like(lo) if qmin < 0 else torch.full_like(lo, (qmax + 1) // 2)
+        half = torch.clamp(torch.maximum(-lo / (zp - qmin), hi / (qmax - zp)), min=1e-8)
+        return half.float(), zp.to(torch.int32)
+    scale = torch.clamp((hi - lo) / (qmax - qmin), min=1e-8).float()
+    zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax).to(torch.int32)
+    return scale, zp
+
+
+class ActivationQuantizer(nn.Module):
+    """Observe a tensor's range and fake-quantize it per tensor over codes [qmin, qmax].
+
+    ``fixed``: (scale, zero point) that the op always writes (softmax, sigmoid, tanh on TFLite).
+    """
+
+    def __init__(self, momentum: float = 0.01, qmin: int = QMIN, qmax: int = QMAX,
+                 symmetric: bool = False, fixed: tuple[float, int] | None = None):
         super().__init__()
         self.momentum = momentum
+        self.qmin, self.qmax, self.symmetric, self.fixed = qmin, qmax, symmetric, fixed
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
         self.register_buffer("scale", torch.tensor(1.0))
@@ -43,13 +70,21 @@ class ActivationQuantizer(nn.Module):
         self.observer = None  # during calibration: an edgekd.quant.observers observer
         self.learnable = False  # LSQ: ``learned_scale`` is trained (see make_learnable)
         self.frozen = False
+        if fixed is not None:
+            self.scale.fill_(fixed[0])
+            self.zero_point.fill_(fixed[1])
+            self.min_val.fill_((qmin - fixed[1]) * fixed[0])
+            self.max_val.fill_((qmax - fixed[1]) * fixed[0])
 
     @property
     def calibrated(self) -> bool:
         return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
 
     def make_learnable(self) -> None:
-        """LSQ: the scale becomes a parameter (initialised from calibration, trained with QAT)."""
+        """LSQ: the scale becomes a parameter (initialised from calibration, trained with QAT).
+        A fixed output quantization stays fixed."""
+        if self.fixed is not None:
+            return
         self.learnable = True
         self.learned_scale = nn.Parameter(self.scale.detach().clone())
 
@@ -59,11 +94,11 @@ class ActivationQuantizer(nn.Module):
         if not self.enabled or not self.calibrated:
             return x
         if self.learnable and not self.frozen:
-            grad_factor = 1.0 / math.sqrt(x.numel() * QMAX)
+            grad_factor = 1.0 / math.sqrt(x.numel() * self.qmax)
             return torch._fake_quantize_learnable_per_tensor_affine(
                 x, self.learned_scale.abs().clamp_min(1e-8).reshape(1),
-                self.zero_point.float().reshape(1), QMIN, QMAX, grad_factor)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
+                self.zero_point.float().reshape(1), self.qmin, self.qmax, grad_factor)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     @torch.no_grad()
     def freeze(self) -> None:
@@ -74,6 +109,8 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
+        if self.fixed is not None:
+            return  # the runtime writes this output at a fixed scale
         lo, hi = x.min(), x.max()
         if not torch.isfinite(lo) or not torch.isfinite(hi):
             return  # a NaN/inf batch must not poison the range; the trainer reports it
@@ -88,39 +125,67 @@ class ActivationQuantizer(nn.Module):
         else:
             self.min_val.lerp_(lo, self.momentum)
             self.max_val.lerp_(hi, self.momentum)
-        self.scale.copy_(self._scale())
-        self.zero_point.copy_(self._zero_point())
+        self._update_qparams()
 
     @torch.no_grad()
     def set_range(self, lo: float, hi: float) -> None:
-        """Cover the real interval [lo, hi] (widened to contain 0)."""
+        """Cover the real interval [lo, hi] (widened to contain 0); a fixed output ignores it."""
+        if self.fixed is not None:
+            return
         self.min_val.fill_(lo)
         self.max_val.fill_(hi)
-        self.scale.copy_(self._scale())
-        self.zero_point.copy_(self._zero_point())
+        self._update_qparams()
         if self.learnable:
             self.learned_scale.copy_(self.scale)
 
-    def _scale(self) -> torch.Tensor:
-        lo, hi = torch.clamp(self.min_val, max=0.0), torch.clamp(self.max_val, min=0.0)
-        return torch.clamp((hi - lo) / (QMAX - QMIN), min=1e-8).float()
-
-    def _zero_point(self) -> torch.Tensor:
-        lo = torch.clamp(self.min_val, max=0.0)
-        zp = torch.round(QMIN - lo / self.scale)
-        return torch.clamp(zp, QMIN, QMAX).to(torch.int32)
+    def _update_qparams(self) -> None:
+        scale, zp = affine_qparams(self.min_val, self.max_val, self.qmin, self.qmax, self.symmetric)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zp)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point)}"
+        return (f"codes=[{self.qmin}, {self.qmax}]{', symmetric' if self.symmetric else ''}, "
+                f"scale={self.scale.item():.6g}, zero_point={int(self.zero_point)}")
+
+
+class TiedQuantizer(nn.Module):
+    """Quantize with another quantizer's scale and zero point: the output of an op that must
+    keep its input's scale (average pooling on TFLite and onnxruntime) is re-quantized on the
+    input's grid, so the exported graph holds the same constants on both sides.
+
+    The source is held without registering it as a submodule (it lives elsewhere in the model).
+    """
+
+    def __init__(self, source: ActivationQuantizer):
+        super().__init__()
+        object.__setattr__(self, "source", source)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        src = self.source
+        if not src.enabled or not src.calibrated:
+            return x
+        scale = src.scale
+        if src.learnable and not src.frozen:
+            scale = src.learned_scale.detach().abs().clamp_min(1e-8)
+        return torch.fake_quantize_per_tensor_affine(x, scale, src.zero_point, src.qmin, src.qmax)
 
 
 class PerChannelWeightQuantizer(nn.Module):
-    """Symmetric per-output-channel int8 weights; scales follow the weights until frozen."""
+    """Per-output-channel weights (symmetric int8 in [-127, 127] by default); scales follow the
+    weights until frozen.
 
-    def __init__(self, channels: int):
+    ``qmin``/``qmax`` are the codes the values use; ``export_range`` the (qmin, qmax) the op is
+    declared with (the dtype's full range: what the TorchScript ONNX exporter accepts).
+    ``per_channel=False`` gives one scale for the whole tensor.
+    """
+
+    def __init__(self, channels: int, qmin: int = QMIN + 1, qmax: int = QMAX, symmetric: bool = True,
+                 per_channel: bool = True, export_range: tuple[int, int] = (QMIN, QMAX)):
         super().__init__()
-        self.register_buffer("scale", torch.ones(channels))
-        self.register_buffer("zero_point", torch.zeros(channels, dtype=torch.int32))
+        self.qmin, self.qmax, self.symmetric, self.per_channel = qmin, qmax, symmetric, per_channel
+        self.export_range = export_range
+        self.register_buffer("scale", torch.ones(channels if per_channel else 1))
+        self.register_buffer("zero_point", torch.zeros(channels if per_channel else 1, dtype=torch.int32))
         self.frozen = False
         self.learnable = False
 
@@ -131,19 +196,28 @@ class PerChannelWeightQuantizer(nn.Module):
         self.register_buffer("initialised", torch.tensor(False))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:  # (Cout, ...) -> same
+        lo, hi = self.export_range
         if self.learnable and not self.frozen:
             if not self.initialised:
                 with torch.no_grad():
-                    self.learned_scale.copy_(self.compute_scale(w))
+                    self.learned_scale.copy_(self.compute_qparams(w)[0])
+                    self.zero_point.copy_(self.compute_qparams(w)[1])
                     self.initialised.fill_(True)
-            grad_factor = 1.0 / math.sqrt(w.numel() * QMAX)
+            grad_factor = 1.0 / math.sqrt(w.numel() * self.qmax)
+            scale = self.learned_scale.abs().clamp_min(1e-8)
+            if not self.per_channel:
+                return torch._fake_quantize_learnable_per_tensor_affine(
+                    w, scale, self.zero_point.float(), lo, hi, grad_factor)
             return torch._fake_quantize_learnable_per_channel_affine(
-                w, self.learned_scale.abs().clamp_min(1e-8), self.zero_point.float(), 0, QMIN, QMAX,
-                grad_factor)
+                w, scale, self.zero_point.float(), 0, lo, hi, grad_factor)
         if not self.frozen:
             with torch.no_grad():
-                self.scale.copy_(self.compute_scale(w))
-        return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero_point, 0, QMIN, QMAX)
+                scale, zp = self.compute_qparams(w)
+                self.scale.copy_(scale)
+                self.zero_point.copy_(zp)
+        if not self.per_channel:
+            return torch.fake_quantize_per_tensor_affine(w, self.scale, self.zero_point, lo, hi)
+        return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero_point, 0, lo, hi)
 
     @torch.no_grad()
     def freeze(self, w: torch.Tensor) -> None:
@@ -152,24 +226,33 @@ class PerChannelWeightQuantizer(nn.Module):
         if self.learnable and self.initialised:
             self.scale.copy_(self.learned_scale.abs().clamp_min(1e-8))
         else:
-            self.scale.copy_(self.compute_scale(w))
+            scale, zp = self.compute_qparams(w)
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zp)
         self.frozen = True
 
-    @staticmethod
-    def compute_scale(w: torch.Tensor) -> torch.Tensor:
-        max_abs = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)  # (Cout,)
-        return torch.clamp(max_abs / QMAX, min=1e-8).float()
+    def compute_qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and zero points that cover ``w`` (per channel, or one for the tensor)."""
+        flat = w.detach().reshape(w.shape[0] if self.per_channel else 1, -1)  # (Cout or 1, K)
+        return affine_qparams(flat.amin(dim=1), flat.amax(dim=1), self.qmin, self.qmax, self.symmetric)
+
+    def compute_scale(self, w: torch.Tensor) -> torch.Tensor:
+        return self.compute_qparams(w)[0]
+
+    def extra_repr(self) -> str:
+        return (f"codes=[{self.qmin}, {self.qmax}], {'per-channel' if self.per_channel else 'per-tensor'}"
+                f"{', symmetric' if self.symmetric else ''}")
 
 
 class QuantConv2d(nn.Conv2d):
     """Conv2d whose weight is fake-quantized per channel (bias stays float; runtimes use int32)."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, weight_quant: PerChannelWeightQuantizer | None = None) -> QuantConv2d:
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
         q.load_state_dict(conv.state_dict())
-        q.weight_quant = PerChannelWeightQuantizer(conv.out_channels)
+        q.weight_quant = weight_quant or PerChannelWeightQuantizer(conv.out_channels)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,10 +263,10 @@ class QuantLinear(nn.Linear):
     """Linear layer whose weight is fake-quantized per output feature."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, weight_quant: PerChannelWeightQuantizer | None = None) -> QuantLinear:
         q = cls(linear.in_features, linear.out_features, linear.bias is not None)
         q.load_state_dict(linear.state_dict())
-        q.weight_quant = PerChannelWeightQuantizer(linear.out_features)
+        q.weight_quant = weight_quant or PerChannelWeightQuantizer(linear.out_features)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

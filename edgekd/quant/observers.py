@@ -1,8 +1,10 @@
 """Range observers for activation calibration: min/max, moving average, percentile, MSE-optimal.
 
 An observer sees the float activations of each calibration batch (``update``) and then proposes
-the real interval [lo, hi] the int8 grid should cover (``range``); the activation quantizer turns
-it into a scale and zero point (asymmetric int8, the interval widened to contain 0).
+the real interval [lo, hi] the integer grid should cover (``range``); the activation quantizer
+turns it into a scale and zero point (its target's codes, e.g. asymmetric int8, the interval
+widened to contain 0). Every observer is built with that grid (``qmin``, ``qmax``,
+``symmetric``), so the MSE search measures the error of the arithmetic the target runs.
 
 - ``minmax``: the extremes seen (exact for the calibration data, sensitive to outliers).
 - ``moving_average``: an exponential moving average of each batch's min and max (momentum m),
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
+from edgekd.quant.fake_quant import QMAX, QMIN, affine_qparams
 from edgekd.registry import Registry
 
 OBSERVERS: Registry = Registry("observer")
-QMIN, QMAX = -128, 127
 
 
 def list_observers() -> list[str]:
@@ -100,9 +102,10 @@ class PercentileObserver(_SampledObserver):
 
 @OBSERVERS.register("mse")
 class MSEObserver(_SampledObserver):
-    def __init__(self, grid: int = 100, **kwargs):
+    def __init__(self, grid: int = 100, qmin: int = QMIN, qmax: int = QMAX, symmetric: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.grid = grid
+        self.grid, self.qmin, self.qmax, self.symmetric = grid, qmin, qmax, symmetric
 
     def range(self) -> tuple[float, float]:
         v = self.values()
@@ -110,14 +113,15 @@ class MSEObserver(_SampledObserver):
         best, best_err = (lo, hi), float("inf")
         for shrink in torch.linspace(1.0 / self.grid, 1.0, self.grid).tolist():
             c_lo, c_hi = min(lo * shrink, 0.0), max(hi * shrink, 0.0)
-            err = float(((fake_quantize(v, c_lo, c_hi) - v) ** 2).mean())
+            err = float(((fake_quantize(v, c_lo, c_hi, self.qmin, self.qmax, self.symmetric) - v) ** 2).mean())
             if err <= best_err:  # ties go to the wider range (later in the grid)
                 best, best_err = (c_lo, c_hi), err
         return best
 
 
-def fake_quantize(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Asymmetric int8 quantize-dequantize of ``v`` over [lo, hi] (lo <= 0 <= hi)."""
-    scale = max((hi - lo) / (QMAX - QMIN), 1e-8)
-    zero_point = int(round(min(max(QMIN - lo / scale, QMIN), QMAX)))
-    return torch.fake_quantize_per_tensor_affine(v, scale, zero_point, QMIN, QMAX)
+def fake_quantize(v: torch.Tensor, lo: float, hi: float, qmin: int = QMIN, qmax: int = QMAX,
+                  symmetric: bool = False) -> torch.Tensor:
+    """Quantize-dequantize of ``v`` over [lo, hi] (lo <= 0 <= hi) with codes [qmin, qmax]
+    (asymmetric int8 by default)."""
+    scale, zero_point = affine_qparams(torch.tensor(lo), torch.tensor(hi), qmin, qmax, symmetric)
+    return torch.fake_quantize_per_tensor_affine(v, float(scale), int(zero_point), qmin, qmax)

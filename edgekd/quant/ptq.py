@@ -44,20 +44,26 @@ class PTQConfig(Config):
         if self.calibration_batches < 1:
             raise FieldError("calibration_batches", f"must be >= 1, got {self.calibration_batches}")
 
-    def qat_config(self) -> QATConfig:
-        """The simulation settings, as a QATConfig (an int8 checkpoint is rebuilt from it)."""
-        return QATConfig(enabled=False, calibration_batches=self.calibration_batches,
-                         observer=self.observer, percentile=self.percentile)
+    def qat_config(self, simulation: QATConfig | None = None) -> QATConfig:
+        """The simulation settings, as a QATConfig (an int8 checkpoint is rebuilt from it):
+        the target, scheme and bit widths of ``simulation`` (the recipe's QAT section), with
+        this stage's observer."""
+        base = simulation.to_dict() if simulation is not None else {}
+        return QATConfig.from_dict({**base, "enabled": False, "calibration_batches": self.calibration_batches,
+                                    "observer": self.observer, "percentile": self.percentile,
+                                    "learnable_scales": False})
 
 
 def post_training_quantize(model: nn.Module, batches: Iterable[torch.Tensor],
-                           config: PTQConfig) -> fx.GraphModule:
+                           config: PTQConfig, simulation: QATConfig | None = None) -> fx.GraphModule:
     """A frozen int8 copy of ``model`` calibrated on ``batches`` (the model is not changed).
+
+    ``simulation``: a QATConfig naming the target (scheme) to simulate; default edgekd's int8.
 
     Raises:
         QuantizationError: the model cannot be traced, or calibration saw no data.
     """
-    qat = config.qat_config()
+    qat = config.qat_config(simulation)
     int8 = prepare_qat(model, qat)
     calibrate(int8, progress(list(batches), desc=f"calibrate ({config.observer})", unit="batch", leave=False),
               qat.observer, **observer_options(qat))

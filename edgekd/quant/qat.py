@@ -7,13 +7,19 @@ can drive. ``torch.onnx.export`` turns ``torch.fake_quantize_*`` into QuantizeLi
 DequantizeLinear with constant scales, which onnxruntime fuses into QLinearConv/QGemm and OpenVINO
 runs as int8. (torchao PT2E also works, but its exported graph has no submodules for hooks.)
 
-What is simulated, matching the fused int8 kernels of onnxruntime, OpenVINO and XNNPACK:
+What is simulated is the quantization scheme of the target the model will run on
+(``edgekd.quant.scheme``, from the target profile's ``quantization:`` section; without one, the
+int8 scheme of edgekd's CPU runtimes):
 1. BatchNorm is folded into the preceding conv/linear before training (``fold.py``), so QAT
    trains exactly the weights that will be deployed.
-2. Weights: symmetric int8 per output channel. Activations: asymmetric int8 per tensor.
+2. Weights per the scheme's rule for the layer's op kind (conv, depthwise_conv, linear): by
+   default symmetric int8 per output channel in [-127, 127]. Activations per the rule of the op
+   that writes them: by default asymmetric int8 per tensor; uint8, int16 or symmetric where the
+   target's kernels are; fixed output scales (softmax, sigmoid, tanh) where the target fixes them.
 3. Activations are quantized where a kernel writes them: after each conv/linear, or after the
-   ReLU that follows it (runtimes fuse conv+ReLU), and at the input of each conv/linear whose
-   input does not already come from a quantizer through scale-preserving ops (max-pool, flatten).
+   activation the runtime fuses into it (``scheme.fuse``: relu, relu6), and at the input of each
+   conv/linear whose input does not already come from a quantizer through scale-preserving ops
+   (max-pool, flatten).
 4. Observers are calibrated (min/max) on a few batches before fine-tuning, then follow a moving
    average during QAT until ``freeze_observers_epoch``; ``freeze`` makes every scale a constant.
 """
@@ -35,15 +41,23 @@ from edgekd.quant.fake_quant import (
     QUANT_MODULES,
     ActivationQuantizer,
     PerChannelWeightQuantizer,
+    TiedQuantizer,
 )
 from edgekd.quant.fold import fold_batchnorm
+from edgekd.quant.scheme import RANGES, QuantScheme
 
-FUSED_ACTIVATIONS_MODULES = (nn.ReLU, nn.ReLU6)
-FUSED_ACTIVATION_FUNCTIONS = {torch.relu, nn.functional.relu, nn.functional.relu6}
+ACTIVATION_MODULES = {"relu": (nn.ReLU,), "relu6": (nn.ReLU6,)}
+ACTIVATION_FUNCTIONS = {"relu": {torch.relu, nn.functional.relu}, "relu6": {nn.functional.relu6}}
+FIXED_OUTPUT_MODULES = {"softmax": (nn.Softmax,), "sigmoid": (nn.Sigmoid,), "tanh": (nn.Tanh,)}
+FIXED_OUTPUT_FUNCTIONS = {"softmax": {torch.softmax, nn.functional.softmax},
+                          "sigmoid": {torch.sigmoid, nn.functional.sigmoid}, "tanh": {torch.tanh}}
+ADD_FUNCTIONS = {operator.add, torch.add}
 SCALE_PRESERVING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
 SCALE_PRESERVING_FUNCTIONS = {torch.flatten, nn.functional.max_pool2d, nn.functional.dropout,
                               torch.reshape, operator.getitem}
 SCALE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
+AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool1d)
+AVG_POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d}
 
 
 @dataclass
@@ -62,8 +76,13 @@ class QATConfig(Config):
         momentum: moving-average factor of activation ranges during QAT.
         learnable_scales: LSQ (Esser et al. 2020): weight and activation scales are parameters
             trained with the weights (initialised from calibration), not tracked by moving average.
-        weight_bits: weight precision (int8 in this version).
-        activation_bits: activation precision (int8 in this version).
+        weight_bits: 8, or 4 for int4 weights (W4A8) where the target's scheme lists int4.
+        activation_bits: activation precision (8; 16-bit activations come from a target whose
+            scheme states them, e.g. QNN HTP's uint16).
+        target: the target profile whose arithmetic is simulated (name or YAML path); in a
+            recipe, the first of ``targets`` when unset. None in Python: edgekd's default int8.
+        scheme: the resolved quantization scheme (written by ``resolved``; int8 checkpoints
+            carry it, so they rebuild without the target file).
     """
 
     enabled: bool = True
@@ -77,6 +96,8 @@ class QATConfig(Config):
     learnable_scales: bool = False
     weight_bits: int = 8
     activation_bits: int = 8
+    target: str | None = None
+    scheme: QuantScheme | None = None
 
     def __post_init__(self):
         for name in ("epochs", "calibration_batches", "freeze_observers_epoch"):
@@ -92,17 +113,41 @@ class QATConfig(Config):
         check_name(OBSERVERS, self.observer, "observer")
         if not 50 < self.percentile <= 100:
             raise FieldError("percentile", f"expected a percentile in (50, 100], got {self.percentile}")
-        for name in ("weight_bits", "activation_bits"):
-            if getattr(self, name) != 8:
-                raise FieldError(name, f"only 8 bits is supported in this version, got {getattr(self, name)}")
+        if self.weight_bits not in (4, 8):
+            raise FieldError("weight_bits", f"expected 8 or 4 (W4A8), got {self.weight_bits}")
+        if self.activation_bits != 8:
+            raise FieldError("activation_bits", f"expected 8, got {self.activation_bits}; 16-bit "
+                                                f"activations are set by a target scheme (e.g. qnn-htp-a16)")
+
+    def resolved(self, default_target: str | None = None) -> QATConfig:
+        """A copy whose ``scheme`` is filled from ``target`` (or ``default_target``), with
+        ``weight_bits`` applied. A profile without a ``quantization`` section gets edgekd's
+        default int8 scheme.
+
+        Raises:
+            UnknownNameError, ConfigError: unknown or invalid target profile.
+            FieldError: the target does not support the requested weight dtype.
+        """
+        scheme = self.scheme
+        target = self.target or default_target
+        if scheme is None and target is not None:
+            from edgekd.targets import load_target
+
+            scheme = load_target(target).quantization  # None: the profile states no scheme
+        scheme = scheme or QuantScheme()
+        if self.weight_bits == 4 and scheme.weights.dtype not in ("int4", "uint4"):
+            scheme = scheme.with_weights("int4")
+        return QATConfig.from_dict({**self.to_dict(), "target": target, "scheme": scheme.to_dict()})
 
 
 def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
-    """Return a copy of ``model`` with BatchNorm folded and int8 fake-quantization inserted.
+    """Return a copy of ``model`` with BatchNorm folded and fake-quantization inserted, as the
+    scheme of ``config`` (``config.resolved()``) says the target computes.
 
     Raises:
         QuantizationError: the model cannot be traced by torch.fx or has nothing to quantize.
     """
+    scheme = config.resolved().scheme
     model = copy.deepcopy(model).eval()
     try:
         gm = fx.symbolic_trace(model)
@@ -112,13 +157,14 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); data-dependent control flow "
             f"in forward() is not supported: move it out of forward or into a leaf module") from None
     fold_batchnorm(gm)
-    quantized = _swap_quant_modules(gm)
+    quantized = _swap_quant_modules(gm, scheme)
     if not quantized:
         raise QuantizationError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
-    momentum = config.momentum
-    outputs = {_insert_output_quantizer(gm, node, momentum) for node in quantized}
-    for node in quantized:
-        _ensure_input_quantized(gm, node, outputs, momentum)
+    make = _QuantizerFactory(scheme, config.momentum)
+    outputs = {_insert_output_quantizer(gm, node, kind, make, scheme.fuse) for node, kind in quantized}
+    outputs |= _insert_fixed_output_quantizers(gm, make)
+    for node, _ in quantized:
+        _ensure_input_quantized(gm, node, outputs, make)
     gm.graph.lint()
     gm.recompile()
     if config.learnable_scales:
@@ -149,7 +195,7 @@ def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor], observer: 
     model.eval()
     for _, q in quantizers:
         q.observing, q.enabled = True, False
-        q.observer = factory(**observer_options)
+        q.observer = factory(qmin=q.qmin, qmax=q.qmax, symmetric=q.symmetric, **observer_options)
     count = 0
     for x in batches:
         model(x)
@@ -200,7 +246,27 @@ def rebuild_frozen(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     return gm.eval()
 
 
-def _swap_quant_modules(gm: fx.GraphModule) -> list[fx.Node]:
+class _QuantizerFactory:
+    """Activation quantizers as the scheme says op kind ``kind`` writes its output."""
+
+    def __init__(self, scheme: QuantScheme, momentum: float):
+        self.scheme, self.momentum = scheme, momentum
+
+    def __call__(self, kind: str) -> ActivationQuantizer:
+        rule = self.scheme.activation_rule(kind)
+        qmin, qmax = rule.qrange()
+        return ActivationQuantizer(self.momentum, qmin, qmax, rule.symmetric, self.scheme.fixed_output(kind))
+
+
+def layer_kind(module: nn.Module) -> str:
+    """The scheme op kind of a conv/linear layer: conv, depthwise_conv or linear."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    return "depthwise_conv" if depthwise else "conv"
+
+
+def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme) -> list[tuple[fx.Node, str]]:
     modules = dict(gm.named_modules())
     nodes = []
     for node in gm.graph.nodes:
@@ -209,17 +275,43 @@ def _swap_quant_modules(gm: fx.GraphModule) -> list[fx.Node]:
         cls = QUANT_MODULES.get(type(modules[node.target]))
         if cls is None:
             continue
-        qmod = cls.from_float(modules[node.target])
+        float_module = modules[node.target]
+        kind = layer_kind(float_module)
+        rule = scheme.weight_rule(kind)
+        qmin, qmax = rule.qrange()
+        channels = float_module.out_channels if kind != "linear" else float_module.out_features
+        weight_quant = PerChannelWeightQuantizer(channels, qmin, qmax, rule.symmetric, rule.per_channel,
+                                                 export_range=RANGES[rule.dtype])
+        qmod = cls.from_float(float_module, weight_quant)
         parent, _, leaf = node.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, qmod)
-        nodes.append(node)
+        nodes.append((node, kind))
     return nodes
 
 
-def _is_fused_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _node_kind(gm: fx.GraphModule, node: fx.Node, modules: dict[str, tuple], functions: dict[str, set]) -> str | None:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), FUSED_ACTIVATIONS_MODULES)
-    return node.op == "call_function" and node.target in FUSED_ACTIVATION_FUNCTIONS
+        module = gm.get_submodule(node.target)
+        return next((k for k, types in modules.items() if isinstance(module, types)), None)
+    if node.op == "call_function":
+        return next((k for k, fns in functions.items() if node.target in fns), None)
+    if node.op == "call_method":
+        return next((k for k in functions if node.target == k), None)
+    return None
+
+
+def _is_fused_activation(gm: fx.GraphModule, node: fx.Node, fuse: list[str]) -> bool:
+    return _node_kind(gm, node, ACTIVATION_MODULES, ACTIVATION_FUNCTIONS) in fuse
+
+
+def _source_kind(gm: fx.GraphModule, node: fx.Node) -> str:
+    """The scheme op kind of whatever writes ``node``'s value (for its quantizer's rule)."""
+    if node.op == "call_function" and node.target in ADD_FUNCTIONS or (
+            node.op == "call_method" and node.target == "add"):
+        return "add"
+    if node.op == "call_function" and node.target is torch.cat:
+        return "concat"
+    return _node_kind(gm, node, FIXED_OUTPUT_MODULES, FIXED_OUTPUT_FUNCTIONS) or "activation"
 
 
 def _is_scale_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -230,14 +322,14 @@ def _is_scale_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in SCALE_PRESERVING_METHODS
 
 
-def _insert_after(gm: fx.GraphModule, node: fx.Node, momentum: float) -> fx.Node:
-    """Insert an ActivationQuantizer that all former users of ``node`` now read from."""
+def _insert_after(gm: fx.GraphModule, node: fx.Node, quantizer: ActivationQuantizer) -> fx.Node:
+    """Insert ``quantizer`` after ``node``; all former users of ``node`` now read from it."""
     if node.op == "call_module":
         parent, _, leaf = node.target.rpartition(".")
         name = f"{parent + '.' if parent else ''}{leaf}_quant"
     else:
         name = f"{node.name}_quant"
-    gm.add_submodule(name, ActivationQuantizer(momentum))
+    gm.add_submodule(name, quantizer)
     users = list(node.users)
     with gm.graph.inserting_after(node):
         qnode = gm.graph.call_module(name, (node,))
@@ -246,30 +338,56 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, momentum: float) -> fx.Node
     return qnode
 
 
-def _insert_output_quantizer(gm: fx.GraphModule, node: fx.Node, momentum: float) -> fx.Node:
+def _insert_output_quantizer(gm: fx.GraphModule, node: fx.Node, kind: str, make: _QuantizerFactory,
+                             fuse: list[str]) -> fx.Node:
     point = node
-    while len(point.users) == 1 and _is_fused_activation(gm, next(iter(point.users))):
+    while len(point.users) == 1 and _is_fused_activation(gm, next(iter(point.users)), fuse):
         point = next(iter(point.users))
-    return _insert_after(gm, point, momentum)
+    return _insert_after(gm, point, make(kind))
+
+
+def _insert_fixed_output_quantizers(gm: fx.GraphModule, make: _QuantizerFactory) -> set[fx.Node]:
+    """Softmax/sigmoid/tanh whose output scale the target fixes get a fixed quantizer after them."""
+    inserted = set()
+    for node in list(gm.graph.nodes):
+        kind = _node_kind(gm, node, FIXED_OUTPUT_MODULES, FIXED_OUTPUT_FUNCTIONS)
+        if kind is not None and make.scheme.fixed_output(kind) is not None:
+            inserted.add(_insert_after(gm, node, make(kind)))
+    return inserted
+
+
+def _is_shared_pool(gm: fx.GraphModule, node: fx.Node, scheme: QuantScheme) -> bool:
+    """An average pool whose output the target keeps on its input's grid."""
+    if "avg_pool" not in scheme.shared_scales:
+        return False
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), AVG_POOL_MODULES)
+    return node.op == "call_function" and node.target in AVG_POOL_FUNCTIONS
 
 
 def _ensure_input_quantized(gm: fx.GraphModule, node: fx.Node, quantized: set[fx.Node],
-                            momentum: float) -> None:
+                            make: _QuantizerFactory) -> None:
     source = node.args[0]
-    walk = source
-    while isinstance(walk, fx.Node) and walk not in quantized and _is_scale_preserving(gm, walk):
+    walk, through_pool = source, False
+    while isinstance(walk, fx.Node) and walk not in quantized and (
+            _is_scale_preserving(gm, walk) or _is_shared_pool(gm, walk, make.scheme)):
+        through_pool |= _is_shared_pool(gm, walk, make.scheme)
         walk = walk.args[0]
     if walk in quantized:
+        if through_pool:  # re-quantize the pooled values on the grid they were pooled from
+            source_quant = gm.get_submodule(walk.target)
+            if isinstance(source_quant, ActivationQuantizer):
+                quantized.add(_insert_after(gm, source, TiedQuantizer(source_quant)))
         return
     if source.op == "placeholder":
-        gm.add_submodule("input_quant", ActivationQuantizer(momentum))
+        gm.add_submodule("input_quant", make("input"))
         with gm.graph.inserting_after(source):
             qnode = gm.graph.call_module("input_quant", (source,))
         for user in [u for u in source.users if u is not qnode]:
             user.replace_input_with(source, qnode)
         quantized.add(qnode)
         return
-    quantized.add(_insert_after(gm, source, momentum))
+    quantized.add(_insert_after(gm, source, make(_source_kind(gm, source))))
 
 
 __all__ = ["QATConfig", "activation_quantizers", "calibrate", "freeze", "prepare_qat",

@@ -5,7 +5,7 @@ from torch import nn
 from edgekd.errors import QuantizationError
 from edgekd.models import create_model
 from edgekd.quant import QATConfig, calibrate, prepare_qat
-from edgekd.quant.fake_quant import ActivationQuantizer, QuantConv2d, QuantLinear
+from edgekd.quant.fake_quant import ActivationQuantizer, QuantConv2d, QuantLinear, TiedQuantizer
 from edgekd.quant.qat import activation_quantizers
 from edgekd.distill.trainer import evaluate
 
@@ -14,7 +14,11 @@ def test_quantizers_sit_where_fused_kernels_write():
     gm = prepare_qat(create_model("cnn-student-s"), QATConfig())
     names = {n for n, _ in activation_quantizers(gm)}
     assert names == {"input_quant", "features.block0.relu_quant", "features.block1.relu_quant",
-                     "features.block2.relu_quant", "dropout_quant", "classifier_quant"}
+                     "features.block2.relu_quant", "classifier_quant"}
+    # global average pooling keeps its input's grid (TFLite, onnxruntime): re-quantized with the
+    # scale of the block before it, not a scale of its own
+    tied = gm.get_submodule("dropout_quant")
+    assert isinstance(tied, TiedQuantizer) and tied.source is gm.get_submodule("features.block2.relu_quant")
     # BN folded away, conv/linear swapped for weight-quantized versions, module paths kept
     assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
     assert isinstance(gm.get_submodule("features.block0.conv"), QuantConv2d)
@@ -91,8 +95,10 @@ def test_model_without_layers_to_quantize():
 def test_qat_config_rejects_other_bit_widths():
     from edgekd.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="weight_bits: only 8 bits"):
-        QATConfig.from_dict({"weight_bits": 4})
+    with pytest.raises(ConfigError, match="weight_bits: expected 8 or 4"):
+        QATConfig.from_dict({"weight_bits": 2})
+    with pytest.raises(ConfigError, match="int4 weights are not supported by this target"):
+        QATConfig.from_dict({"weight_bits": 4}).resolved()
 
 
 def test_checkpoint_round_trip_of_int8_model(tmp_path, digits, int8_student):

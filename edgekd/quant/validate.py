@@ -1,0 +1,265 @@
+"""Check an exported QDQ ONNX artifact against a target's quantization scheme.
+
+The ONNX file is what every other format is converted from (OpenVINO IR, TFLite), so checking
+it checks what the device will be asked to compute. Each rule of ``edgekd.quant.scheme`` is read
+back from the graph, not from the PyTorch model:
+
+- weights of Conv/ConvTranspose/Gemm/MatMul: an integer initializer behind a DequantizeLinear of
+  the rule's dtype; per channel (one scale per output channel) or per tensor; symmetric (every
+  zero point at the symmetric code); narrow range (no value at the lowest code);
+- activations: every QuantizeLinear of a non-constant tensor has the dtype and symmetry of the
+  rule of the op kind that wrote it (walking back over fused ReLU/Clip), and the fixed scale and
+  zero point where the scheme fixes one (softmax, sigmoid, tanh);
+- shared scales: a max-pool, average-pool, reshape or concat (as the scheme lists) that is
+  re-quantized must keep its input's scale and zero point (all inputs' for concat);
+- integer-only targets (``float_fallback: false``): every compute op must read quantized values,
+  directly from a DequantizeLinear or through ops that keep a scale (pool, reshape).
+
+Each violation names the ONNX node, the rule and what the graph has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.quant.scheme import QuantScheme, TensorRule
+
+ONNX_DTYPES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 21: "uint4", 22: "int4"}
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+KEEPS_SCALE = {"MaxPool": "max_pool", "Reshape": "reshape", "Flatten": "reshape", "Squeeze": "reshape",
+               "Unsqueeze": "reshape", "Transpose": "reshape", "Identity": "reshape", "Dropout": "reshape"}
+SHARED_KINDS = {**KEEPS_SCALE, "AveragePool": "avg_pool", "GlobalAveragePool": "avg_pool", "Concat": "concat"}
+FUSED_OPS = {"Relu", "Clip"}
+OUTPUT_KINDS = {"Add": "add", "Concat": "concat", "Softmax": "softmax", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+NO_COMPUTE = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Identity"}
+
+
+@dataclass
+class Violation:
+    node: str
+    rule: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.rule}; found {self.found}"
+
+
+@dataclass
+class ValidationResult:
+    """Violations of one artifact against one scheme; ``checked`` counts what was looked at."""
+
+    artifact: str
+    scheme_runtime: str
+    violations: list[Violation] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=lambda: {"weights": 0, "activations": 0, "shared": 0})
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict:
+        return {"artifact": self.artifact, "scheme_runtime": self.scheme_runtime, "passed": self.passed,
+                "checked": dict(self.checked), "violations": [str(v) for v in self.violations]}
+
+    def summary(self) -> str:
+        head = (f"{self.artifact}: {'conforms to' if self.passed else 'VIOLATES'} the {self.scheme_runtime} "
+                f"scheme ({self.checked['weights']} weights, {self.checked['activations']} activation "
+                f"quantizations, {self.checked['shared']} shared-scale ops checked)")
+        return "\n".join([head] + [f"  - {v}" for v in self.violations])
+
+
+class _Graph:
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        graph = model.graph
+        self.inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.init_types = {i.name: i.data_type for i in graph.initializer}
+        self.nodes = list(graph.node)
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.inputs = {i.name for i in graph.input}
+
+    def produced_by(self, name: str):
+        return self.producer.get(name)
+
+    def const(self, name: str):
+        return self.inits.get(name)
+
+
+def validate_onnx(path: str | Path, scheme: QuantScheme) -> ValidationResult:
+    """Check the QDQ ONNX file ``path`` against ``scheme``; returns every violation found.
+
+    Raises:
+        ModelLoadError: the file is missing or not a valid ONNX model.
+    """
+    from edgekd.export.onnx import check_onnx_file
+
+    g = _Graph(check_onnx_file(path))
+    result = ValidationResult(str(path), scheme.runtime)
+    for node in g.nodes:
+        if node.op_type in WEIGHTED_OPS:
+            _check_weights(g, node, scheme, result)
+        elif node.op_type == "QuantizeLinear" and g.const(node.input[0]) is None:
+            _check_activation(g, node, scheme, result)
+        if SHARED_KINDS.get(node.op_type) in scheme.shared_scales:
+            _check_shared(g, node, result)
+        if not scheme.float_fallback and node.op_type not in NO_COMPUTE:
+            _check_integer_only(g, node, result)
+    return result
+
+
+def _name(node) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+def _weight_kind(g: _Graph, node, weight: np.ndarray | None) -> str:
+    if node.op_type != "Conv":
+        return "conv" if node.op_type == "ConvTranspose" else "linear"
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return "depthwise_conv" if weight is not None and group > 1 and weight.shape[1] == 1 and group == weight.shape[0] else "conv"
+
+
+def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResult) -> None:
+    if len(node.input) < 2:
+        return
+    dq = g.produced_by(node.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is None:
+        if g.const(node.input[1]) is not None:
+            result.checked["weights"] += 1
+            result.violations.append(Violation(_name(node), "weights must be integer (QDQ) on this target",
+                                               "float weights"))
+        return  # otherwise a product of two activations: no weight
+    q = g.const(dq.input[0])
+    kind = _weight_kind(g, node, q)
+    rule = scheme.weight_rule(kind)
+    result.checked["weights"] += 1
+    where = f"{_name(node)} ({kind} weights)"
+    dtype = ONNX_DTYPES.get(g.init_types[dq.input[0]], f"type {g.init_types[dq.input[0]]}")
+    if dtype != rule.dtype:
+        result.violations.append(Violation(where, f"weights must be {rule.dtype}", dtype))
+    scale = g.const(dq.input[1])
+    zp = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, np.int64)
+    channels = q.shape[1] if node.op_type in ("Gemm", "MatMul") and not _trans_b(node) else q.shape[0]
+    per_channel = scale is not None and scale.size > 1
+    if rule.per_channel and not per_channel and channels > 1:
+        result.violations.append(Violation(where, "weights must be per-channel", "one scale per tensor"))
+    if not rule.per_channel and per_channel:
+        result.violations.append(Violation(where, "weights must be per-tensor", f"{scale.size} scales"))
+    _check_symmetry(where, "weights", rule, zp, result)
+    if rule.narrow_range and rule.signed and q.size and int(q.min()) <= rule.qrange()[0] - 1:
+        result.violations.append(Violation(where, f"weights must be narrow range (>= {rule.qrange()[0]})",
+                                           f"a value of {int(q.min())}"))
+
+
+def _trans_b(node) -> bool:
+    return node.op_type == "Gemm" and next((a.i for a in node.attribute if a.name == "transB"), 0) == 1
+
+
+def _check_symmetry(where: str, what: str, rule: TensorRule, zp: np.ndarray, result: ValidationResult) -> None:
+    if rule.symmetric and np.any(zp.astype(np.int64) != rule.symmetric_zero_point()):
+        result.violations.append(Violation(where, f"{what} must be symmetric (zero point "
+                                                  f"{rule.symmetric_zero_point()})",
+                                           f"zero point(s) {sorted(set(zp.reshape(-1).tolist()))[:4]}"))
+
+
+def _writer_kind(g: _Graph, name: str) -> tuple[str, object]:
+    """The op kind whose output ``name`` is (fused ReLU/Clip belong to the op before them)."""
+    if name in g.inputs:
+        return "input", None
+    node = g.produced_by(name)
+    if node is None:
+        return "activation", None
+    if node.op_type in FUSED_OPS:
+        before = g.produced_by(node.input[0])
+        if before is not None and before.op_type in WEIGHTED_OPS | {"Add"}:
+            node = before
+    if node.op_type in WEIGHTED_OPS:
+        dq = g.produced_by(node.input[1]) if len(node.input) > 1 else None
+        weight = g.const(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else g.const(node.input[1])
+        return _weight_kind(g, node, weight), node
+    return OUTPUT_KINDS.get(node.op_type, "activation"), node
+
+
+def _check_activation(g: _Graph, q, scheme: QuantScheme, result: ValidationResult) -> None:
+    kind, writer = _writer_kind(g, q.input[0])
+    rule = scheme.activation_rule(kind)
+    result.checked["activations"] += 1
+    where = f"{_name(q)} (output of {kind}{'' if writer is None else ' ' + repr(writer.name or writer.output[0])})"
+    zp_name = q.input[2] if len(q.input) > 2 and q.input[2] else None
+    dtype = ONNX_DTYPES.get(g.init_types.get(zp_name), "uint8") if zp_name else "uint8"  # ONNX default
+    if dtype != rule.dtype:
+        result.violations.append(Violation(where, f"activations must be {rule.dtype}", dtype))
+    zp = g.const(zp_name) if zp_name else np.zeros(1, np.int64)
+    scale = g.const(q.input[1])
+    _check_symmetry(where, "activations", rule, np.asarray(zp), result)
+    fixed = scheme.fixed_output(kind)
+    if fixed is not None and scale is not None and (
+            not np.isclose(float(scale.reshape(-1)[0]), fixed[0], rtol=1e-6) or int(np.asarray(zp).reshape(-1)[0]) != fixed[1]):
+        result.violations.append(Violation(where, f"{kind} output must be fixed at scale {fixed[0]:g}, "
+                                                  f"zero point {fixed[1]}",
+                                           f"scale {float(scale.reshape(-1)[0]):g}, zero point "
+                                           f"{int(np.asarray(zp).reshape(-1)[0])}"))
+
+
+def _qparams_of(g: _Graph, name: str):
+    """(scale, zero point) a tensor is dequantized with, following scale-keeping ops back."""
+    node = g.produced_by(name)
+    while node is not None and node.op_type in KEEPS_SCALE:
+        node = g.produced_by(node.input[0])
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int64)
+    return g.const(node.input[1]), zp
+
+
+def _check_shared(g: _Graph, node, result: ValidationResult) -> None:
+    q = _requantizer(g, node.output[0])
+    if q is None:
+        return  # not re-quantized: the output keeps its input's scale by construction
+    out = (g.const(q.input[1]), g.const(q.input[2]) if len(q.input) > 2 else np.zeros(1))
+    inputs = node.input if node.op_type == "Concat" else node.input[:1]
+    result.checked["shared"] += 1
+    for name in inputs:
+        got = _qparams_of(g, name)
+        if got is None or got[0] is None or out[0] is None:
+            continue
+        if not (np.allclose(got[0], out[0], rtol=1e-6) and np.array_equal(np.asarray(got[1]).reshape(-1),
+                                                                          np.asarray(out[1]).reshape(-1))):
+            result.violations.append(Violation(
+                _name(node), f"{SHARED_KINDS[node.op_type]} must keep one scale for inputs and output",
+                f"input {name!r} at scale {float(np.asarray(got[0]).reshape(-1)[0]):g}, output at "
+                f"{float(np.asarray(out[0]).reshape(-1)[0]):g}"))
+
+
+def _requantizer(g: _Graph, name: str):
+    """The QuantizeLinear that re-quantizes ``name``, following scale-keeping ops forward."""
+    while True:
+        users = [n for n in g.nodes if name in n.input]
+        if len(users) != 1:
+            return None
+        if users[0].op_type == "QuantizeLinear":
+            return users[0]
+        if users[0].op_type not in KEEPS_SCALE:
+            return None
+        name = users[0].output[0]
+
+
+def _check_integer_only(g: _Graph, node, result: ValidationResult) -> None:
+    for i, name in enumerate(node.input):
+        if not name or g.const(name) is not None:
+            continue
+        if node.op_type in WEIGHTED_OPS and i > 0:
+            continue  # weights are checked by _check_weights
+        producer = g.produced_by(name)
+        if producer is not None and producer.op_type in ("Constant", "Shape"):
+            continue
+        if _qparams_of(g, name) is None:
+            result.violations.append(Violation(_name(node), "integer-only target: every op must read "
+                                                            "quantized values", f"float input {name!r}"))
+            return
+
+
+__all__ = ["ValidationResult", "Violation", "validate_onnx"]
