@@ -42,6 +42,10 @@ class TargetProfile(Config):
         runtimes: runtime name -> options (onnxruntime: providers; openvino: device, precision_hint).
         benchmark: measurement settings.
         quantization: the integer arithmetic of the target's kernels (``edgekd.quant.scheme``).
+        cpu_flags_any: a local target whose arithmetic needs a CPU feature lists the
+            ``/proc/cpuinfo`` flags that provide it (any one suffices), e.g. ``[avx512_vnni,
+            avx_vnni]`` for full-range int8 weights on x86; running on a CPU without any of
+            them is refused instead of measuring kernels that compute something else.
         version: schema version of this file.
     """
 
@@ -53,6 +57,7 @@ class TargetProfile(Config):
     runtimes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"onnxruntime": {}})
     benchmark: BenchSettings = field(default_factory=BenchSettings)
     quantization: QuantScheme | None = None
+    cpu_flags_any: list[str] = field(default_factory=list)
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -77,9 +82,24 @@ class TargetProfile(Config):
             raise ConfigError(f"target {self.name!r} has connection: none ({self.description or 'a device edgekd cannot reach'}): "
                               f"it cannot {what} in this version; it drives quantization (qat.target) and "
                               f"`edgekd validate` only. Run on a local target, e.g. x86-cpu")
+        if self.cpu_flags_any and not set(self.cpu_flags_any) & cpu_flags():
+            raise ConfigError(f"target {self.name!r} needs a CPU with one of {', '.join(self.cpu_flags_any)} "
+                              f"(its quantization scheme assumes those int8 instructions); this CPU "
+                              f"has none, so it cannot {what}. Use a profile whose scheme this CPU "
+                              f"computes exactly, e.g. x86-cpu (reduce_range weights)")
 
     def runtime_options(self, runtime: str) -> dict[str, Any]:
         return dict(self.runtimes.get(runtime) or {})
+
+
+def cpu_flags() -> set[str]:
+    """The local CPU's feature flags (``/proc/cpuinfo``; empty where that file does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
 
 
 def target_dirs() -> list[Path]:

@@ -74,7 +74,7 @@ def test_load_user_profile_by_path(tmp_path):
 def test_unknown_name_suggests_nearest():
     with pytest.raises(UnknownNameError) as info:
         load_target("x86-cpy")
-    assert str(info.value) == "unknown target 'x86-cpy'; did you mean 'x86-cpu'?; valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, qnn-htp, qnn-htp-a16, x86-cpu, x86-cpu-mt, x86-onnxruntime, x86-openvino"
+    assert str(info.value) == "unknown target 'x86-cpy'; did you mean 'x86-cpu'?; valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, qnn-htp, qnn-htp-a16, x86-cpu, x86-cpu-mt, x86-cpu-vnni, x86-onnxruntime, x86-openvino"
     assert isinstance(info.value, ConfigError)
 
 
@@ -130,7 +130,7 @@ def test_edgekd_targets_adds_folders(tmp_path, monkeypatch):
     assert load_target("other-board").name == "other-board"
     names = [t.name for t in list_targets()]
     assert {"my-board", "other-board", "x86-cpu", "x86-cpu-mt"} <= set(names)
-    with pytest.raises(UnknownNameError, match="valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, my-board, other-board, qnn-htp, qnn-htp-a16, x86-cpu, x86-cpu-mt, x86-onnxruntime, x86-openvino$"):
+    with pytest.raises(UnknownNameError, match="valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, my-board, other-board, qnn-htp, qnn-htp-a16, x86-cpu, x86-cpu-mt, x86-cpu-vnni, x86-onnxruntime, x86-openvino$"):
         load_target("nope")
 
 

@@ -6,7 +6,8 @@ back from the graph, not from the PyTorch model:
 
 - weights of Conv/ConvTranspose/Gemm/MatMul: an integer initializer behind a DequantizeLinear of
   the rule's dtype; per channel (one scale per output channel) or per tensor; symmetric (every
-  zero point at the symmetric code); narrow range (no value at the lowest code);
+  zero point at the symmetric code); every value within the rule's codes (narrow range: none at
+  the lowest code; reduce_range: within [-64, 64]);
 - activations: every QuantizeLinear of a non-constant tensor has the dtype and symmetry of the
   rule of the op kind that wrote it (walking back over fused ReLU/Clip), and the fixed scale and
   zero point where the scheme fixes one (softmax, sigmoid, tanh);
@@ -149,9 +150,12 @@ def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResul
     if not rule.per_channel and per_channel:
         result.violations.append(Violation(where, "weights must be per-tensor", f"{scale.size} scales"))
     _check_symmetry(where, "weights", rule, zp, result)
-    if rule.narrow_range and rule.signed and q.size and int(q.min()) <= rule.qrange()[0] - 1:
-        result.violations.append(Violation(where, f"weights must be narrow range (>= {rule.qrange()[0]})",
-                                           f"a value of {int(q.min())}"))
+    qmin, qmax = rule.qrange()
+    if q.size and (int(q.min()) < qmin or int(q.max()) > qmax):
+        why = (" (reduce_range: 7-bit weights, or x86 int8 kernels without VNNI saturate)" if rule.reduce_range
+               else " (narrow range)" if rule.narrow_range and rule.signed else "")
+        result.violations.append(Violation(where, f"weights must lie in [{qmin}, {qmax}]{why}",
+                                           f"values in [{int(q.min())}, {int(q.max())}]"))
 
 
 def _trans_b(node) -> bool:

@@ -82,8 +82,9 @@ def quantizers(gm):
 
 
 def test_qat_simulates_the_target_scheme(digits):
-    """uint8 activations and full-range weights for onnxruntime's U8S8 kernels; the default for
-    x86-cpu stays int8 with narrow-range weights."""
+    """uint8 activations for onnxruntime's U8S8 kernels, int8 for x86-cpu; both with 7-bit weights
+    (reduce_range), which x86 kernels without VNNI compute without saturating; x86-cpu-vnni keeps
+    narrow-range 8-bit weights."""
     model = create_model("cnn-student-s")
     batches = [digits.x_train[:64]]
     ort = calibrate_frozen(model, QATConfig(target="x86-onnxruntime"), batches)
@@ -94,7 +95,10 @@ def test_qat_simulates_the_target_scheme(digits):
     assert a.scale.item() == pytest.approx(b.scale.item(), rel=0.01)  # 256 codes over (nearly) one range
     wa = ort.get_submodule("features.block0.conv").weight_quant
     wb = generic.get_submodule("features.block0.conv").weight_quant
-    assert (wa.qmin, wb.qmin) == (-128, -127)
+    assert (wa.qmin, wa.qmax) == (wb.qmin, wb.qmax) == (-64, 64)
+    vnni = calibrate_frozen(model, QATConfig(target="x86-cpu-vnni"), batches)
+    wc = vnni.get_submodule("features.block0.conv").weight_quant
+    assert (wc.qmin, wc.qmax) == (-127, 127)
 
 
 def test_fixed_softmax_output_scale(digits):
