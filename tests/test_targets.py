@@ -139,3 +139,15 @@ def test_broken_profile_in_target_folder_is_reported_by_list_targets(tmp_path, m
     monkeypatch.setenv("EDGEKD_TARGETS", str(tmp_path / "t"))
     with pytest.raises(ConfigError, match=rf"^{path}:4: threads: expected int"):
         list_targets()
+
+
+def test_vnni_profile_refuses_a_cpu_without_vnni(monkeypatch):
+    import edgekd.targets as targets
+
+    monkeypatch.setattr(targets, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(ConfigError, match="needs a CPU with one of avx512_vnni, avx_vnni .* e.g. x86-cpu"):
+        load_target("x86-cpu-vnni").require_reachable("benchmark")
+    monkeypatch.setattr(targets, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    load_target("x86-cpu-vnni").require_reachable("benchmark")
+    monkeypatch.setattr(targets, "cpu_flags", lambda: set())
+    load_target("x86-cpu").require_reachable("benchmark")  # no flag needed

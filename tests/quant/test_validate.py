@@ -37,3 +37,20 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not onnx")
     with pytest.raises(ModelLoadError, match="bad.onnx: not a valid ONNX model"):
         validate_onnx(bad, scheme("x86-cpu"))
+
+
+def test_full_range_weights_violate_a_reduce_range_target(tmp_path, digits, float_student):
+    """An export made for a VNNI CPU (8-bit weights) names each layer whose weights x86 kernels
+    without VNNI would saturate on."""
+    from edgekd.export import export
+    from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
+
+    model = prepare_qat(float_student, QATConfig(target="x86-cpu-vnni").resolved())
+    calibrate(model, [digits.x_train[:64]])
+    path = export(freeze(model), ["onnx"], tmp_path, "vnni", digits.input_shape)[0].path
+    assert validate_onnx(path, scheme("x86-cpu-vnni")).passed
+    result = validate_onnx(path, scheme("x86-cpu"))
+    messages = [str(v) for v in result.violations]
+    assert len(messages) == 4, messages
+    assert all("weights must lie in [-64, 64] (reduce_range" in m and "found values in [-127, 127]" in m
+               for m in messages)
