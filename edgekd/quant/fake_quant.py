@@ -205,11 +205,12 @@ class PerChannelWeightQuantizer(nn.Module):
                     self.initialised.fill_(True)
             grad_factor = 1.0 / math.sqrt(w.numel() * self.qmax)
             scale = self.learned_scale.abs().clamp_min(1e-8)
+            # training only (never exported): clamp at the codes the rule allows, not the dtype's
             if not self.per_channel:
                 return torch._fake_quantize_learnable_per_tensor_affine(
-                    w, scale, self.zero_point.float(), lo, hi, grad_factor)
+                    w, scale, self.zero_point.float(), self.qmin, self.qmax, grad_factor)
             return torch._fake_quantize_learnable_per_channel_affine(
-                w, scale, self.zero_point.float(), 0, lo, hi, grad_factor)
+                w, scale, self.zero_point.float(), 0, self.qmin, self.qmax, grad_factor)
         if not self.frozen:
             with torch.no_grad():
                 scale, zp = self.compute_qparams(w)
@@ -225,6 +226,11 @@ class PerChannelWeightQuantizer(nn.Module):
         constants only."""
         if self.learnable and self.initialised:
             self.scale.copy_(self.learned_scale.abs().clamp_min(1e-8))
+            # a learned scale may leave weights beyond the rule's codes (e.g. reduce_range's 64);
+            # the exported op is declared over the dtype's full range, so clip the weights here
+            shape = (-1,) + (1,) * (w.dim() - 1) if self.per_channel else (1,) * w.dim()
+            scale, zp = self.scale.reshape(shape), self.zero_point.reshape(shape).float()
+            w.copy_(torch.maximum(torch.minimum(w, (self.qmax - zp) * scale), (self.qmin - zp) * scale))
         else:
             scale, zp = self.compute_qparams(w)
             self.scale.copy_(scale)

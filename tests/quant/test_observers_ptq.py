@@ -114,6 +114,10 @@ def test_lsq_learns_scales_and_exports_them_as_constants(tmp_path, digits, float
     reference = q(digits.x_test).argmax(1).numpy()
     result = evaluate_session(open_session(onnx.path), digits.x_test.numpy(), digits.y_test.numpy(), reference)
     assert result.agreement >= 0.99
+    from edgekd.quant.validate import validate_onnx
+
+    validation = validate_onnx(onnx.path, cfg.resolved().scheme)  # learned scales keep the codes
+    assert validation.passed, validation.summary()  # within the rule's [-64, 64]
     ckpt = save_checkpoint(tmp_path / "lsq.pt", q, ModelSpec(arch="cnn-student-s"), in_channels=1,
                            num_classes=10, input_shape=(1, 8, 8), qat=cfg.to_dict())
     loaded, _ = load_checkpoint(ckpt)
