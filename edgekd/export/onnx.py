@@ -5,7 +5,10 @@ Float and frozen-QAT models go through ``torch.onnx.export`` (the TorchScript ex
 exporter does not handle these ops). The exporter leaves each weight as a float initializer
 feeding QuantizeLinear; ``store_int8_weights`` replaces every such pair by the int8 initializer
 the runtime would compute (round half to even, saturate, as the ONNX spec says), so the file on
-disk holds one byte per weight and onnxruntime/OpenVINO see ordinary QDQ weights.
+disk holds one byte per weight and onnxruntime/OpenVINO see ordinary QDQ weights. 4-bit
+weights (W4A8) are stored packed, two per byte, as ONNX INT4/UINT4 (opset 21): onnxruntime and
+OpenVINO read them and dequantize them for a float convolution (on x86 there is no int4 x int8
+conv kernel), so the file shrinks but the arithmetic is unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
     graph = onnx.load_from_string(buffer.getvalue())
     inline_constant_identities(graph)
     store_int8_weights(graph)
+    four_bit = _four_bit_scales(model)
+    if four_bit:
+        graph = pack_4bit_weights(graph, four_bit)
     onnx.checker.check_model(graph)
     return atomic.write_bytes(path, graph.SerializeToString())
 
@@ -97,6 +103,102 @@ def store_int8_weights(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(keep)
     return folded
+
+
+def _four_bit_scales(model: torch.nn.Module) -> dict[str, str]:
+    """{scale initializer name: "int4"/"uint4"} of the 4-bit weight quantizers in ``model`` (the
+    TorchScript exporter names a buffer's initializer by its module path)."""
+    return {f"{name}.scale": module.dtype for name, module in model.named_modules()
+            if getattr(module, "dtype", None) in FOUR_BIT and hasattr(module, "export_range")}
+
+
+FOUR_BIT = ("int4", "uint4")
+FOUR_BIT_OPSET = 21  # DequantizeLinear takes int4/uint4 from opset 21
+
+
+def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.ModelProto:
+    """Store the weights dequantized with a scale in ``scales`` as packed int4/uint4 (two values
+    per byte, ONNX INT4/UINT4) instead of int8 codes, and raise the opset to 21, which
+    DequantizeLinear needs for 4-bit inputs. Returns the converted model.
+
+    Raises:
+        ExportError: a 4-bit weight holds a code outside the 4-bit range, or none was found.
+    """
+    import ml_dtypes
+    from onnx import version_converter
+
+    if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < FOUR_BIT_OPSET:
+        model = version_converter.convert_version(model, FOUR_BIT_OPSET)
+    model.ir_version = max(model.ir_version, 10)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    packed = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or node.input[1] not in scales:
+            continue
+        if node.input[0] not in inits:
+            continue
+        kind = scales[node.input[1]]
+        dtype = ml_dtypes.int4 if kind == "int4" else ml_dtypes.uint4
+        lo, hi = (-8, 7) if kind == "int4" else (0, 15)
+        codes, zp = numpy_helper.to_array(inits[node.input[0]]), numpy_helper.to_array(inits[node.input[2]])
+        if codes.size and (int(codes.min()) < lo or int(codes.max()) > hi):
+            raise ExportError(f"node {node.name}: {kind} weights hold codes in [{int(codes.min())}, "
+                              f"{int(codes.max())}], outside [{lo}, {hi}]")
+        graph.initializer.remove(inits[node.input[0]])
+        graph.initializer.append(numpy_helper.from_array(codes.astype(dtype), node.input[0]))
+        zp_name = f"{node.input[0]}/zero_point_{kind}"  # zero points may be shared with 8-bit nodes
+        graph.initializer.append(numpy_helper.from_array(zp.astype(dtype), zp_name))
+        node.input[2] = zp_name
+        packed += 1
+    if not packed:
+        raise ExportError(f"the model has {len(scales)} 4-bit weight quantizer(s) but no matching "
+                          f"DequantizeLinear in the exported graph")
+    requantize_scale_keeping_outputs(model)
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return model
+
+
+SCALE_KEEPING_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
+    """Give every max-pool/reshape-like op that reads a DequantizeLinear an explicit Q/DQ pair on
+    its output, with its input's scale and zero point (exact: such ops keep values on their
+    input's grid). Returns how many pairs were added.
+
+    Why: onnxruntime (1.32) propagates DequantizeLinear past such ops by inserting a
+    QuantizeLinear that carries an ``output_dtype`` attribute at opset 21; on x86 CPUs without
+    VNNI its S8-to-U8 rewrite then changes the zero point to uint8 but not the attribute, and the
+    model fails to load. With the pair already there, nothing is propagated.
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    added, nodes = 0, []
+    for node in graph.node:
+        nodes.append(node)
+        dq = producer.get(node.input[0]) if node.input else None
+        if (node.op_type not in SCALE_KEEPING_OPS or dq is None or dq.op_type != "DequantizeLinear"
+                or node.output[0] in outputs
+                or any(u.op_type == "QuantizeLinear" for u in users.get(node.output[0], []))):
+            continue
+        out = node.output[0]
+        kept = f"{out}/kept"
+        node.output[0] = kept
+        params = list(dq.input[1:3])
+        nodes.append(onnx.helper.make_node("QuantizeLinear", [kept, *params], [f"{out}/q"], name=f"{node.name}/requantize"))
+        nodes.append(onnx.helper.make_node("DequantizeLinear", [f"{out}/q", *params], [out], name=f"{node.name}/dequantize"))
+        added += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return added
 
 
 def copy_onnx(onnx_path: Path, out_path: Path) -> Path:

@@ -175,15 +175,16 @@ class PerChannelWeightQuantizer(nn.Module):
     weights until frozen.
 
     ``qmin``/``qmax`` are the codes the values use; ``export_range`` the (qmin, qmax) the op is
-    declared with (the dtype's full range: what the TorchScript ONNX exporter accepts).
+    declared with (the full range of the dtype, or of int8/uint8 for 4-bit weights: what the
+    TorchScript ONNX exporter accepts); ``dtype`` the type the exporter stores the codes in.
     ``per_channel=False`` gives one scale for the whole tensor.
     """
 
     def __init__(self, channels: int, qmin: int = QMIN + 1, qmax: int = QMAX, symmetric: bool = True,
-                 per_channel: bool = True, export_range: tuple[int, int] = (QMIN, QMAX)):
+                 per_channel: bool = True, export_range: tuple[int, int] = (QMIN, QMAX), dtype: str = "int8"):
         super().__init__()
         self.qmin, self.qmax, self.symmetric, self.per_channel = qmin, qmax, symmetric, per_channel
-        self.export_range = export_range
+        self.export_range, self.dtype = export_range, dtype
         self.register_buffer("scale", torch.ones(channels if per_channel else 1))
         self.register_buffer("zero_point", torch.zeros(channels if per_channel else 1, dtype=torch.int32))
         self.frozen = False
@@ -246,7 +247,7 @@ class PerChannelWeightQuantizer(nn.Module):
         return self.compute_qparams(w)[0]
 
     def extra_repr(self) -> str:
-        return (f"codes=[{self.qmin}, {self.qmax}], {'per-channel' if self.per_channel else 'per-tensor'}"
+        return (f"{self.dtype}, codes=[{self.qmin}, {self.qmax}], {'per-channel' if self.per_channel else 'per-tensor'}"
                 f"{', symmetric' if self.symmetric else ''}")
 
 

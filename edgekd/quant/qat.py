@@ -46,6 +46,11 @@ from edgekd.quant.fake_quant import (
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.scheme import RANGES, QuantScheme
 
+# 4-bit weights are fake-quantized as 8-bit ops (the TorchScript ONNX exporter maps only 8-bit
+# fake-quant to QuantizeLinear) with codes in the 4-bit range; the exporter then stores them as
+# packed int4 (``edgekd.export.onnx.pack_4bit_weights``).
+CONTAINER = {"int4": "int8", "uint4": "uint8"}
+
 ACTIVATION_MODULES = {"relu": (nn.ReLU,), "relu6": (nn.ReLU6,)}
 ACTIVATION_FUNCTIONS = {"relu": {torch.relu, nn.functional.relu}, "relu6": {nn.functional.relu6}}
 FIXED_OUTPUT_MODULES = {"softmax": (nn.Softmax,), "sigmoid": (nn.Sigmoid,), "tanh": (nn.Tanh,)}
@@ -281,7 +286,8 @@ def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme) -> list[tuple[f
         qmin, qmax = rule.qrange()
         channels = float_module.out_channels if kind != "linear" else float_module.out_features
         weight_quant = PerChannelWeightQuantizer(channels, qmin, qmax, rule.symmetric, rule.per_channel,
-                                                 export_range=RANGES[rule.dtype])
+                                                 export_range=RANGES[CONTAINER.get(rule.dtype, rule.dtype)],
+                                                 dtype=rule.dtype)
         qmod = cls.from_float(float_module, weight_quant)
         parent, _, leaf = node.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, qmod)
@@ -387,7 +393,11 @@ def _ensure_input_quantized(gm: fx.GraphModule, node: fx.Node, quantized: set[fx
             user.replace_input_with(source, qnode)
         quantized.add(qnode)
         return
-    quantized.add(_insert_after(gm, source, make(_source_kind(gm, source))))
+    # quantize where the value is computed (e.g. after an average pool that keeps no scale), so
+    # the scale-preserving ops between (flatten, dropout) carry integers, as integer-only
+    # targets need
+    point = walk if isinstance(walk, fx.Node) and walk.op != "placeholder" else source
+    quantized.add(_insert_after(gm, point, make(_source_kind(gm, point))))
 
 
 __all__ = ["QATConfig", "activation_quantizers", "calibrate", "freeze", "prepare_qat",

@@ -107,7 +107,7 @@ def validate_onnx(path: str | Path, scheme: QuantScheme) -> ValidationResult:
             _check_activation(g, node, scheme, result)
         if SHARED_KINDS.get(node.op_type) in scheme.shared_scales:
             _check_shared(g, node, result)
-        if not scheme.float_fallback and node.op_type not in NO_COMPUTE:
+        if not scheme.float_fallback and node.op_type not in NO_COMPUTE and not _fused_into_producer(g, node, scheme):
             _check_integer_only(g, node, result)
     return result
 
@@ -249,6 +249,17 @@ def _requantizer(g: _Graph, name: str):
         if users[0].op_type not in KEEPS_SCALE:
             return None
         name = users[0].output[0]
+
+
+def _fused_into_producer(g: _Graph, node, scheme: QuantScheme) -> bool:
+    """A Relu/Clip the runtime fuses into the conv/linear before it (its output re-quantized):
+    it reads the accumulator inside the kernel, never a float tensor."""
+    if node.op_type not in FUSED_OPS or not scheme.fuse:
+        return False
+    producer = g.produced_by(node.input[0])
+    users = [n for n in g.nodes if node.output[0] in n.input]
+    return (producer is not None and producer.op_type in WEIGHTED_OPS
+            and len(users) == 1 and users[0].op_type == "QuantizeLinear")
 
 
 def _check_integer_only(g: _Graph, node, result: ValidationResult) -> None:

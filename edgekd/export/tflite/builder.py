@@ -68,6 +68,16 @@ class Quant:
         return np.clip(np.rint(x / s) + z, info.min, info.max).astype(dtype)
 
 
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """Int8 values in [-8, 7] packed two per byte, first value in the low nibble (TFLite INT4)."""
+    flat = codes.astype(np.int8).ravel()
+    if flat.size and (flat.min() < -8 or flat.max() > 7):
+        raise ValueError(f"int4 codes must lie in [-8, 7], got [{flat.min()}, {flat.max()}]")
+    if flat.size % 2:
+        flat = np.append(flat, np.int8(0))
+    return ((flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)).astype(np.uint8)
+
+
 class ModelBuilder:
     """One-subgraph TFLite model under construction."""
 
@@ -84,19 +94,20 @@ class ModelBuilder:
 
     # -- tensors -------------------------------------------------------------------------------
     def tensor(self, name: str, shape, dtype, *, data: np.ndarray | None = None,
-               quant: Quant | None = None) -> int:
-        """Add a tensor (a constant when ``data`` is given); returns its index."""
+               quant: Quant | None = None, bits: int = 8) -> int:
+        """Add a tensor (a constant when ``data`` is given); returns its index. ``bits=4``
+        writes int8 ``data`` holding codes in [-8, 7] as a packed INT4 constant."""
         s = self._s
         t = s.TensorT()
         t.name = name
         t.shape = np.asarray([int(d) for d in shape], np.int32)
-        t.type = getattr(s.TensorType, _DTYPES[np.dtype(dtype)])
+        t.type = getattr(s.TensorType, "INT4" if bits == 4 else _DTYPES[np.dtype(dtype)])
         if data is not None:
             data = np.asarray(data, dtype=dtype).copy(order="C")  # (keeps 0-d scalars 0-d)
             if tuple(data.shape) != tuple(int(d) for d in shape):
                 raise ValueError(f"constant {name}: data shape {data.shape} != tensor shape {tuple(shape)}")
             buf = s.BufferT()
-            buf.data = np.frombuffer(data.tobytes(), np.uint8)
+            buf.data = pack_int4(data) if bits == 4 else np.frombuffer(data.tobytes(), np.uint8)
             self.buffers.append(buf)
             t.buffer = len(self.buffers) - 1
         if quant is not None:

@@ -45,12 +45,17 @@ class Node:
         return f"{self.op} node {self.name!r}"
 
 
+FOUR_BIT = ("int4", "uint4")
+UNSIGNED_OFFSET = {"uint8": 128, "uint4": 8}  # unsigned codes become signed ones minus this
+
+
 @dataclass
 class QConst:
     """A constant stored as integers: real = scale * (values - zero_point)."""
 
-    values: np.ndarray  # int8/uint8/int32, as in the file
+    values: np.ndarray  # int8/uint8/int32, as in the file (4-bit codes held in int8)
     quant: Quant
+    bits: int = 8  # 4: the file stores int4/uint4 weights (written packed as TFLite INT4)
 
 
 @dataclass
@@ -253,11 +258,11 @@ def _read_quant(node: Node, g: Graph, default_dtype=np.uint8) -> tuple[Quant, np
     else:
         zp = np.zeros_like(scale, default_dtype)
     dtype = np.dtype(zp.dtype)
-    if dtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)):
+    if dtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)) and dtype.name not in FOUR_BIT:
         raise ExportError(f"{g.path}: {node.where()}: {dtype} quantization is not supported "
-                          f"(int8, uint8 and int32 bias are)")
+                          f"(int8, uint8, int4/uint4 weights and int32 bias are)")
     axis = int(node.attr("axis", 1)) if np.asarray(scale).size > 1 else 0
-    zp = np.asarray(zp, np.int64) - (128 if dtype == np.uint8 else 0)
+    zp = np.asarray(zp, np.int64) - UNSIGNED_OFFSET.get(dtype.name, 0)
     return Quant.of(scale, zp, axis), dtype
 
 
@@ -267,11 +272,14 @@ def _dequantize(node: Node, g: Graph, alias: dict, pending_q: dict) -> None:
     quant, _ = _read_quant(node, g, x_dtype)
     if x in g.constants:  # a quantized weight, bias or constant operand
         values = g.constants[x]
-        if values.dtype == np.uint8:
-            values = (values.astype(np.int16) - 128).astype(np.int8)
+        bits = 4 if values.dtype.name in FOUR_BIT else 8
+        if values.dtype.name in UNSIGNED_OFFSET:  # as signed codes, zero point shifted alike
+            values = (values.astype(np.int16) - UNSIGNED_OFFSET[values.dtype.name]).astype(np.int8)
+        elif bits == 4:
+            values = values.astype(np.int8)
         if quant.axis < 0:
             quant = Quant(quant.scale, quant.zero_point, quant.axis + values.ndim)
-        g.qconst[node.outputs[0]] = QConst(values, quant)
+        g.qconst[node.outputs[0]] = QConst(values, quant, bits)
         shape = [1] * values.ndim
         if quant.per_channel:
             shape[quant.axis] = -1

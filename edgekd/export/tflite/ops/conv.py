@@ -44,7 +44,8 @@ def filter_tensor(ctx: Context, node: Node, name: str, axes: tuple[int, ...], ch
     scales = np.broadcast_to(np.asarray(qc.quant.scale, np.float64), (out_channels,))[select] * scale_by
     data = np.ascontiguousarray(qc.values[select].transpose(axes))
     quant = Quant.of(scales, np.zeros(len(scales), np.int64), channel_axis)
-    return ctx.b.tensor(f"{node.name}/filter", data.shape, np.int8, data=data, quant=quant), scales
+    return ctx.b.tensor(f"{node.name}/filter", data.shape, np.int8, data=data, quant=quant,
+                        bits=qc.bits), scales
 
 
 def bias_tensor(ctx: Context, node: Node, name: str | None, channels: int, in_quant: Quant | None,

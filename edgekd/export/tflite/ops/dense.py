@@ -43,7 +43,8 @@ def _fc_weights(ctx: Context, node: Node, name: str, transposed: bool, alpha: fl
         values = -values.astype(np.int16).clip(-127, 127).astype(np.int8)
     data = np.ascontiguousarray(values)
     quant = Quant.of(scales, np.zeros(len(scales), np.int64), 0)
-    return ctx.b.tensor(f"{node.name}/weights", data.shape, np.int8, data=data, quant=quant), scales
+    return ctx.b.tensor(f"{node.name}/weights", data.shape, np.int8, data=data, quant=quant,
+                        bits=qc.bits if alpha > 0 else 8), scales
 
 
 def _fully_connected(ctx: Context, node: Node, a: str, b: str, transposed: bool, alpha: float,
