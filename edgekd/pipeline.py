@@ -45,8 +45,17 @@ from edgekd.models.factory import (
 )
 from edgekd.models.transfer import init_from_teacher
 from edgekd.progress import progress
+from edgekd.quant.mixed_precision import choose_mixed_precision
 from edgekd.quant.ptq import post_training_quantize
-from edgekd.quant.qat import calibrate, freeze, observer_options, prepare_qat, set_range_tracking
+from edgekd.quant.qat import (
+    QATConfig,
+    calibrate,
+    freeze,
+    layer_precisions,
+    observer_options,
+    prepare_qat,
+    set_range_tracking,
+)
 from edgekd.quant.validate import validate_onnx
 from edgekd.recipe import Recipe
 from edgekd.report import Entry, Report, environment
@@ -132,6 +141,15 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     timings["student_kd"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    mixed = None
+    if recipe.qat.mixed_precision.enabled and (recipe.qat.enabled or recipe.ptq.enabled):
+        mixed = choose_mixed_precision(student, qat_config, data.calibration_batches(
+            recipe.data.batch_size, qat_config.calibration_batches), data.x_val, data.y_val)
+        log(mixed.summary())
+        qat_config = QATConfig.from_dict({**qat_config.to_dict(), "layers": {**mixed.layers, **qat_config.layers}})
+    timings["mixed_precision"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
     int8, qat_fit = (_stage(store, data, "student-int8", recipe.student, qat_config.to_dict(),
                             lambda ckpt: _qat(student, provider, data, recipe, qat_config,
                                               {**fit, **provider_fit}, ckpt))
@@ -179,6 +197,8 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
             size_bytes=ckpt.stat().st_size, params=count_parameters(model),
             accuracy=float((references[stage] == data.y_test.numpy()).mean()),
             info={"training": _fit_summary(fit_info)} if fit_info is not None else {}))
+        if mixed is not None and stage in ("student-int8", "student-ptq"):
+            entries[-1].info["mixed_precision"] = mixed.to_dict()
     if teacher is None:  # an ONNX teacher: evaluated in onnxruntime, no PyTorch model
         entries.append(_onnx_teacher_entry(recipe.teacher.checkpoint, data))
 
@@ -191,7 +211,8 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
                                data.input_shape, opset=recipe.export.opset,
                                options=recipe.export.options(quantized=stage in ("student-int8", "student-ptq"))):
             artifacts.append((stage, artifact))
-    validations = {stage: validate_onnx(a.path, scheme) for stage, a in artifacts
+    precisions = layer_precisions(student, qat_config.layers, scheme)
+    validations = {stage: validate_onnx(a.path, scheme, precisions) for stage, a in artifacts
                    if a.format == "onnx" and stage in ("student-int8", "student-ptq")}
     for stage, validation in validations.items():
         log(validation.summary())

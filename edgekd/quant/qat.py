@@ -29,13 +29,15 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass
+import fnmatch
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 from torch import fx, nn
 
 from edgekd.config import Config, FieldError, check_name
-from edgekd.errors import QuantizationError
+from edgekd.errors import ConfigError, QuantizationError, did_you_mean
 from edgekd.quant.fake_quant import (
     QUANT_LAYERS,
     QUANT_MODULES,
@@ -65,6 +67,37 @@ AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn
 AVG_POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d}
 
 
+LAYER_PRECISIONS = ("float", "int8", "int4")
+
+
+@dataclass
+class MixedPrecisionConfig(Config):
+    """Automatic mixed precision: keep the layers whose quantization hurts most at a higher
+    precision until the quantized model is within ``max_accuracy_drop`` of the float model.
+
+    Attributes:
+        enabled: run the sensitivity pass before QAT/PTQ.
+        max_accuracy_drop: allowed top-1 drop of the calibrated (PTQ) model vs the float model
+            on the validation split, a fraction or a percentage ("0.5%").
+        higher: the precision sensitive layers get: ``float``, or ``int8`` when the base
+            precision is int4 (W4A8 with int8 where it matters).
+    """
+
+    enabled: bool = False
+    max_accuracy_drop: float | str = 0.005
+    higher: Literal["float", "int8"] = "float"
+
+    def __post_init__(self):
+        from edgekd.units import parse_fraction
+
+        try:
+            self.max_accuracy_drop = parse_fraction(self.max_accuracy_drop)
+        except ConfigError as err:
+            raise FieldError("max_accuracy_drop", str(err)) from None
+        if not 0 <= self.max_accuracy_drop < 1:
+            raise FieldError("max_accuracy_drop", f"expected a fraction in [0, 1), got {self.max_accuracy_drop}")
+
+
 @dataclass
 class QATConfig(Config):
     """Quantization-aware fine-tuning settings.
@@ -84,6 +117,11 @@ class QATConfig(Config):
         weight_bits: 8, or 4 for int4 weights (W4A8) where the target's scheme lists int4.
         activation_bits: activation precision (8; 16-bit activations come from a target whose
             scheme states them, e.g. QNN HTP's uint16).
+        layers: per-layer precision (mixed precision): module path or glob (``fnmatch``, e.g.
+            ``features.0.*``) -> ``float`` (left unquantized), ``int8`` or ``int4`` (weight
+            dtype, where the target lists it). Later keys win over earlier ones.
+        mixed_precision: choose ``layers`` automatically from a per-layer sensitivity pass
+            (``edgekd.quant.mixed_precision``); explicit ``layers`` entries still win.
         target: the target profile whose arithmetic is simulated (name or YAML path); in a
             recipe, the first of ``targets`` when unset. None in Python: edgekd's default int8.
         scheme: the resolved quantization scheme (written by ``resolved``; int8 checkpoints
@@ -101,6 +139,8 @@ class QATConfig(Config):
     learnable_scales: bool = False
     weight_bits: int = 8
     activation_bits: int = 8
+    layers: dict[str, str] = field(default_factory=dict)
+    mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
     target: str | None = None
     scheme: QuantScheme | None = None
 
@@ -120,6 +160,10 @@ class QATConfig(Config):
             raise FieldError("percentile", f"expected a percentile in (50, 100], got {self.percentile}")
         if self.weight_bits not in (4, 8):
             raise FieldError("weight_bits", f"expected 8 or 4 (W4A8), got {self.weight_bits}")
+        for key, precision in self.layers.items():
+            if precision not in LAYER_PRECISIONS:
+                raise FieldError(f"layers.{key}", f"expected one of {', '.join(LAYER_PRECISIONS)}, got "
+                                                  f"{precision!r}{did_you_mean(str(precision), LAYER_PRECISIONS)}")
         if self.activation_bits != 8:
             raise FieldError("activation_bits", f"expected 8, got {self.activation_bits}; 16-bit "
                                                 f"activations are set by a target scheme (e.g. qnn-htp-a16)")
@@ -162,7 +206,7 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); data-dependent control flow "
             f"in forward() is not supported: move it out of forward or into a leaf module") from None
     fold_batchnorm(gm)
-    quantized = _swap_quant_modules(gm, scheme)
+    quantized = _swap_quant_modules(gm, scheme, layer_precisions(gm, config.layers, scheme))
     if not quantized:
         raise QuantizationError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
     make = _QuantizerFactory(scheme, config.momentum)
@@ -271,18 +315,51 @@ def layer_kind(module: nn.Module) -> str:
     return "depthwise_conv" if depthwise else "conv"
 
 
-def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme) -> list[tuple[fx.Node, str]]:
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Module paths of the conv/linear layers QAT quantizes, in definition order."""
+    return [name for name, m in model.named_modules() if type(m) in QUANT_MODULES]
+
+
+def layer_precisions(model: nn.Module, layers: dict[str, str], scheme: QuantScheme) -> dict[str, str]:
+    """{layer path: precision} for the layers that ``layers`` (paths or globs) override.
+
+    Raises:
+        FieldError: a key matches no quantizable layer (the valid paths are listed), or asks
+            for a weight dtype the target does not list.
+    """
+    paths = quantizable_layers(model)
+    chosen: dict[str, str] = {}
+    for key, precision in layers.items():
+        matched = [p for p in paths if fnmatch.fnmatchcase(p, key)]
+        if not matched:
+            raise FieldError(f"layers.{key}", f"matches no conv/linear layer{did_you_mean(key, paths)}; "
+                                              f"layers: {', '.join(paths)}")
+        if precision != "float" and precision not in scheme.weight_dtypes:
+            raise FieldError(f"layers.{key}", f"{precision} weights are not supported by this target "
+                                              f"({scheme.runtime}: weight dtypes {', '.join(scheme.weight_dtypes)})")
+        chosen.update({p: precision for p in matched})
+    return chosen
+
+
+def layer_rule(rule, precision: str | None):
+    """``rule`` with the weight dtype of a per-layer override (None: unchanged)."""
+    return rule if precision is None or precision == "float" else replace(rule, dtype=precision)
+
+
+def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme,
+                        precisions: dict[str, str] | None = None) -> list[tuple[fx.Node, str]]:
     modules = dict(gm.named_modules())
+    precisions = precisions or {}
     nodes = []
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
         cls = QUANT_MODULES.get(type(modules[node.target]))
-        if cls is None:
+        if cls is None or precisions.get(node.target) == "float":
             continue
         float_module = modules[node.target]
         kind = layer_kind(float_module)
-        rule = scheme.weight_rule(kind)
+        rule = layer_rule(scheme.weight_rule(kind), precisions.get(node.target))
         qmin, qmax = rule.qrange()
         channels = float_module.out_channels if kind != "linear" else float_module.out_features
         weight_quant = PerChannelWeightQuantizer(channels, qmin, qmax, rule.symmetric, rule.per_channel,

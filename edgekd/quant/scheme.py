@@ -54,7 +54,8 @@ class TensorRule(Config):
         per_channel: one scale per output channel (weights only); else one per tensor.
         narrow_range: signed values avoid the lowest code (int8 in [-127, 127]), as TFLite and
             XNNPACK require of weights.
-        reduce_range: 8-bit weights use 7 bits (int8 in [-64, 64], uint8 in [0, 127]), as
+        reduce_range: 8-bit weights use 7 bits (int8 in [-64, 64], uint8 in [0, 127]; other
+            dtypes are not affected, so a layer moved to int4 and back keeps the rule), as
             onnxruntime's ``quantize_static(reduce_range=True)`` does. x86 int8 kernels on CPUs
             without VNNI multiply u8 activations by s8 weights with ``vpmaddubsw``, which adds
             pairs of products into int16 and saturates: 2 x 255 x 127 overflows 32767, 2 x 255 x 64
@@ -68,9 +69,6 @@ class TensorRule(Config):
     narrow_range: bool = False
     reduce_range: bool = False
 
-    def __post_init__(self):
-        if self.reduce_range and self.dtype not in ("int8", "uint8"):
-            raise FieldError("reduce_range", f"applies to 8-bit weights only, not {self.dtype}")
 
     @property
     def bits(self) -> int:
@@ -83,7 +81,7 @@ class TensorRule(Config):
     def qrange(self) -> tuple[int, int]:
         """The integer codes used: (qmin, qmax)."""
         lo, hi = RANGES[self.dtype]
-        if self.reduce_range:
+        if self.reduce_range and self.bits == 8:
             return (lo // 2, -lo // 2) if self.signed else (0, hi // 2)
         return (lo + 1, hi) if self.narrow_range and self.signed else (lo, hi)
 
@@ -96,7 +94,7 @@ class TensorRule(Config):
         parts = [self.dtype, "symmetric" if self.symmetric else "asymmetric",
                  "per-channel" if self.per_channel else "per-tensor"]
         parts += ["narrow range"] if self.narrow_range else []
-        parts += [f"reduced to [{self.qrange()[0]}, {self.qrange()[1]}]"] if self.reduce_range else []
+        parts += [f"reduced to [{self.qrange()[0]}, {self.qrange()[1]}]"] if self.reduce_range and self.bits == 8 else []
         return " ".join(parts)
 
 
@@ -222,10 +220,8 @@ class QuantScheme(Config):
                                     f"({self.runtime}: weight dtypes {', '.join(self.weight_dtypes)}); "
                                     f"choose a target that lists {dtype} in quantization.weight_dtypes")
         data = self.to_dict()
-        eight_bit = dtype in ("int8", "uint8")
         for rule in [data["weights"]] + [r["weights"] for r in data["ops"].values() if r.get("weights")]:
             rule["dtype"] = dtype
-            rule["reduce_range"] = rule.get("reduce_range", False) and eight_bit
         return QuantScheme.from_dict(data)
 
 

@@ -90,8 +90,14 @@ class _Graph:
         return self.inits.get(name)
 
 
-def validate_onnx(path: str | Path, scheme: QuantScheme) -> ValidationResult:
+def validate_onnx(path: str | Path, scheme: QuantScheme, layers: dict[str, str] | None = None) -> ValidationResult:
     """Check the QDQ ONNX file ``path`` against ``scheme``; returns every violation found.
+
+    ``layers``: per-layer precisions of a mixed-precision model ({module path: float | int8 |
+    int4}, as ``edgekd.quant.qat.layer_precisions`` resolves them): those layers are checked
+    against their own weight dtype, and a float layer is allowed where the target falls back to
+    float. A layer is recognised by the initializer names the exporter gives its weight
+    (``<path>.weight``) or weight scale (``<path>.weight_quant.scale``).
 
     Raises:
         ModelLoadError: the file is missing or not a valid ONNX model.
@@ -102,7 +108,7 @@ def validate_onnx(path: str | Path, scheme: QuantScheme) -> ValidationResult:
     result = ValidationResult(str(path), scheme.runtime)
     for node in g.nodes:
         if node.op_type in WEIGHTED_OPS:
-            _check_weights(g, node, scheme, result)
+            _check_weights(g, node, scheme, result, layers or {})
         elif node.op_type == "QuantizeLinear" and g.const(node.input[0]) is None:
             _check_activation(g, node, scheme, result)
         if SHARED_KINDS.get(node.op_type) in scheme.shared_scales:
@@ -123,19 +129,25 @@ def _weight_kind(g: _Graph, node, weight: np.ndarray | None) -> str:
     return "depthwise_conv" if weight is not None and group > 1 and weight.shape[1] == 1 and group == weight.shape[0] else "conv"
 
 
-def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResult) -> None:
+def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResult,
+                   layers: dict[str, str]) -> None:
+    from edgekd.quant.qat import layer_rule
+
     if len(node.input) < 2:
         return
     dq = g.produced_by(node.input[1])
     if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is None:
         if g.const(node.input[1]) is not None:
             result.checked["weights"] += 1
-            result.violations.append(Violation(_name(node), "weights must be integer (QDQ) on this target",
-                                               "float weights"))
+            declared = layers.get(node.input[1].removesuffix(".weight")) == "float"
+            if not (declared and scheme.float_fallback):
+                result.violations.append(Violation(
+                    _name(node), "weights must be integer (QDQ) on this target",
+                    "float weights" + (" (a float layer on an integer-only target)" if declared else "")))
         return  # otherwise a product of two activations: no weight
     q = g.const(dq.input[0])
     kind = _weight_kind(g, node, q)
-    rule = scheme.weight_rule(kind)
+    rule = layer_rule(scheme.weight_rule(kind), layers.get(dq.input[1].removesuffix(".weight_quant.scale")))
     result.checked["weights"] += 1
     where = f"{_name(node)} ({kind} weights)"
     dtype = ONNX_DTYPES.get(g.init_types[dq.input[0]], f"type {g.init_types[dq.input[0]]}")

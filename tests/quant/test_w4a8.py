@@ -3,8 +3,6 @@
 import onnx
 import pytest
 
-from edgekd.errors import ConfigError
-
 
 @pytest.fixture(scope="module")
 def w4a8(tmp_path_factory, digits, float_student):
@@ -67,9 +65,3 @@ def test_validator_accepts_int4_where_listed_and_names_it_elsewhere(w4a8):
     result = validate_onnx(artifacts["onnx"].path, load_target("x86-cpu").quantization)
     assert any("weights must be int8; found int4" in str(v) for v in result.violations)
 
-
-def test_int4_is_refused_on_an_int8_only_target():
-    from edgekd.quant import QATConfig
-
-    with pytest.raises(ConfigError, match="int4 weights are not supported by this target's runtime .*ethos-u"):
-        QATConfig(weight_bits=4, target="ethos-u55").resolved()

@@ -31,7 +31,9 @@ def filter_tensor(ctx: Context, node: Node, name: str, axes: tuple[int, ...], ch
     qc = ctx.g.qconst.get(name)
     if qc is None:
         raise ctx.fail(node, f"weight {name!r} is float in a quantized model; the ONNX file must "
-                             f"quantize it (DequantizeLinear of int8 weights) for a full-integer TFLite")
+                             f"quantize it (DequantizeLinear of int8 weights) for a full-integer TFLite; a "
+                             f"mixed-precision layer left in float cannot go to TFLite: give it int8 "
+                             f"(qat.layers, or qat.mixed_precision.higher: int8)")
     if any(qc.quant.zero_point):
         raise ctx.fail(node, "weights are quantized asymmetrically (zero point != 0); TFLite int8 "
                              "kernels need symmetric weights")

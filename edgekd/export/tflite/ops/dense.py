@@ -28,7 +28,9 @@ def _fc_weights(ctx: Context, node: Node, name: str, transposed: bool, alpha: fl
     qc = ctx.g.qconst.get(name)
     if qc is None:
         raise ctx.fail(node, f"weight {name!r} is float in a quantized model; quantize it in the ONNX "
-                             f"file (DequantizeLinear of int8 weights)")
+                             f"file (DequantizeLinear of int8 weights); a mixed-precision layer left in "
+                             f"float cannot go to TFLite: give it int8 (qat.layers, or "
+                             f"qat.mixed_precision.higher: int8)")
     if any(qc.quant.zero_point) or qc.values.dtype != np.int8:
         raise ctx.fail(node, "weights must be int8 with zero point 0 (symmetric) for TFLite")
     out_axis = 1 if transposed else 0
