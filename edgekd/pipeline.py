@@ -45,6 +45,7 @@ from edgekd.models.factory import (
 )
 from edgekd.models.transfer import init_from_teacher
 from edgekd.progress import progress
+from edgekd.quant.conv_bn import freeze_bn_stats
 from edgekd.quant.mixed_precision import choose_mixed_precision
 from edgekd.quant.ptq import post_training_quantize
 from edgekd.quant.qat import (
@@ -290,9 +291,14 @@ def _qat(student, teacher, data: DataSplits, recipe: Recipe, cfg, fit: dict,
     calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False), cfg.observer,
               **observer_options(cfg))
     train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=0.0, seed=recipe.student_training.seed)
+
+    def on_epoch_start(epoch: int) -> None:
+        set_range_tracking(model, epoch < cfg.freeze_observers_epoch)
+        if epoch >= cfg.freeze_bn_epoch:
+            freeze_bn_stats(model)
+
     result = distill(model, teacher, data, recipe.distill, train_cfg, desc="student (int8 QAT)",
-                     on_epoch_start=lambda epoch: set_range_tracking(model, epoch < cfg.freeze_observers_epoch),
-                     checkpoint=checkpoint, **fit)
+                     on_epoch_start=on_epoch_start, checkpoint=checkpoint, **fit)
     return freeze(model), result
 
 

@@ -51,7 +51,7 @@ class PTQConfig(Config):
         base = simulation.to_dict() if simulation is not None else {}
         return QATConfig.from_dict({**base, "enabled": False, "calibration_batches": self.calibration_batches,
                                     "observer": self.observer, "percentile": self.percentile,
-                                    "learnable_scales": False})
+                                    "learnable_scales": False, "freeze_bn_epoch": 0})
 
 
 def post_training_quantize(model: nn.Module, batches: Iterable[torch.Tensor],

@@ -45,6 +45,7 @@ from edgekd.quant.fake_quant import (
     PerChannelWeightQuantizer,
     TiedQuantizer,
 )
+from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.scheme import RANGES, QuantScheme
 
@@ -53,6 +54,7 @@ from edgekd.quant.scheme import RANGES, QuantScheme
 # packed int4 (``edgekd.export.onnx.pack_4bit_weights``).
 CONTAINER = {"int4": "int8", "uint4": "uint8"}
 
+LAYER_SWAPS = {**QUANT_MODULES, ConvBn2d: QuantConvBn2d}  # float layer type -> its QAT module
 ACTIVATION_MODULES = {"relu": (nn.ReLU,), "relu6": (nn.ReLU6,)}
 ACTIVATION_FUNCTIONS = {"relu": {torch.relu, nn.functional.relu}, "relu6": {nn.functional.relu6}}
 FIXED_OUTPUT_MODULES = {"softmax": (nn.Softmax,), "sigmoid": (nn.Sigmoid,), "tanh": (nn.Tanh,)}
@@ -111,6 +113,10 @@ class QATConfig(Config):
             mse (``edgekd.quant.observers``).
         percentile: the percentile of the ``percentile`` observer.
         freeze_observers_epoch: activation ranges follow the data until this epoch, then stay fixed.
+        freeze_bn_epoch: 0 folds BatchNorm into the convolutions before QAT; N > 0 keeps each
+            conv+BN pair live for the first N epochs (batch statistics, running ones updated,
+            weights folded and fake-quantized as deployed; ``edgekd.quant.conv_bn``), then
+            freezes the statistics. Either way the exported model is the folded conv.
         momentum: moving-average factor of activation ranges during QAT.
         learnable_scales: LSQ (Esser et al. 2020): weight and activation scales are parameters
             trained with the weights (initialised from calibration), not tracked by moving average.
@@ -135,6 +141,7 @@ class QATConfig(Config):
     observer: str = "minmax"
     percentile: float = 99.99
     freeze_observers_epoch: int = 2
+    freeze_bn_epoch: int = 0
     momentum: float = 0.01
     learnable_scales: bool = False
     weight_bits: int = 8
@@ -145,7 +152,7 @@ class QATConfig(Config):
     scheme: QuantScheme | None = None
 
     def __post_init__(self):
-        for name in ("epochs", "calibration_batches", "freeze_observers_epoch"):
+        for name in ("epochs", "calibration_batches", "freeze_observers_epoch", "freeze_bn_epoch"):
             if getattr(self, name) < (1 if name == "calibration_batches" else 0):
                 raise FieldError(name, f"must be >= {1 if name == 'calibration_batches' else 0}, "
                                        f"got {getattr(self, name)}")
@@ -205,7 +212,9 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
             f"{type(model).__name__} cannot be traced by torch.fx for QAT "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); data-dependent control flow "
             f"in forward() is not supported: move it out of forward or into a leaf module") from None
-    fold_batchnorm(gm)
+    if config.freeze_bn_epoch > 0:
+        fuse_conv_bn(gm)  # trained live until freeze_bn_epoch, folded by ``freeze``
+    fold_batchnorm(gm)  # every BN (all of them, or those fuse_conv_bn could not pair)
     quantized = _swap_quant_modules(gm, scheme, layer_precisions(gm, config.layers, scheme))
     if not quantized:
         raise QuantizationError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
@@ -276,8 +285,10 @@ def set_range_tracking(model: nn.Module, on: bool) -> None:
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Make every scale and zero point a constant (ready to export); returns the model in eval mode."""
+    """Make every scale and zero point a constant (ready to export); returns the model in eval
+    mode. Conv+BN pairs still live (``freeze_bn_epoch``) are folded first, as before QAT."""
     set_range_tracking(model, False)
+    fold_conv_bn(model)
     for module in model.modules():
         if isinstance(module, QUANT_LAYERS):
             module.weight_quant.freeze(module.weight)
@@ -288,7 +299,7 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def rebuild_frozen(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     """The structure of a frozen QAT model, to load a saved int8 checkpoint's state dict into."""
-    gm = prepare_qat(model, config)
+    gm = prepare_qat(model, QATConfig.from_dict({**config.to_dict(), "freeze_bn_epoch": 0}))  # saved folded
     for module in gm.modules():
         if isinstance(module, (PerChannelWeightQuantizer, ActivationQuantizer)):
             module.frozen = True
@@ -317,7 +328,7 @@ def layer_kind(module: nn.Module) -> str:
 
 def quantizable_layers(model: nn.Module) -> list[str]:
     """Module paths of the conv/linear layers QAT quantizes, in definition order."""
-    return [name for name, m in model.named_modules() if type(m) in QUANT_MODULES]
+    return [name for name, m in model.named_modules() if type(m) in LAYER_SWAPS]
 
 
 def layer_precisions(model: nn.Module, layers: dict[str, str], scheme: QuantScheme) -> dict[str, str]:
@@ -354,7 +365,7 @@ def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme,
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
-        cls = QUANT_MODULES.get(type(modules[node.target]))
+        cls = LAYER_SWAPS.get(type(modules[node.target]))
         if cls is None or precisions.get(node.target) == "float":
             continue
         float_module = modules[node.target]
