@@ -52,6 +52,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
     four_bit = _four_bit_scales(model)
     if four_bit:
         graph = pack_4bit_weights(graph, four_bit)
+    requantize_scale_keeping_outputs(graph)
     onnx.checker.check_model(graph)
     return atomic.write_bytes(path, graph.SerializeToString())
 
@@ -154,7 +155,6 @@ def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.Mo
     if not packed:
         raise ExportError(f"the model has {len(scales)} 4-bit weight quantizer(s) but no matching "
                           f"DequantizeLinear in the exported graph")
-    requantize_scale_keeping_outputs(model)
     used = {name for n in graph.node for name in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
@@ -169,9 +169,12 @@ def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
     its output, with its input's scale and zero point (exact: such ops keep values on their
     input's grid). Returns how many pairs were added.
 
-    Why: onnxruntime (1.32) propagates DequantizeLinear past such ops by inserting a
-    QuantizeLinear that carries an ``output_dtype`` attribute at opset 21; on x86 CPUs without
-    VNNI its S8-to-U8 rewrite then changes the zero point to uint8 but not the attribute, and the
+    Why: a quantized op after a reshape-like op needs a DequantizeLinear right before it for
+    onnxruntime to fuse it (e.g. GlobalAveragePool -> Flatten -> Gemm becomes QLinear-
+    GlobalAveragePool -> Flatten -> QGemm, not a float Gemm). And onnxruntime (1.32) would
+    otherwise propagate DequantizeLinear past such ops itself, inserting a QuantizeLinear that
+    carries an ``output_dtype`` attribute at opset 21; on x86 CPUs without VNNI its S8-to-U8
+    rewrite then changes the zero point to uint8 but not the attribute, and a 4-bit (opset 21)
     model fails to load. With the pair already there, nothing is propagated.
     """
     graph = model.graph
