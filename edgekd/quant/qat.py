@@ -223,6 +223,8 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     outputs |= _insert_fixed_output_quantizers(gm, make)
     for node, _ in quantized:
         _ensure_input_quantized(gm, node, outputs, make)
+    if "concat" in scheme.shared_scales:
+        _share_concat_scales(gm, make)
     gm.graph.lint()
     gm.recompile()
     if config.learnable_scales:
@@ -467,25 +469,56 @@ def _ensure_input_quantized(gm: fx.GraphModule, node: fx.Node, quantized: set[fx
             _is_scale_preserving(gm, walk) or _is_shared_pool(gm, walk, make.scheme)):
         through_pool |= _is_shared_pool(gm, walk, make.scheme)
         walk = walk.args[0]
-    if walk in quantized:
-        if through_pool:  # re-quantize the pooled values on the grid they were pooled from
-            source_quant = gm.get_submodule(walk.target)
-            if isinstance(source_quant, ActivationQuantizer):
-                quantized.add(_insert_after(gm, source, TiedQuantizer(source_quant)))
-        return
-    if source.op == "placeholder":
-        gm.add_submodule("input_quant", make("input"))
-        with gm.graph.inserting_after(source):
-            qnode = gm.graph.call_module("input_quant", (source,))
-        for user in [u for u in source.users if u is not qnode]:
-            user.replace_input_with(source, qnode)
+    if walk not in quantized:
+        if source.op == "placeholder":
+            gm.add_submodule("input_quant", make("input"))
+            with gm.graph.inserting_after(source):
+                qnode = gm.graph.call_module("input_quant", (source,))
+            for user in [u for u in source.users if u is not qnode]:
+                user.replace_input_with(source, qnode)
+            quantized.add(qnode)
+            return
+        # quantize where the value is computed (e.g. after a concat, or an average pool that
+        # keeps no scale), so the scale-preserving ops between (flatten, dropout) carry
+        # integers, as integer-only targets need
+        computed = isinstance(walk, fx.Node) and walk.op != "placeholder"
+        qnode = _insert_after(gm, walk if computed else source, make(_source_kind(gm, walk if computed else source)))
         quantized.add(qnode)
-        return
-    # quantize where the value is computed (e.g. after an average pool that keeps no scale), so
-    # the scale-preserving ops between (flatten, dropout) carry integers, as integer-only
-    # targets need
-    point = walk if isinstance(walk, fx.Node) and walk.op != "placeholder" else source
-    quantized.add(_insert_after(gm, point, make(_source_kind(gm, point))))
+        if not computed:
+            return
+        walk = qnode
+    if through_pool:  # re-quantize the pooled values on the grid they were pooled from
+        source_quant = gm.get_submodule(walk.target)
+        if isinstance(source_quant, ActivationQuantizer):
+            quantized.add(_insert_after(gm, source, TiedQuantizer(source_quant)))
+
+
+def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:
+    """Every ``torch.cat`` reads and writes one scale (TFLite's CONCATENATION spec): its output
+    quantizer observes the joined tensor, and each input is quantized on that grid, by a
+    ``TiedQuantizer`` that replaces the input's own quantizer when the concat is its only user
+    (the producer then writes straight in the concat's scale), or sits on the edge otherwise."""
+    for node in list(gm.graph.nodes):
+        if not (node.op == "call_function" and node.target is torch.cat):
+            continue
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module" and isinstance(
+                gm.get_submodule(users[0].target), ActivationQuantizer):
+            out_q = gm.get_submodule(users[0].target)
+        else:
+            out_q = gm.get_submodule(_insert_after(gm, node, make("concat")).target)
+        inputs = list(node.args[0])
+        for i, inp in enumerate(inputs):
+            own = gm.get_submodule(inp.target) if isinstance(inp, fx.Node) and inp.op == "call_module" else None
+            if isinstance(own, ActivationQuantizer) and own.fixed is None and len(inp.users) == 1:
+                parent, _, leaf = inp.target.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, leaf, TiedQuantizer(out_q))
+                continue
+            name = f"{node.name}_input{i}_quant"
+            gm.add_submodule(name, TiedQuantizer(out_q))
+            with gm.graph.inserting_before(node):
+                inputs[i] = gm.graph.call_module(name, (inp,))
+        node.args = (inputs, *node.args[1:])
 
 
 __all__ = ["QATConfig", "activation_quantizers", "calibrate", "freeze", "prepare_qat",

@@ -298,8 +298,16 @@ def _dequantize(node: Node, g: Graph, alias: dict, pending_q: dict) -> None:
                           f"{source!r} per channel; TFLite activations are quantized per tensor")
     known = g.act_quant.get(source)
     if known is not None and not known.same_as(q_quant):
-        raise ExportError(f"{g.path}: tensor {source!r} is quantized with two different scales "
-                          f"(second by node {qnode.name!r}); TFLite gives each tensor one scale")
+        # a second scale for one tensor: a requantization (e.g. an input moved onto a concat's
+        # grid). TFLite gives each tensor one scale, so it becomes a tensor of its own, written
+        # by a QUANTIZE op (the "QuantizeLinear" converter)
+        requantized = f"{source}/requantized_by_{qnode.name}"
+        g.nodes.append(Node("QuantizeLinear", qnode.name, [source], [requantized], {}))
+        g.act_quant[requantized] = q_quant
+        if source in g.shapes:
+            g.shapes[requantized] = g.shapes[source]
+        alias[node.outputs[0]] = requantized
+        return
     g.act_quant[source] = q_quant
     alias[node.outputs[0]] = source
 

@@ -101,6 +101,15 @@ def transpose(ctx: Context, node: Node) -> None:
     ctx.bind(node.outputs[0], index, out_perm)
 
 
+@CONVERTERS.register("QuantizeLinear")
+def requantize(ctx: Context, node: Node) -> None:
+    """A QuantizeLinear -> DequantizeLinear pair over an already-quantized tensor, with another
+    scale: an int8 -> int8 QUANTIZE (QDQ pairs that only annotate a tensor never get here)."""
+    x = ctx.get(node.inputs[0], None, node)
+    index = ctx.requantize(x.index, ctx.quant_of(node.outputs[0], node), node.outputs[0])
+    ctx.bind(node.outputs[0], index, x.perm, x.feature_perm)
+
+
 @CONVERTERS.register("Identity")
 @CONVERTERS.register("Dropout")
 def identity_op(ctx: Context, node: Node) -> None:

@@ -1,0 +1,65 @@
+"""Concat inputs share the concat's scale during QAT where the target says so (TFLite spec)."""
+
+import torch
+from torch import nn
+
+from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
+from edgekd.quant.fake_quant import ActivationQuantizer, TiedQuantizer
+
+
+class TwoBranches(nn.Module):
+    """Two conv branches joined by torch.cat, then a conv; one branch is also used elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(8, 4, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):  # (N, 1, 8, 8) -> (N, 10)
+        a, b = self.a(x), self.b(x) * 3.0  # b's range is 3x a's: one shared scale must cover both
+        y = self.head(torch.cat([a, b], dim=1))  # (N, 4, 8, 8)
+        return self.fc(torch.flatten(self.pool(torch.cat([y, a], dim=1)), 1))
+
+
+def _quantized(target):
+    torch.manual_seed(0)
+    model = prepare_qat(TwoBranches().eval(), QATConfig(target=target))
+    calibrate(model, [torch.rand(16, 1, 8, 8) for _ in range(4)])
+    return freeze(model)
+
+
+def test_concat_inputs_use_the_concat_scale_where_the_target_shares_it(tmp_path):
+    from edgekd.export import export
+    from edgekd.quant.validate import validate_onnx
+    from edgekd.runtime import evaluate_session, open_session
+    from edgekd.targets import load_target
+
+    model = _quantized("arm-litert-xnnpack")
+    tied = [m for m in model.modules() if isinstance(m, TiedQuantizer)]
+    assert len(tied) >= 3  # a and b's outputs for the first cat; y and a for the second
+    x = torch.rand(32, 1, 8, 8)
+    [onnx_art, tfl_art] = export(model, ["onnx", "tflite"], tmp_path, "cat", (1, 8, 8))
+    scheme = load_target("arm-litert-xnnpack").quantization
+    result = validate_onnx(onnx_art.path, scheme)
+    assert result.passed and result.checked["shared"] >= 2, result.summary()
+    reference = model(x).argmax(1).numpy()
+    for art in (onnx_art, tfl_art):
+        got = evaluate_session(open_session(art.path), x.numpy(), reference, reference)
+        assert got.agreement >= 0.95
+
+
+def test_without_the_rule_each_input_keeps_its_own_scale(tmp_path):
+    from edgekd.export import export
+    from edgekd.quant.validate import validate_onnx
+    from edgekd.targets import load_target
+
+    model = _quantized("x86-cpu")  # concat not in shared_scales
+    scales = {float(m.scale) for n, m in model.named_modules()
+              if isinstance(m, ActivationQuantizer) and n.startswith(("a.", "b."))}
+    assert len(scales) == 2  # a and b quantized on their own ranges
+    [onnx_art] = export(model, ["onnx"], tmp_path, "cat", (1, 8, 8))
+    result = validate_onnx(onnx_art.path, load_target("arm-litert-xnnpack").quantization)
+    assert any("concat must keep one scale" in str(v) for v in result.violations), result.summary()
