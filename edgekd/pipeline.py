@@ -36,6 +36,7 @@ from edgekd.distill.distributed import Distributed, init_from_env, shutdown
 from edgekd.distill.teachers.cache import find_cache
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.distill.trainer import TrainConfig, TrainResult, predict
+from edgekd.errors import ConfigError
 from edgekd.export.api import Artifact, export
 from edgekd.models.factory import (
     count_parameters,
@@ -95,6 +96,7 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
         target.require_reachable("run the recipe's artifacts (recipe targets)")
     qat_config = recipe.qat.resolved(recipe.targets[0])  # the arithmetic QAT and PTQ simulate
     scheme = qat_config.scheme
+    _check_formats_hold(recipe, scheme)  # before any training
     timings: dict[str, float] = {}
 
     tick = time.perf_counter()
@@ -247,6 +249,20 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     Distributed.current().barrier()
     shutdown()
     return RunResult(report, report_path, verdicts)
+
+
+def _check_formats_hold(recipe: Recipe, scheme) -> None:
+    """Refuse, before training, an int8 export the recipe's formats cannot hold: 16-bit
+    activations in OpenVINO IR or TFLite (see ``edgekd.export.openvino``, ``export.tflite``)."""
+    if not (recipe.qat.enabled or recipe.ptq.enabled):
+        return
+    rules = [scheme.activations] + [r.activations for r in scheme.ops.values() if r.activations]
+    wide = sorted({r.dtype for r in rules if r.bits == 16})
+    blocked = [f for f in recipe.export.formats if f in ("openvino", "tflite")]
+    if wide and blocked:
+        raise ConfigError(f"export.formats: {', '.join(blocked)} cannot hold the {'/'.join(wide)} activations "
+                          f"of target {recipe.qat.target or recipe.targets[0]!r} (OpenVINO mis-runs 16-bit QDQ; "
+                          f"the TFLite writer has no 16x8 mode); export onnx only, or use 8-bit activations")
 
 
 def _onnx_teacher(recipe: Recipe) -> bool:

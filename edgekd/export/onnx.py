@@ -8,7 +8,8 @@ the runtime would compute (round half to even, saturate, as the ONNX spec says),
 disk holds one byte per weight and onnxruntime/OpenVINO see ordinary QDQ weights. 4-bit
 weights (W4A8) are stored packed, two per byte, as ONNX INT4/UINT4 (opset 21): onnxruntime and
 OpenVINO read them and dequantize them for a float convolution (on x86 there is no int4 x int8
-conv kernel), so the file shrinks but the arithmetic is unchanged.
+conv kernel), so the file shrinks but the arithmetic is unchanged. 16-bit activations (e.g.
+QNN HTP's uint16) become int16/uint16 QuantizeLinear/DequantizeLinear pairs at opset 21.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              custom_opsets={CUSTOM_DOMAIN: 1})
     except Exception as err:  # torch raises several types; all mean "this op did not export"
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {first}") from None
     graph = onnx.load_from_string(buffer.getvalue())
     inline_constant_identities(graph)
+    graph = expand_16bit_fake_quant(graph)
     store_int8_weights(graph)
     four_bit = _four_bit_scales(model)
     if four_bit:
@@ -114,7 +117,53 @@ def _four_bit_scales(model: torch.nn.Module) -> dict[str, str]:
 
 
 FOUR_BIT = ("int4", "uint4")
-FOUR_BIT_OPSET = 21  # DequantizeLinear takes int4/uint4 from opset 21
+FOUR_BIT_OPSET = SIXTEEN_BIT_OPSET = 21  # QuantizeLinear/DequantizeLinear take int4 and int16 from 21
+CUSTOM_DOMAIN = "edgekd"
+
+
+def _at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < opset:
+        model = version_converter.convert_version(model, opset)
+    model.ir_version = max(model.ir_version, 10)
+    return model
+
+
+def expand_16bit_fake_quant(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace each ``edgekd::FakeQuantize16`` node (16-bit activation fake-quant, see
+    ``edgekd.quant.fake_quant``) by QuantizeLinear -> DequantizeLinear with an int16 or uint16
+    zero point, at opset 21. Returns the model (unchanged when it has no such node)."""
+    if not any(n.domain == CUSTOM_DOMAIN for n in model.graph.node):
+        return model
+    model = _at_least_opset(model, SIXTEEN_BIT_OPSET)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.domain != CUSTOM_DOMAIN:
+            nodes.append(node)
+            continue
+        x, scale, zp = node.input
+        attrs = {a.name: a.i for a in node.attribute}
+        if zp not in inits:
+            raise ExportError(f"node {node.name}: the 16-bit zero point {zp!r} is not a constant; "
+                              f"freeze the quantizers before export")
+        dtype = np.uint16 if attrs["qmin"] >= 0 else np.int16
+        zp16 = f"{node.output[0]}/zero_point"
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[zp]).astype(dtype), zp16))
+        q = f"{node.output[0]}/quantized"
+        nodes += [onnx.helper.make_node("QuantizeLinear", [x, scale, zp16], [q], name=f"{node.name}/QuantizeLinear"),
+                  onnx.helper.make_node("DequantizeLinear", [q, scale, zp16], [node.output[0]],
+                                        name=f"{node.name}/DequantizeLinear")]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for opset in [o for o in model.opset_import if o.domain == CUSTOM_DOMAIN]:
+        model.opset_import.remove(opset)
+    used = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return model
 
 
 def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.ModelProto:
@@ -126,11 +175,8 @@ def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.Mo
         ExportError: a 4-bit weight holds a code outside the 4-bit range, or none was found.
     """
     import ml_dtypes
-    from onnx import version_converter
 
-    if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < FOUR_BIT_OPSET:
-        model = version_converter.convert_version(model, FOUR_BIT_OPSET)
-    model.ir_version = max(model.ir_version, 10)
+    model = _at_least_opset(model, FOUR_BIT_OPSET)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     packed = 0

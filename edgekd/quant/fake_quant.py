@@ -49,6 +49,31 @@ def affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int,
     return scale, zp
 
 
+class _FakeQuantize16(torch.autograd.Function):
+    """16-bit fake quantization, exported as the custom op ``edgekd::FakeQuantize16``: the
+    TorchScript ONNX exporter maps only 8-bit fake-quant to QuantizeLinear (and stops at opset
+    20, while 16-bit QuantizeLinear needs 21); ``edgekd.export.onnx`` expands the op into an
+    int16/uint16 QuantizeLinear -> DequantizeLinear pair at opset 21."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin: int, qmax: int):
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, qmin: int, qmax: int):
+        out = g.op("edgekd::FakeQuantize16", x, scale, zero_point, qmin_i=qmin, qmax_i=qmax)
+        out.setType(x.type())
+        return out
+
+
+def fake_quantize_activation(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                             qmin: int, qmax: int) -> torch.Tensor:
+    """Per-tensor fake quantization over codes [qmin, qmax] (8 or 16 bits, exportable either way)."""
+    if (qmin < -128 or qmax > 255) and torch.onnx.is_in_onnx_export():
+        return _FakeQuantize16.apply(x, scale, zero_point, qmin, qmax)
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+
+
 class ActivationQuantizer(nn.Module):
     """Observe a tensor's range and fake-quantize it per tensor over codes [qmin, qmax].
 
@@ -98,7 +123,7 @@ class ActivationQuantizer(nn.Module):
             return torch._fake_quantize_learnable_per_tensor_affine(
                 x, self.learned_scale.abs().clamp_min(1e-8).reshape(1),
                 self.zero_point.float().reshape(1), self.qmin, self.qmax, grad_factor)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+        return fake_quantize_activation(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     @torch.no_grad()
     def freeze(self) -> None:
@@ -167,7 +192,7 @@ class TiedQuantizer(nn.Module):
         scale = src.scale
         if src.learnable and not src.frozen:
             scale = src.learned_scale.detach().abs().clamp_min(1e-8)
-        return torch.fake_quantize_per_tensor_affine(x, scale, src.zero_point, src.qmin, src.qmax)
+        return fake_quantize_activation(x, scale, src.zero_point, src.qmin, src.qmax)
 
 
 class PerChannelWeightQuantizer(nn.Module):

@@ -258,6 +258,10 @@ def _read_quant(node: Node, g: Graph, default_dtype=np.uint8) -> tuple[Quant, np
     else:
         zp = np.zeros_like(scale, default_dtype)
     dtype = np.dtype(zp.dtype)
+    if dtype in (np.dtype(np.int16), np.dtype(np.uint16)):
+        raise ExportError(f"{g.path}: {node.where()}: {dtype} activations (16-bit) are not supported: "
+                          f"edgekd's TFLite writer has no 16x8 mode; export ONNX for onnxruntime, "
+                          f"or quantize activations to 8 bits")
     if dtype not in (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)) and dtype.name not in FOUR_BIT:
         raise ExportError(f"{g.path}: {node.where()}: {dtype} quantization is not supported "
                           f"(int8, uint8, int4/uint4 weights and int32 bias are)")
