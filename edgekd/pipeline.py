@@ -106,14 +106,14 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     Distributed.current().barrier()  # rank 0 has cleared old checkpoints before anyone trains
     if lead:
         atomic.write_text(out / "recipe.yaml", dump_yaml(recipe.to_dict()))
-    shift = recipe.data.shift if recipe.data.augment else 0
-    fit = {"augment_shift": shift, "batch_size": recipe.data.batch_size, "resume": resume,
-           "run_key": store.key}
+    fit = {"augment_shift": stage_shift(recipe, recipe.student_training), "batch_size": recipe.data.batch_size,
+           "resume": resume, "run_key": store.key}  # students and QAT; the teacher has its own shift
     log(f"data: {data.source}, {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
         f"train/val/test, {data.num_classes} classes, input {tuple(data.input_shape)}"
         + (f", {int(data.train_labelled.sum())} train labels used" if data.train_labelled is not None else ""))
 
-    teacher, teacher_note = _teacher(recipe, data, cache_dir, fit, log, store.state_path("teacher"))
+    teacher_fit = {**fit, "augment_shift": stage_shift(recipe, recipe.teacher_training)}
+    teacher, teacher_note = _teacher(recipe, data, cache_dir, teacher_fit, log, store.state_path("teacher"))
     timings["teacher"] = time.perf_counter() - tick
     provider, provider_fit = _teacher_provider(recipe, teacher, data, cache_dir)
 
@@ -251,6 +251,14 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     return RunResult(report, report_path, verdicts)
 
 
+def stage_shift(recipe: Recipe, training: TrainConfig) -> int:
+    """The augmentation shift of one training stage: its own ``shift``, else ``data.shift``
+    (0 when ``data.augment`` is off)."""
+    if not recipe.data.augment:
+        return 0
+    return training.shift if training.shift is not None else recipe.data.shift
+
+
 def _check_formats_hold(recipe: Recipe, scheme) -> None:
     """Refuse, before training, an int8 export the recipe's formats cannot hold: 16-bit
     activations in OpenVINO IR or TFLite (see ``edgekd.export.openvino``, ``export.tflite``)."""
@@ -351,7 +359,7 @@ def _teacher_provider(recipe: Recipe, teacher, data: DataSplits, cache_dir) -> t
     if cfg.cache:
         from edgekd.distill.teachers.cache import CachedTeacher
 
-        shift = recipe.data.shift if recipe.data.augment else 0
+        shift = stage_shift(recipe, recipe.student_training)
         ranks = Distributed.current()  # one writer per cache folder: one folder per rank under DDP
         provider = CachedTeacher(provider, Path(cache_dir or default_cache_dir()) / "teacher-outputs",
                                  dataset_fingerprint=data.fingerprint, num_samples=len(data.x_train),

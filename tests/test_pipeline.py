@@ -115,3 +115,15 @@ def test_bad_target_fails_before_training(short_recipe, tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean 'x86-cpu'"):
         run(short_recipe, tmp_path / "out")
     assert not (tmp_path / "out" / "models").exists()
+
+
+def test_each_training_stage_gets_its_own_shift():
+    from edgekd.pipeline import stage_shift
+    from edgekd.recipe import demo_recipe
+
+    recipe = demo_recipe()
+    recipe.data.shift, recipe.student_training.shift = 1, 2
+    assert stage_shift(recipe, recipe.teacher_training) == 1  # inherits data.shift
+    assert stage_shift(recipe, recipe.student_training) == 2
+    recipe.data.augment = False
+    assert stage_shift(recipe, recipe.student_training) == 0

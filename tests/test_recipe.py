@@ -25,7 +25,8 @@ def test_demo_recipe_parses_with_its_values():
     r = demo_recipe()
     assert r.name == "digits-demo"
     assert (r.teacher.arch, r.student.arch) == ("cnn-teacher", "cnn-student-s")
-    assert (r.teacher_training.epochs, r.student_training.epochs) == (30, 40)
+    assert (r.teacher_training.epochs, r.student_training.epochs) == (30, 100)
+    assert (r.data.shift, r.teacher_training.shift, r.student_training.shift) == (1, None, 2)
     assert (r.distill.loss, r.distill.temperature, r.distill.kd_weight) == ("kd", 2.0, 0.5)
     assert r.data.split == [0.6, 0.2, 0.2]
     assert (r.qat.enabled, r.qat.epochs, r.qat.freeze_observers_epoch) == (True, 6, 3)

@@ -40,6 +40,10 @@ class TrainConfig(Config):
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         optimizer: "adamw" or "sgd" (momentum 0.9, Nesterov).
         seed: seed of initialisation, shuffling and augmentation.
+        shift: this stage's augmentation (random shifts of up to ``shift`` pixels), overriding
+            ``data.shift``; None keeps the data section's. E.g. stronger shifts for students
+            that learn from a teacher, which labels every shifted view (function matching,
+            Beyer et al. 2022), than for the teacher trained on labels.
     """
 
     epochs: int = 30
@@ -47,6 +51,7 @@ class TrainConfig(Config):
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     seed: int = 0
+    shift: int | None = None
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -55,6 +60,8 @@ class TrainConfig(Config):
             raise FieldError("lr", f"expected a learning rate in (0, 10), got {self.lr}")
         if self.weight_decay < 0:
             raise FieldError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.shift is not None and self.shift < 0:
+            raise FieldError("shift", f"must be >= 0, got {self.shift}")
 
 
 class Term(nn.Module):
