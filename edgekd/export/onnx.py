@@ -44,7 +44,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
             torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                              custom_opsets={CUSTOM_DOMAIN: 1})
+                              custom_opsets={CUSTOM_DOMAIN: 1} if _has_16bit_activations(model) else None)
     except Exception as err:  # torch raises several types; all mean "this op did not export"
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {first}") from None
@@ -107,6 +107,12 @@ def store_int8_weights(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(keep)
     return folded
+
+
+def _has_16bit_activations(model: torch.nn.Module) -> bool:
+    """Whether a quantizer in ``model`` uses codes beyond 8 bits (it exports as edgekd::FakeQuantize16)."""
+    return any(getattr(m, "qmin", 0) < -128 or getattr(m, "qmax", 0) > 255 for m in model.modules()
+               if not hasattr(m, "export_range"))  # weight quantizers declare 8-bit ranges
 
 
 def _four_bit_scales(model: torch.nn.Module) -> dict[str, str]:
