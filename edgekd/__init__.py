@@ -15,6 +15,7 @@ from edgekd.errors import (
     ConfigError,
     DataError,
     EdgeKDError,
+    EstimateError,
     ExportError,
     ModelLoadError,
     QuantizationError,
@@ -57,6 +58,6 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["BenchmarkError", "BudgetError", "ConfigError", "DataError", "EdgeKDError", "ExportError",
+__all__ = ["BenchmarkError", "BudgetError", "ConfigError", "DataError", "EdgeKDError", "EstimateError", "ExportError",
            "ModelLoadError", "QuantizationError", "RuntimeBackendError", "TrainingError",
            "UnknownNameError", "__version__", *_LAZY]

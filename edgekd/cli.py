@@ -312,6 +312,40 @@ def bench(artifact: str, target: str, runtime: str | None, threads: int | None, 
 
 
 @main.command()
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--target", default="x86-cpu", show_default=True,
+              help="Target profile whose compute figures (peak int8/fp32 throughput, memory bandwidth) to use.")
+@click.option("--runtime", default="onnxruntime", show_default=True,
+              help="Whose per-call overhead (the profile's compute.overhead_us) to add.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Show only the N slowest layers [default: every layer, in execution order].")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the estimate (per layer) to this JSON file.")
+def estimate(artifact: str, target: str, runtime: str, top: int | None, json_out: str | None) -> None:
+    """ESTIMATE an ONNX ARTIFACT on a target without running it: per-layer MACs, parameters,
+    weight bytes, peak activation memory and a roofline latency. Every figure is an estimate."""
+    import json
+
+    from edgekd import atomic
+    from edgekd.bench.estimate import estimate_onnx
+    from edgekd.errors import ConfigError
+    from edgekd.targets import load_target
+
+    profile = load_target(target)
+    if profile.compute is None:
+        raise ConfigError(f"target {profile.name!r} states no compute figures (its `compute:` section: "
+                          f"peak_gops_int8, peak_gflops_fp32, memory_bandwidth_gbps); add them to estimate")
+    if Path(artifact).suffix.lower() != ".onnx":
+        raise ConfigError(f"{artifact}: the estimator reads ONNX; pass the .onnx file this artifact was "
+                          f"converted from (edgekd exports every format from one ONNX file)")
+    result = estimate_onnx(artifact, profile.compute, profile.name, runtime)
+    click.echo(result.table(top))
+    if json_out:
+        atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@main.command()
 @click.argument("report", type=click.Path(dir_okay=False))
 @click.option("--budget", "budget_file", required=True, type=click.Path(dir_okay=False),
               help="Budget YAML file, or a pyproject.toml with [[tool.edgekd.budgets]].")
@@ -330,6 +364,43 @@ def check(report: str, budget_file: str) -> None:
     click.echo(f"\n{len(result.failures)} of {len(result.verdicts)} budget checks FAILED:")
     click.echo(result.table(only_failures=True))
     sys.exit(1)
+
+
+@main.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--changed", is_flag=True, help="Show only metrics that changed.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the deltas to this JSON file.")
+def compare(old: str, new: str, changed: bool, json_out: str | None) -> None:
+    """Per-metric deltas from report OLD to report NEW (size, accuracy, latency, memory, ...),
+    entries matched by name and target. Reports only; gate with `edgekd check`."""
+    import json
+
+    from edgekd import atomic
+    from edgekd.compare import compare_reports, table
+    from edgekd.report import load_report
+
+    deltas = compare_reports(load_report(old), load_report(new))
+    click.echo(table(deltas, changed_only=changed))
+    if json_out:
+        atomic.write_text(json_out, json.dumps([d.to_dict() for d in deltas], indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+@main.command()
+@click.argument("report_file", metavar="REPORT", type=click.Path(dir_okay=False))
+@click.option("--html", "html_out", required=True, type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML page (tables and plots) here.")
+@click.option("--title", default=None, help="Page title [default: the report's file name].")
+def report(report_file: str, html_out: str, title: str | None) -> None:
+    """Render REPORT (report.json) as one self-contained HTML page: the artifact table, latency
+    distributions, accuracy vs latency vs size, and per-op breakdowns (from `--profile` runs)."""
+    from edgekd.report import load_report
+    from edgekd.report_html import write_html
+
+    path = write_html(load_report(report_file), html_out, title or f"edgekd report: {Path(report_file).name}")
+    click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -71,3 +71,7 @@ class QuantizationError(EdgeKDError):
 
 class TrainingError(EdgeKDError):
     """Training cannot continue (e.g. the loss became NaN); the message names epoch and loss term."""
+
+
+class EstimateError(EdgeKDError):
+    """An artifact cannot be estimated (e.g. a tensor shape cannot be inferred); names the tensor."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edgekd.bench.estimate import ComputeSpec
 from edgekd.bench.harness import BenchSettings
 from edgekd.config import Config, FieldError, check_name, load_yaml
 from edgekd.errors import ConfigError, UnknownNameError
@@ -42,6 +43,8 @@ class TargetProfile(Config):
         runtimes: runtime name -> options (onnxruntime: providers; openvino: device, precision_hint).
         benchmark: measurement settings.
         quantization: the integer arithmetic of the target's kernels (``edgekd.quant.scheme``).
+        compute: the device's peak throughput and memory bandwidth (``edgekd.bench.estimate``),
+            for ``edgekd estimate``'s roofline; datasheet figures, labelled as estimates.
         cpu_flags_any: a local target whose arithmetic needs a CPU feature lists the
             ``/proc/cpuinfo`` flags that provide it (any one suffices), e.g. ``[avx512_vnni,
             avx_vnni]`` for full-range int8 weights on x86; running on a CPU without any of
@@ -57,6 +60,7 @@ class TargetProfile(Config):
     runtimes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"onnxruntime": {}})
     benchmark: BenchSettings = field(default_factory=BenchSettings)
     quantization: QuantScheme | None = None
+    compute: ComputeSpec | None = None
     cpu_flags_any: list[str] = field(default_factory=list)
     version: int = SCHEMA_VERSION
 
