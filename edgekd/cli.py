@@ -270,45 +270,79 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
 @main.command()
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--target", default="x86-cpu", show_default=True,
-              help="Target profile name or YAML path (see `edgekd targets`).")
+              help="Target profile name or YAML path (see `edgekd targets`): local, ssh or adb.")
 @click.option("--runtime", default=None, help="Runtime [default: the artifact's native runtime].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Inference threads [default: the target's].")
+@click.option("--profile", "per_op", is_flag=True,
+              help="Also time each op (onnxruntime profiling, OpenVINO performance counters, "
+                   "benchmark_model op profiling on adb) and print the slowest.")
+@click.option("--allow-missing", is_flag=True,
+              help="A requested device or provider that is not there prints a 'not available' row "
+                   "(exit 0) instead of failing (exit 3). Never a silent fallback either way.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
-              help="Write the full result (raw samples, manifest) to this JSON file.")
-def bench(artifact: str, target: str, runtime: str | None, threads: int | None, json_out: str | None) -> None:
-    """Benchmark ARTIFACT (.onnx, OpenVINO .xml or .tflite) in a fresh process: latency and peak memory."""
+              help="Write the full result (raw samples, memory phases, manifest, profile) to this JSON file.")
+def bench(artifact: str, target: str, runtime: str | None, threads: int | None, per_op: bool,
+          allow_missing: bool, json_out: str | None) -> None:
+    """Benchmark ARTIFACT (.onnx, OpenVINO .xml or .tflite) in a fresh process on a target:
+    latency (p50/p90/p99, CV), load and first-inference time, memory by phase, accelerator
+    coverage, and a manifest of where and how it was measured."""
     import json
 
     from edgekd import atomic
-    from edgekd.bench import benchmark
-    from edgekd.errors import ConfigError
-    from edgekd.runtime import runtime_for
+    from edgekd.bench import benchmark_on_target
+    from edgekd.errors import BenchmarkError, RuntimeBackendError
     from edgekd.targets import load_target
-    from edgekd.units import format_size
 
     profile = load_target(target)
-    profile.require_reachable("benchmark")
-    runtime = runtime or runtime_for(artifact)
-    if runtime not in profile.runtimes:
-        raise ConfigError(f"target {profile.name!r} has no runtime {runtime!r}; it lists "
-                          f"{', '.join(profile.runtimes)}")
-    n_threads = threads or profile.threads
-    result = benchmark(artifact, runtime, threads=n_threads, settings=profile.benchmark,
-                       options=profile.runtime_options(runtime))
-    lat = result.latency
-    click.echo(f"{artifact}  runtime={runtime} target={profile.name} threads={n_threads}")
-    click.echo(f"  latency ms: p50 {lat.p50_ms:.4f}  p90 {lat.p90_ms:.4f}  p99 {lat.p99_ms:.4f}  "
-               f"mean {lat.mean_ms:.4f}  std {lat.std_ms:.4f}  (n={lat.n})")
-    click.echo(f"  throughput: {lat.throughput_per_s:.0f}/s   load {result.load_ms:.1f} ms   "
+    try:
+        result = benchmark_on_target(artifact, profile, runtime, threads=threads, profile=per_op)
+    except RuntimeBackendError as err:
+        if not allow_missing or isinstance(err, BenchmarkError):
+            raise
+        click.echo(f"{artifact}  target={profile.name}  not available: {err}")
+        if json_out:
+            atomic.write_text(json_out, json.dumps({"path": artifact, "target": profile.name, "available": False,
+                                                    "reason": str(err)}, indent=2) + "\n")
+        return
+    _print_bench(artifact, profile.name, result)
+    if json_out:
+        atomic.write_text(json_out, json.dumps({**result.to_dict(), "target": profile.name}, indent=2) + "\n")
+        click.echo(f"  wrote {json_out}")
+
+
+def _print_bench(artifact: str, target: str, result) -> None:
+    from edgekd.units import format_size
+
+    lat, mem, man = result.latency, result.memory, result.manifest
+    click.echo(f"{artifact}  runtime={result.runtime} target={target} threads={result.threads} "
+               f"device={man.get('device') or result.info.get('device')}")
+    pct = (f"p50 {lat.p50_ms:.4f}  p90 {lat.p90_ms:.4f}  p99 {lat.p99_ms:.4f}  " if lat.p50_ms is not None
+           else "percentiles not reported by the tool  ")
+    click.echo(f"  latency ms: {pct}mean {lat.mean_ms:.4f}  std {lat.std_ms:.4f}  cv {lat.cv:.2f}  (n={lat.n})")
+    warm = f"  warm load {result.warm_load_ms:.1f} ms" if result.warm_load_ms is not None else ""
+    click.echo(f"  throughput: {lat.throughput_per_s:.0f}/s   load {result.load_ms:.1f} ms{warm}   "
                f"first inference {result.first_inference_ms:.2f} ms")
-    click.echo(f"  peak memory: {format_size(result.peak_memory_bytes)} "
-               f"(model added {format_size(result.memory['model_peak_bytes'])})")
+    if mem.get("baseline_bytes") is not None:
+        added = mem.get("inference_added_bytes")
+        click.echo(f"  memory (resident high-water): peak {format_size(mem['peak_bytes'])}, baseline "
+                   f"{format_size(mem['baseline_bytes'])}, load added {format_size(mem['load_peak_bytes'])}, "
+                   f"inference added {format_size(added) if added is not None else 'n/a'}")
+    elif mem:
+        click.echo(f"  memory ({mem.get('kind')}, approximate, from the tool): peak {format_size(mem.get('peak_bytes'))}")
+    coverage = "n/a" if result.coverage is None else f"{100 * result.coverage:.1f}%"
+    click.echo(f"  accelerator coverage: {coverage} of nodes on the requested device/provider")
+    click.echo("  manifest: " + ", ".join(f"{k}={v}" for k, v in man.items() if k in (
+        "edgekd", "runtime_version", "providers", "precision_hint", "cpu", "governor", "hostname", "device_serial",
+        "device_model") and v))
+    if isinstance(result.profile, list):
+        click.echo("  slowest ops (mean ms per inference):")
+        for row in result.profile[:10]:
+            click.echo(f"    {row['mean_ms']:9.4f}  {row['op']:28s} {row['name']}")
+    elif isinstance(result.profile, dict):
+        click.echo(f"  per-op profile: {result.profile.get('unavailable')}")
     if lat.noisy:
         click.echo(f"  warning: coefficient of variation {lat.cv:.2f}: too noisy to trust", err=True)
-    if json_out:
-        atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
-        click.echo(f"  wrote {json_out}")
 
 
 @main.command()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from edgekd import atomic
-from edgekd.bench.harness import benchmark
+from edgekd.bench.harness import benchmark_on_target
 from edgekd.budgets.budget import Budget, check
 from edgekd.budgets.verdict import CheckResult
 from edgekd.config import dump_yaml
@@ -93,7 +93,9 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     lead = Distributed.current().rank == 0
     targets = [load_target(t) for t in recipe.targets]  # fail on a bad target before training
     for target in targets:
-        target.require_reachable("run the recipe's artifacts (recipe targets)")
+        if not target.reachable and target.compute is None:
+            target.require_reachable("run the recipe's artifacts, and states no compute figures to "
+                                     "estimate them (recipe targets)")
     qat_config = recipe.qat.resolved(recipe.targets[0])  # the arithmetic QAT and PTQ simulate
     scheme = qat_config.scheme
     _check_formats_hold(recipe, scheme)  # before any training
@@ -225,6 +227,10 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     params = {stage: count_parameters(m[0]) for stage, m in models.items()}
     for target in targets:
         for stage, artifact in artifacts:
+            if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
+                if artifact.format == "onnx":
+                    entries.append(_estimated_entry(stage, artifact, target, params[stage]))
+                continue
             if artifact.runtime not in target.runtimes:
                 continue
             entries.append(_artifact_entry(stage, artifact, target, data, references[stage], params[stage]))
@@ -403,19 +409,31 @@ def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data:
                  target=target.name, threads=target.threads, info=dict(session.info))
 
 
+def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int) -> Entry:
+    """An ONNX artifact on a target edgekd cannot run on: the estimator's figures, labelled."""
+    from edgekd.bench.estimate import estimate_onnx
+
+    est = estimate_onnx(artifact.path, target.compute, target.name)
+    return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
+                 size_bytes=artifact.size_bytes, params=params, target=target.name,
+                 latency={"p50_ms": est.latency_ms, "estimated": True},
+                 info={"estimated": True, "estimate": {k: v for k, v in est.to_dict().items() if k != "layers"},
+                       "macs": est.macs, "weight_bytes": est.weight_bytes,
+                       "peak_activation_bytes": est.peak_activation_bytes})
+
+
 def _benchmark(entries: list[Entry], targets: list[TargetProfile], bench_dir: Path) -> None:
     by_name = {t.name: t for t in targets}
-    jobs = [e for e in entries if e.runtime is not None and e.target in by_name]
+    jobs = [e for e in entries if e.runtime is not None and e.target in by_name and not e.info.get("estimated")]
     bar = progress(jobs, desc="benchmark", unit="artifact")
     for entry in bar:
         bar.set_postfix_str(f"{entry.name} ({entry.runtime}, {entry.target})")
-        target = by_name[entry.target]
-        result = benchmark(entry.path, entry.runtime, threads=target.threads, settings=target.benchmark,
-                           options=target.runtime_options(entry.runtime))
-        entry.latency = result.latency.to_dict()
+        result = benchmark_on_target(entry.path, by_name[entry.target], entry.runtime)
+        entry.latency = {**result.latency.to_dict(), "samples_ms": result.samples_ms}
         entry.memory = result.memory
         entry.peak_memory_bytes = result.peak_memory_bytes
-        entry.info.update(result.info, load_ms=result.load_ms, first_inference_ms=result.first_inference_ms,
-                          noisy=result.latency.noisy)
+        entry.info.update(result.info, load_ms=result.load_ms, warm_load_ms=result.warm_load_ms,
+                          first_inference_ms=result.first_inference_ms, noisy=result.latency.noisy,
+                          accelerator_coverage=result.coverage, manifest=result.manifest)
         atomic.write_text(bench_dir / f"{entry.name}.{entry.runtime}.{entry.target}.json",
                           json.dumps(result.to_dict()) + "\n")

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edgekd.bench.adb import AdbConfig
 from edgekd.bench.estimate import ComputeSpec
 from edgekd.bench.harness import BenchSettings
+from edgekd.bench.ssh import SshConfig
 from edgekd.config import Config, FieldError, check_name, load_yaml
 from edgekd.errors import ConfigError, UnknownNameError
 from edgekd.quant.scheme import QuantScheme
@@ -36,8 +38,11 @@ class TargetProfile(Config):
     Attributes:
         name: the profile's name (matches its file name).
         description: one line for ``edgekd targets``.
-        connection: how the device is reached: "local", or "none" for a device edgekd cannot
-            reach in this version (quantization scheme and validation only; ssh/adb come later).
+        connection: how the device is reached: "local"; "ssh" (a remote host, ``ssh:``
+            section, see ``edgekd.bench.ssh``); "adb" (an Android device running LiteRT's
+            benchmark_model, ``adb:`` section, see ``edgekd.bench.adb``); or "none" for a device
+            edgekd cannot run on (an MCU, an NPU not attached here): quantization scheme,
+            validation and estimates (``compute:``) only.
         device: device class, e.g. "cpu".
         threads: inference threads (recorded with every result).
         runtimes: runtime name -> options (onnxruntime: providers; openvino: device, precision_hint).
@@ -54,7 +59,9 @@ class TargetProfile(Config):
 
     name: str
     description: str = ""
-    connection: Literal["local", "none"] = "local"
+    connection: Literal["local", "ssh", "adb", "none"] = "local"
+    ssh: SshConfig | None = None
+    adb: AdbConfig | None = None
     device: str = "cpu"
     threads: int = 1
     runtimes: dict[str, dict[str, Any]] = field(default_factory=lambda: {"onnxruntime": {}})
@@ -65,6 +72,15 @@ class TargetProfile(Config):
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
+        for kind in ("ssh", "adb"):
+            if self.connection == kind and getattr(self, kind) is None:
+                raise FieldError(kind, f"connection: {kind} needs an `{kind}:` section "
+                                       f"(see `edgekd.bench.{kind}` in the README)")
+            if self.connection != kind and getattr(self, kind) is not None:
+                raise FieldError(kind, f"an `{kind}:` section needs connection: {kind} "
+                                       f"(this profile says {self.connection})")
+        if self.connection == "adb" and set(self.runtimes) != {"litert"}:
+            raise FieldError("runtimes", "adb targets run LiteRT's benchmark_model: list only litert")
         if self.threads < 1:
             raise FieldError("threads", f"must be >= 1, got {self.threads}")
         if not self.runtimes:
@@ -86,7 +102,7 @@ class TargetProfile(Config):
             raise ConfigError(f"target {self.name!r} has connection: none ({self.description or 'a device edgekd cannot reach'}): "
                               f"it cannot {what} in this version; it drives quantization (qat.target) and "
                               f"`edgekd validate` only. Run on a local target, e.g. x86-cpu")
-        if self.cpu_flags_any and not set(self.cpu_flags_any) & cpu_flags():
+        if self.cpu_flags_any and self.connection == "local" and not set(self.cpu_flags_any) & cpu_flags():
             raise ConfigError(f"target {self.name!r} needs a CPU with one of {', '.join(self.cpu_flags_any)} "
                               f"(its quantization scheme assumes those int8 instructions); this CPU "
                               f"has none, so it cannot {what}. Use a profile whose scheme this CPU "

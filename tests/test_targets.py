@@ -100,8 +100,17 @@ def test_bad_benchmark_value_names_nested_field(tmp_path):
 
 
 def test_unsupported_connection(tmp_path):
+    path = write(tmp_path / "b.yaml", PROFILE + "connection: bluetooth\n")
+    assert load_error(path) == f"{path}:11: connection: expected one of 'local', 'ssh', 'adb', 'none', got 'bluetooth'"
+
+
+def test_remote_connections_need_their_section(tmp_path):
     path = write(tmp_path / "b.yaml", PROFILE + "connection: ssh\n")
-    assert load_error(path) == f"{path}:11: connection: expected one of 'local', 'none', got 'ssh'"
+    assert "ssh: connection: ssh needs an `ssh:` section" in load_error(path)
+    path = write(tmp_path / "c.yaml", PROFILE + "ssh: {host: pi.local}\n")
+    assert "ssh: an `ssh:` section needs connection: ssh (this profile says local)" in load_error(path)
+    path = write(tmp_path / "d.yaml", PROFILE + "connection: ssh\nssh: {host: '-oProxyCommand=touch x'}\n")
+    assert "ssh.host: expected a host name or address" in load_error(path)
 
 
 def test_threads_must_be_positive(tmp_path):

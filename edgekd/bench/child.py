@@ -1,18 +1,35 @@
 """Benchmark child process: ``python -m edgekd.bench.child '<json request>'``.
 
-Runs in a fresh interpreter so that one measurement's memory and caches never pollute another's.
-Prints one JSON line on stdout. It imports numpy and the one runtime it needs, never torch.
+Runs in a fresh interpreter (locally, or on a remote host over ssh) so that one measurement's
+memory and caches never pollute another's. Prints one JSON line on stdout. It imports numpy and
+the one runtime it needs, never torch.
+
+Phases, each timed apart: load/compile (cold; with ``"warm_load": true`` the request only loads,
+reading the runtime's compile cache the previous child filled, and reports that time), first
+inference, ``warmup_runs`` untimed runs, then timed runs until both ``min_runs`` and
+``min_seconds`` are reached (capped by ``max_seconds``); then, outside the timed phase, the
+accelerator coverage and, when asked, a per-op profile.
 
 Memory is the resident-set high-water mark (``VmHWM`` from /proc/self/status; ``ru_maxrss``
-where /proc is absent): ``baseline`` is taken after the interpreter and the runtime library are
-imported and before the model is loaded; ``after_load`` once the model is compiled; ``peak`` after
-all inferences. ``model_peak_bytes = peak - baseline`` is what loading and running the model added.
+where /proc is absent), never virtual size or tracemalloc:
+- ``baseline_bytes``: after the interpreter, numpy and the runtime library are imported, before
+  the model is read;
+- ``after_load_bytes``: the high-water mark once the model is loaded and compiled
+  (``load_peak_bytes`` = that minus the baseline: what loading added at its peak);
+- the high-water mark is then reset (``/proc/self/clear_refs``, Linux) to the current resident
+  size, so ``inference_peak_bytes`` is the peak reached while running, and
+  ``inference_added_bytes`` what inference added on top of the loaded model (input/output
+  buffers, scratch arenas allocated on first run);
+- ``peak_bytes``: the process's overall peak; ``model_peak_bytes`` = peak minus baseline.
+Where the reset is not possible (``hwm_reset: false``) the inference peak is the overall peak.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import platform
 import resource
 import sys
 import time
@@ -21,14 +38,50 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_high_water_bytes() -> int:
+def _status(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return None
+
+
+def rss_high_water_bytes() -> int:
+    value = _status("VmHWM")
+    return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    value = _status("VmRSS")
+    return value if value is not None else rss_high_water_bytes()
+
+
+def reset_high_water() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_manifest() -> dict:
+    """Facts about the machine the measurement ran on (the local host or the remote one)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                    if ln.startswith(("model name", "Hardware", "Model"))), cpu)
+    except OSError:
+        pass
+    try:
+        governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
+    except OSError:
+        governor = "unknown (no cpufreq in this system, e.g. a VM)"
+    return {"hostname": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "governor": governor,
+            "kernel": platform.release(), "machine": platform.machine(), "python": platform.python_version()}
 
 
 def measure(request: dict) -> dict:
@@ -40,7 +93,11 @@ def measure(request: dict) -> dict:
     t0 = time.perf_counter()
     session = open_session(request["path"], runtime, request["threads"], request.get("options"))
     load_ms = (time.perf_counter() - t0) * 1e3
+    if request.get("warm_load"):
+        return {"ok": True, "load_ms": load_ms, "info": session.info}
     after_load = rss_high_water_bytes()
+    before_inference = rss_bytes()
+    hwm_reset = reset_high_water()
     shape = [d if isinstance(d, int) else 1 for d in session.input_shape]
     shape[0] = request.get("batch", 1) if session.input_shape[0] is None else shape[0]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -59,11 +116,21 @@ def measure(request: dict) -> dict:
         if (len(samples) >= request["min_runs"] and elapsed >= request["min_seconds"]) \
                 or elapsed >= request["max_seconds"]:
             break
-    peak = rss_high_water_bytes()
+    inference_peak = rss_high_water_bytes()
+    peak = max(after_load, inference_peak)
+    coverage = session.coverage(x) if hasattr(session, "coverage") else None
+    profile = None
+    if request.get("profile"):
+        profile = (session.profile(x, request.get("profile_runs", 20)) if hasattr(session, "profile") else
+                   {"unavailable": f"{runtime} has no per-op profiler in this Python API"})
     return {"ok": True, "info": session.info, "input_shape": shape, "load_ms": load_ms,
             "first_inference_ms": first_ms, "timed_seconds": elapsed, "samples_ms": samples,
-            "memory": {"baseline_bytes": baseline, "after_load_bytes": after_load, "peak_bytes": peak,
-                       "model_peak_bytes": max(peak - baseline, 0)}}
+            "coverage": coverage, "profile": profile, "manifest": machine_manifest(),
+            "memory": {"baseline_bytes": baseline, "after_load_bytes": after_load,
+                       "load_peak_bytes": max(after_load - baseline, 0),
+                       "inference_peak_bytes": inference_peak,
+                       "inference_added_bytes": max(inference_peak - before_inference, 0) if hwm_reset else None,
+                       "peak_bytes": peak, "model_peak_bytes": max(peak - baseline, 0), "hwm_reset": hwm_reset}}
 
 
 def main() -> int:
@@ -71,7 +138,8 @@ def main() -> int:
     try:
         result = measure(request)
     except Exception as err:  # reported to the parent, which raises a typed error
-        result = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}",
+                  "missing": type(err).__name__ == "RuntimeBackendError"}
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result["ok"] else 1
 

@@ -1,8 +1,14 @@
 """Run one benchmark in a child process and turn its samples into a ``BenchResult``.
 
-Methodology: load (timed), one first inference (timed apart), ``warmup_runs`` untimed runs, then
-timed runs until both ``min_runs`` and ``min_seconds`` are reached (capped at ``max_seconds``),
-as MLPerf's single-stream scenario does. Threads are an explicit, recorded parameter.
+Methodology: load (timed, cold; plus a warm load in a second child where the runtime has a
+compile cache: OpenVINO's ``CACHE_DIR``), one first inference (timed apart), ``warmup_runs``
+untimed runs, then timed runs until both ``min_runs`` and ``min_seconds`` are reached (capped at
+``max_seconds``), as MLPerf's single-stream scenario does. Threads are an explicit, recorded
+parameter. Every result carries a manifest (edgekd, runtime and provider versions, device,
+threads, CPU model and frequency governor, precision hint; host and serial for remote runs),
+the accelerator coverage (share of nodes on the requested device or provider) and, when asked,
+a per-op profile. ``benchmark_on_target`` picks the runner from the target profile: a local
+child process, the same child on an ssh host, or ``benchmark_model`` on an adb device.
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekd.bench.stats import LatencyStats
 from edgekd.config import Config, FieldError
-from edgekd.errors import BenchmarkError, ModelLoadError
+from edgekd.errors import BenchmarkError, ModelLoadError, RuntimeBackendError
 
 
 @dataclass
@@ -50,7 +57,7 @@ class BenchSettings(Config):
 
 @dataclass
 class BenchResult:
-    """Latency and memory of one artifact in one runtime."""
+    """Latency and memory of one artifact in one runtime, with how and where it was measured."""
 
     path: str
     runtime: str
@@ -59,57 +66,149 @@ class BenchResult:
     load_ms: float
     first_inference_ms: float
     timed_seconds: float  # wall time of the timed phase (>= min_seconds unless max_seconds hit)
-    memory: dict[str, int]
+    memory: dict[str, Any]
     info: dict[str, Any]
     samples_ms: list[float] = field(repr=False, default_factory=list)
+    warm_load_ms: float | None = None  # load with the runtime's compile cache filled
+    coverage: float | None = None  # share of nodes on the requested device/provider
+    profile: list[dict] | dict | None = None  # per-op times, slowest first (with --profile)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    available: bool = True
 
     @property
-    def peak_memory_bytes(self) -> int:
-        return self.memory["peak_bytes"]
+    def peak_memory_bytes(self) -> int | None:
+        return self.memory.get("peak_bytes")
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "runtime": self.runtime, "threads": self.threads,
+        return {"path": self.path, "runtime": self.runtime, "threads": self.threads, "available": self.available,
                 "latency": self.latency.to_dict(), "noisy": self.latency.noisy,
-                "load_ms": self.load_ms, "first_inference_ms": self.first_inference_ms,
-                "timed_seconds": self.timed_seconds, "memory": self.memory, "info": self.info, "samples_ms": self.samples_ms}
+                "load_ms": self.load_ms, "warm_load_ms": self.warm_load_ms,
+                "first_inference_ms": self.first_inference_ms, "timed_seconds": self.timed_seconds,
+                "memory": self.memory, "coverage": self.coverage, "profile": self.profile,
+                "manifest": self.manifest, "info": self.info, "samples_ms": self.samples_ms}
+
+
+def _edgekd_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgekd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    root = str(Path(__file__).resolve().parents[2])  # the child imports this same edgekd
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run_child(request: dict, threads: int, timeout: float, what: str) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgekd.bench.child", json.dumps(request)],
+                              capture_output=True, text=True, env=_child_env(threads), stdin=subprocess.DEVNULL,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"{what} timed out after {timeout:.0f} s") from None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = " ".join(proc.stderr.strip().splitlines()[-3:])[:500]
+        raise BenchmarkError(f"{what}: the benchmark process exited with code {proc.returncode} and no "
+                             f"result ({tail or 'no output'})")
+    return json.loads(lines[-1])
 
 
 def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
               settings: BenchSettings | None = None, options: dict | None = None,
-              timeout: float | None = None) -> BenchResult:
-    """Benchmark ``path`` in ``runtime`` in a fresh child process.
+              timeout: float | None = None, profile: bool = False, ssh=None) -> BenchResult:
+    """Benchmark ``path`` in ``runtime`` in a fresh child process (on the ``ssh`` host when given,
+    an ``edgekd.bench.ssh.SshConfig``).
 
     Raises:
         ModelLoadError: the artifact does not exist.
-        BenchmarkError: the child failed (load error, missing device) or timed out.
+        RuntimeBackendError: the requested device or provider is not there (never a silent
+            fallback to another one).
+        BenchmarkError: the child failed (load error) or timed out.
     """
     settings = settings or BenchSettings()
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: artifact not found")
-    request = {"path": str(path.resolve()), "runtime": runtime, "threads": threads,
-               "options": options or {}, **settings.to_dict()}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    root = str(Path(__file__).resolve().parents[2])  # the child imports this same edgekd
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "edgekd.bench.child", json.dumps(request)],
-                              capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                              timeout=timeout or settings.max_seconds + 120)
-    except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"{path}: benchmark in {runtime} timed out") from None
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = " ".join(proc.stderr.strip().splitlines()[-3:])[:500]
-        raise BenchmarkError(f"{path}: benchmark process for {runtime} exited with code "
-                             f"{proc.returncode} and no result ({tail or 'no output'})")
-    result = json.loads(lines[-1])
+    options = dict(options or {})
+    request = {"path": str(path.resolve()), "runtime": runtime, "threads": threads, "options": options,
+               "profile": profile, **settings.to_dict()}
+    timeout = timeout or settings.max_seconds + 120
+    where = f"{path}: benchmark in {runtime}" + (f" on {ssh.destination}" if ssh is not None else "")
+    warm = None
+    with tempfile.TemporaryDirectory() as cache:
+        if runtime == "openvino" and ssh is None and "cache_dir" not in options:
+            options["cache_dir"] = cache  # (request shares this dict) the cold load fills the cache
+        if ssh is not None:
+            from edgekd.bench.ssh import run_remote_child
+
+            result = run_remote_child(path, request, ssh, threads)
+        else:
+            result = _run_child(request, threads, timeout, where)
+        if result.get("ok") and options.get("cache_dir") and ssh is None:
+            warm = _run_child({**request, "warm_load": True}, threads, timeout, where + " (warm load)")
     if not result["ok"]:
-        raise BenchmarkError(f"{path}: benchmark in {runtime} failed: {result['error']}")
+        error = RuntimeBackendError if result.get("missing") else BenchmarkError
+        raise error(f"{where} failed: {result['error']}")
+    manifest = {"edgekd": _edgekd_version(), "runtime": runtime, "runtime_version": result["info"].get("runtime_version"),
+                "device": result["info"].get("device"), "threads": threads,
+                "precision_hint": result["info"].get("precision_hint"),
+                "providers": result["info"].get("providers"), **result.get("manifest", {})}
     return BenchResult(path=str(path), runtime=runtime, threads=threads,
                        latency=LatencyStats.from_samples(result["samples_ms"]),
                        load_ms=result["load_ms"], first_inference_ms=result["first_inference_ms"],
-                       timed_seconds=result["timed_seconds"], memory=result["memory"], info=result["info"], samples_ms=result["samples_ms"])
+                       timed_seconds=result["timed_seconds"], memory=result["memory"], info=result["info"],
+                       samples_ms=result["samples_ms"], warm_load_ms=warm["load_ms"] if warm and warm.get("ok") else None,
+                       coverage=result.get("coverage"), profile=result.get("profile"), manifest=manifest)
 
 
-__all__ = ["BenchResult", "BenchSettings", "benchmark"]
+def benchmark_on_target(path: str | Path, target, runtime: str | None = None, *, threads: int | None = None,
+                        profile: bool = False) -> BenchResult:
+    """Benchmark ``path`` on a target profile (``edgekd.targets.TargetProfile``): locally, over
+    ssh, or with ``benchmark_model`` over adb, with the profile's runtime options and settings.
+
+    Raises:
+        ConfigError: the target cannot run artifacts (connection: none) or lacks the runtime.
+        RuntimeBackendError, BenchmarkError: as ``benchmark``.
+    """
+    from edgekd.errors import ConfigError
+    from edgekd.runtime.api import runtime_for
+
+    target.require_reachable("benchmark")
+    runtime = runtime or runtime_for(path)
+    if runtime not in target.runtimes:
+        raise ConfigError(f"target {target.name!r} has no runtime {runtime!r}; it lists {', '.join(target.runtimes)}")
+    threads = threads or target.threads
+    if target.connection == "adb":
+        return _benchmark_adb(Path(path), target, threads, profile)
+    return benchmark(path, runtime, threads=threads, settings=target.benchmark,
+                     options=target.runtime_options(runtime), profile=profile,
+                     ssh=target.ssh if target.connection == "ssh" else None)
+
+
+def _benchmark_adb(path: Path, target, threads: int, profile: bool) -> BenchResult:
+    from edgekd.bench.adb import run_adb
+
+    s = target.benchmark
+    out = run_adb(target.adb, path, threads=threads, warmup_runs=s.warmup_runs, min_runs=s.min_runs,
+                  min_seconds=s.min_seconds, max_seconds=s.max_seconds, profile=profile)
+    lat = out["latency"]
+    stats = LatencyStats(n=lat["n"], p50_ms=None, p90_ms=None, p99_ms=None, mean_ms=lat["mean_ms"],
+                         std_ms=lat["std_ms"], min_ms=lat["min_ms"], max_ms=lat["max_ms"], cv=lat["cv"],
+                         throughput_per_s=lat["throughput_per_s"])
+    memory = out["memory"] or {}
+    info = {"runtime": "litert", "tool": "benchmark_model", "device": f"adb:{target.adb.delegate}",
+            "delegate": out["delegate"], "threads": out["threads"] or threads,
+            "percentiles": lat["percentiles"], "warmup_mean_ms": out["warmup_mean_ms"]}
+    return BenchResult(path=str(path), runtime="litert", threads=threads, latency=stats, load_ms=out["load_ms"],
+                       first_inference_ms=out["first_inference_ms"], timed_seconds=0.0, memory=memory, info=info,
+                       coverage=out["accelerator_coverage"], profile=out["profile"] if profile else None,
+                       manifest={"edgekd": _edgekd_version(), **out["manifest"]})
+
+
+__all__ = ["BenchResult", "BenchSettings", "benchmark", "benchmark_on_target"]

@@ -12,9 +12,9 @@ NOISY_CV = 0.25  # coefficient of variation above which a run is flagged as too 
 @dataclass
 class LatencyStats:
     n: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None where a tool reports no percentiles (benchmark_model over adb)
+    p90_ms: float | None
+    p99_ms: float | None
     mean_ms: float
     std_ms: float
     min_ms: float

@@ -76,6 +76,29 @@ class LiteRTSession:
         scale, zero_point = self._output_quant
         return (out.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
+    def coverage(self, x: np.ndarray) -> float:
+        """Share of the model's ops the XNNPACK delegate took (1.0 when built-in kernels were
+        asked for: they run every op). The interpreter lists the original ops and the DELEGATE
+        ops that replaced some of them; an original op belongs to a delegate partition when it
+        lies between that DELEGATE's inputs and its outputs."""
+        if not self.info["xnnpack"]:
+            return 1.0
+        ops = self._interpreter._get_ops_details()  # no public API for the execution plan
+        originals = [op for op in ops if op["op_name"] != "DELEGATE"]
+        producer = {int(t): i for i, op in enumerate(originals) for t in op["outputs"]}
+        delegated: set[int] = set()
+        for op in (o for o in ops if o["op_name"] == "DELEGATE"):
+            boundary = {int(t) for t in op["inputs"]}
+            stack = [int(t) for t in op["outputs"]]
+            while stack:
+                tensor = stack.pop()
+                index = producer.get(tensor)
+                if tensor in boundary or index is None or index in delegated:
+                    continue
+                delegated.add(index)
+                stack.extend(int(t) for t in originals[index]["inputs"] if int(t) >= 0)
+        return len(delegated) / len(originals) if originals else 1.0
+
     def _to_input(self, x: np.ndarray) -> np.ndarray:
         dtype = self._input["dtype"]
         if self._input_quant is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from edgekd.errors import ModelLoadError, RuntimeBackendError
 class OnnxRuntimeSession:
     def __init__(self, path: Path, threads: int, options: dict):
         providers = list(options.get("providers") or ["CPUExecutionProvider"])
+        self._path, self._threads, self._requested = path, threads, providers
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
             raise RuntimeBackendError(
@@ -39,6 +42,40 @@ class OnnxRuntimeSession:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: x})[0]
+
+    def _node_events(self, x: np.ndarray, runs: int) -> list[dict]:
+        """onnxruntime's own profiler: one event per node and run, with its provider and time."""
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = self._threads, 1
+            so.log_severity_level = 3
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "profile")
+            session = ort.InferenceSession(str(self._path), so, providers=self._requested)
+            session.run(None, {self._input: x})  # warm-up, profiled too: dropped below
+            for _ in range(runs):
+                session.run(None, {self._input: x})
+            events = json.loads(Path(session.end_profiling()).read_text())
+        nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+        per_run = len(nodes) // (runs + 1)
+        return nodes[per_run:]  # without the warm-up run
+
+    def coverage(self, x: np.ndarray) -> float:
+        """Share of the executed nodes assigned to the first requested provider."""
+        nodes = {e["name"]: e["args"].get("provider") for e in self._node_events(x, 1)}
+        return sum(p == self._requested[0] for p in nodes.values()) / len(nodes) if nodes else 1.0
+
+    def profile(self, x: np.ndarray, runs: int) -> list[dict]:
+        """Nodes by mean time per inference (ms), slowest first."""
+        total: dict[str, dict] = {}
+        for e in self._node_events(x, runs):
+            name = e["name"][: -len("_kernel_time")]
+            row = total.setdefault(name, {"name": name, "op": e["args"].get("op_name", "?"),
+                                          "provider": e["args"].get("provider"), "total_us": 0.0})
+            row["total_us"] += float(e.get("dur", 0))
+        rows = [{k: v for k, v in r.items() if k != "total_us"} | {"mean_ms": r["total_us"] / runs / 1e3}
+                for r in total.values()]
+        return sorted(rows, key=lambda r: -r["mean_ms"])
 
 
 def open_session(path: Path, threads: int, options: dict) -> OnnxRuntimeSession:

@@ -22,10 +22,14 @@ class OpenVinoSession:
         if device not in core.available_devices:
             raise RuntimeBackendError(f"OpenVINO device {device!r} is not available here; available: "
                                       f"{', '.join(core.available_devices)}")
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_NUM_THREADS": threads,
+                  "PERFORMANCE_HINT": options.get("performance_hint", "LATENCY").upper()}
         hint = options.get("precision_hint", "f32")
         if hint:
             config["INFERENCE_PRECISION_HINT"] = hint
+        if options.get("cache_dir"):  # compiled blobs are reused by the next load (warm load)
+            config["CACHE_DIR"] = str(options["cache_dir"])
+        self._core, self._path, self._device, self._config = core, path, device, config
         try:
             self._compiled = core.compile_model(str(path), device, config)
         except Exception as err:
@@ -35,11 +39,38 @@ class OpenVinoSession:
         shape = self._compiled.inputs[0].get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in shape]
         self.info = {"runtime": "openvino", "runtime_version": ov.__version__, "device": device,
-                     "threads": threads,
-                     "precision_hint": self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()}
+                     "device_name": core.get_property(device, "FULL_DEVICE_NAME"), "threads": threads,
+                     "performance_hint": config["PERFORMANCE_HINT"],
+                     "precision_hint": self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                     "execution_devices": list(self._compiled.get_property("EXECUTION_DEVICES"))}
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._request.infer({0: x})[0].copy()
+
+    def coverage(self, x: np.ndarray) -> float | None:
+        """1.0 when the compiled model runs on the requested device alone, 0.0 when not at all;
+        None when OpenVINO split it over several devices (HETERO/AUTO: see execution_devices)."""
+        devices = {d.split(".")[0] for d in self.info["execution_devices"]}
+        wanted = self._device.split(".")[0]
+        return 1.0 if devices == {wanted} else 0.0 if wanted not in devices else None
+
+    def profile(self, x: np.ndarray, runs: int) -> list[dict]:
+        """OpenVINO's performance counters (a second compile with PERF_COUNT), by mean time."""
+        compiled = self._core.compile_model(str(self._path), self._device, {**self._config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        for _ in range(5):  # the first runs compile kernels and fill caches: not part of the profile
+            request.infer({0: x})
+        total: dict[str, dict] = {}
+        for _ in range(runs):
+            request.infer({0: x})
+            for info in request.profiling_info:
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
+                    row = total.setdefault(info.node_name, {"name": info.node_name, "op": info.node_type,
+                                                            "exec_type": info.exec_type, "total_us": 0.0})
+                    row["total_us"] += info.real_time.total_seconds() * 1e6
+        rows = [{k: v for k, v in r.items() if k != "total_us"} | {"mean_ms": r["total_us"] / runs / 1e3}
+                for r in total.values()]
+        return sorted(rows, key=lambda r: -r["mean_ms"])
 
     def runtime_precisions(self) -> dict[str, str]:
         """Executed layer name -> runtime precision, for layers of the compiled (runtime) graph."""

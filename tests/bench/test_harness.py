@@ -59,10 +59,70 @@ def test_child_failure_is_reported(tmp_path):
 
 
 def test_missing_device_fails_not_falls_back(exported):
-    with pytest.raises(BenchmarkError, match="device 'GPU' is not available"):
+    from edgekd.errors import RuntimeBackendError
+
+    with pytest.raises(RuntimeBackendError, match="device 'GPU' is not available"):
         benchmark(exported[("int8", "openvino")].path, "openvino", settings=QUICK, options={"device": "GPU"})
 
 
 def test_settings_validation():
     with pytest.raises(ConfigError, match="max_seconds: must be >= min_seconds"):
         BenchSettings.from_dict({"min_seconds": 5, "max_seconds": 1})
+
+
+def test_memory_is_split_into_load_and_inference_peaks(exported):
+    result = benchmark(exported[("int8", "onnx")].path, "onnxruntime", settings=QUICK)
+    mem = result.memory
+    assert mem["hwm_reset"] is True  # Linux: the high-water mark is reset after loading
+    assert mem["load_peak_bytes"] == mem["after_load_bytes"] - mem["baseline_bytes"] > 0
+    assert mem["inference_peak_bytes"] > 0 and mem["inference_added_bytes"] is not None
+    assert mem["peak_bytes"] == max(mem["after_load_bytes"], mem["inference_peak_bytes"])
+
+
+def test_every_result_carries_a_manifest_and_coverage(exported):
+    result = benchmark(exported[("int8", "onnx")].path, "onnxruntime", settings=QUICK)
+    man = result.manifest
+    for key in ("edgekd", "runtime_version", "device", "threads", "cpu", "governor", "hostname", "providers"):
+        assert man.get(key) is not None, key
+    assert result.coverage == 1.0  # every node on the CPU provider that was asked for
+    saved = json.loads(json.dumps(result.to_dict()))
+    assert saved["manifest"]["cpu"] == man["cpu"] and len(saved["samples_ms"]) == result.latency.n
+
+
+def test_openvino_reports_a_warm_load_from_its_compile_cache(exported):
+    result = benchmark(exported[("int8", "openvino")].path, "openvino", settings=QUICK)
+    assert result.warm_load_ms is not None and result.warm_load_ms > 0
+    assert result.info["execution_devices"] == ["CPU"] and result.coverage == 1.0
+
+
+@pytest.mark.parametrize("fmt, runtime, integer_op", [("onnx", "onnxruntime", "QLinearConv"),
+                                                      ("openvino", "openvino", "Convolution")])
+def test_per_op_profile_names_the_slowest_ops(exported, fmt, runtime, integer_op):
+    result = benchmark(exported[("int8", fmt)].path, runtime, settings=QUICK, profile=True)
+    ops = result.profile
+    assert isinstance(ops, list) and len(ops) >= 4
+    assert [r["mean_ms"] for r in ops] == sorted((r["mean_ms"] for r in ops), reverse=True)
+    assert any(r["op"] == integer_op for r in ops) and all(r["mean_ms"] >= 0 for r in ops)
+
+
+def test_litert_says_it_has_no_per_op_profiler(exported):
+    result = benchmark(exported[("int8", "tflite")].path, "litert", settings=QUICK, profile=True)
+    assert "no per-op profiler" in result.profile["unavailable"]
+    assert result.coverage == 1.0  # XNNPACK took every op of the int8 student
+
+
+def test_missing_provider_is_an_error_or_a_not_available_row(exported, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    profile = tmp_path / "gpu-box.yaml"
+    profile.write_text("name: gpu-box\nruntimes: {onnxruntime: {providers: [CUDAExecutionProvider]}}\n"
+                       "benchmark: {warmup_runs: 1, min_runs: 5, min_seconds: 0.01}\n")
+    path = str(exported[("int8", "onnx")].path)
+    failed = CliRunner().invoke(main, ["bench", path, "--target", str(profile)])
+    assert failed.exit_code == 3 and "has no provider CUDAExecutionProvider" in failed.output
+    row = CliRunner().invoke(main, ["bench", path, "--target", str(profile), "--allow-missing",
+                                    "--json", str(tmp_path / "r.json")], catch_exceptions=False)
+    assert row.exit_code == 0 and "not available" in row.output
+    assert json.loads((tmp_path / "r.json").read_text())["available"] is False
