@@ -1,7 +1,8 @@
 """Benchmark on a remote host over ssh (a Raspberry Pi, a Jetson, an x86 box in a lab).
 
-The artifact is copied with ``scp`` to ``workdir`` under a name edgekd chooses (a hash of its
-content plus its suffix, never the local file name), then the same child process that measures
+The artifact is streamed through ssh (``cat > file`` on the host; no sftp/scp subsystem needed)
+to ``workdir`` under a name edgekd chooses (a hash of its content plus its suffix, never the
+local file name), then the same child process that measures
 local runs (``python -m edgekd.bench.child '<request>'``) runs there with the remote host's
 runtime, and its one JSON line comes back. The remote host needs Python with edgekd and the
 runtime installed (``pip install edgekd``; a device that runs LiteRT only needs
@@ -73,8 +74,8 @@ class SshConfig(Config):
         return f"{self.user}@{self.host}" if self.user else self.host
 
     def _base(self, program: str) -> list[str]:
-        port_flag = "-p" if program == "ssh" else "-P"
-        cmd = [program, port_flag, str(self.port), "-o", "BatchMode=yes"]
+        port_flag = "-p"
+        cmd = [program, port_flag, str(self.port), "-o", "BatchMode=yes"]  # never prompt (no stdin in CI)
         if self.identity_file:
             cmd += ["-i", str(Path(self.identity_file).expanduser())]
         for option in self.options:
@@ -85,9 +86,6 @@ class SshConfig(Config):
         """``ssh ... -- host '<quoted words>'``: the remote shell sees each word exactly."""
         return self._base("ssh") + ["--", self.destination, shlex.join(remote_words)]
 
-    def scp_command(self, local: Path, remote_path: str) -> list[str]:
-        # scp passes the remote path through the remote shell too: quote it
-        return self._base("scp") + ["-q", "--", str(local), f"{self.destination}:{shlex.quote(remote_path)}"]
 
 
 def remote_name(path: Path) -> str:
@@ -96,10 +94,15 @@ def remote_name(path: Path) -> str:
     return f"edgekd-{digest}{Path(path).suffix.lower()}"
 
 
-def _run(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], what: str, timeout: float, stdin_file: Path | None = None) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=timeout, check=False)
+        if stdin_file is not None:
+            with open(stdin_file, "rb") as source:
+                proc = subprocess.run(cmd, capture_output=True, stdin=source, timeout=timeout, check=False)
+            proc.stdout, proc.stderr = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+        else:
+            proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=timeout, check=False)
     except FileNotFoundError:
         raise RuntimeBackendError(f"{cmd[0]} is not installed here; it is needed to {what}") from None
     except subprocess.TimeoutExpired:
@@ -122,8 +125,9 @@ def run_remote_child(path: Path, request: dict, ssh: SshConfig, threads: int) ->
     where = f"{ssh.destination}:{ssh.port}"
     _run(ssh.ssh_command(["mkdir", "-p", ssh.workdir]), f"create {ssh.workdir} on {where}", ssh.timeout_s)
     try:
-        for local, target in files:
-            _run(ssh.scp_command(local, target), f"copy {local} to {where}", ssh.timeout_s)
+        for local, target in files:  # streamed through ssh: no sftp/scp subsystem needed
+            _run(ssh.ssh_command(["sh", "-c", 'cat > "$1"', "sh", target]), f"copy {local} to {where}",
+                 ssh.timeout_s, stdin_file=local)
         request = {**request, "path": remote}
         words = ["env", f"OMP_NUM_THREADS={threads}", ssh.python, "-m", "edgekd.bench.child", json.dumps(request)]
         proc = subprocess.run(ssh.ssh_command(words), capture_output=True, text=True, stdin=subprocess.DEVNULL,
