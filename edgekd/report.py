@@ -84,7 +84,10 @@ class Report:
         rows = [head]
         for e in self.entries:
             lat = e.latency or {}
-            rows.append(f"| {e.name} | {e.runtime or 'pytorch'} | {e.target or '-'} | {format_size(e.size_bytes)} | "
+            estimated = bool(e.info.get("estimated"))
+            name = f"{e.name} (estimated)" if estimated else e.name
+            runtime = "-" if estimated else e.runtime or "pytorch"
+            rows.append(f"| {name} | {runtime} | {e.target or '-'} | {format_size(e.size_bytes)} | "
                         f"{e.params if e.params is not None else '-'} | {_pct(e.accuracy)} | "
                         f"{_pct(e.agreement)} | {_ms(lat.get('p50_ms'))} | {_ms(lat.get('p90_ms'))} | "
                         f"{format_size(e.peak_memory_bytes)} |")

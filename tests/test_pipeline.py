@@ -127,3 +127,33 @@ def test_each_training_stage_gets_its_own_shift():
     assert stage_shift(recipe, recipe.student_training) == 2
     recipe.data.augment = False
     assert stage_shift(recipe, recipe.student_training) == 0
+
+
+def test_an_unreachable_target_with_compute_figures_gets_estimated_rows(tmp_path):
+    from tests.recipes import short_recipe as make
+
+    recipe = make(epochs=2, qat_epochs=1)
+    recipe.targets = ["x86-cpu", "ethos-u55"]
+    recipe.ptq.enabled = False
+    res = run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
+    estimated = [e for e in res.report.entries if e.target == "ethos-u55"]
+    assert {e.name for e in estimated} == {"teacher.onnx", "student-kd.onnx", "student-int8.onnx"}
+    for e in estimated:
+        assert e.info["estimated"] is True and e.latency["estimated"] is True and e.latency["p50_ms"] > 0
+        assert e.runtime is None and e.accuracy is None  # nothing ran on that device
+    int8 = next(e for e in estimated if e.name == "student-int8.onnx")
+    assert int8.info["macs"] == 341312 and int8.latency["p50_ms"] < next(
+        e for e in estimated if e.name == "teacher.onnx").latency["p50_ms"]
+    markdown = (tmp_path / "out/report.md").read_text()
+    assert "| student-int8.onnx (estimated) | - | ethos-u55 |" in markdown
+
+
+def test_a_target_edgekd_cannot_run_or_estimate_is_refused_before_training(tmp_path):
+    from edgekd.errors import ConfigError
+    from tests.recipes import short_recipe as make
+
+    recipe = make(epochs=1, qat_epochs=1)
+    recipe.targets = ["x86-cpu", "qnn-htp"]
+    with pytest.raises(ConfigError, match="target 'qnn-htp' has connection: none"):
+        run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out" / "models").exists()

@@ -74,7 +74,7 @@ def test_load_user_profile_by_path(tmp_path):
 def test_unknown_name_suggests_nearest():
     with pytest.raises(UnknownNameError) as info:
         load_target("x86-cpy")
-    assert str(info.value) == "unknown target 'x86-cpy'; did you mean 'x86-cpu'?; valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, qnn-htp, qnn-htp-a16, x86-cpu, x86-cpu-mt, x86-cpu-vnni, x86-onnxruntime, x86-openvino"
+    assert str(info.value) == "unknown target 'x86-cpy'; did you mean 'x86-cpu'?; valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, pixel-8-cpu, pixel-8-gpu, pixel-8-nnapi, qnn-htp, qnn-htp-a16, rpi5, snapdragon-qnn, x86-cpu, x86-cpu-mt, x86-cpu-vnni, x86-onnxruntime, x86-openvino"
     assert isinstance(info.value, ConfigError)
 
 
@@ -139,7 +139,7 @@ def test_edgekd_targets_adds_folders(tmp_path, monkeypatch):
     assert load_target("other-board").name == "other-board"
     names = [t.name for t in list_targets()]
     assert {"my-board", "other-board", "x86-cpu", "x86-cpu-mt"} <= set(names)
-    with pytest.raises(UnknownNameError, match="valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, my-board, other-board, qnn-htp, qnn-htp-a16, x86-cpu, x86-cpu-mt, x86-cpu-vnni, x86-onnxruntime, x86-openvino$"):
+    with pytest.raises(UnknownNameError, match="valid targets: arm-litert-xnnpack, ethos-u55, intel-npu, my-board, other-board, pixel-8-cpu, pixel-8-gpu, pixel-8-nnapi, qnn-htp, qnn-htp-a16, rpi5, snapdragon-qnn, x86-cpu, x86-cpu-mt, x86-cpu-vnni, x86-onnxruntime, x86-openvino$"):
         load_target("nope")
 
 
@@ -160,3 +160,25 @@ def test_vnni_profile_refuses_a_cpu_without_vnni(monkeypatch):
     load_target("x86-cpu-vnni").require_reachable("benchmark")
     monkeypatch.setattr(targets, "cpu_flags", lambda: set())
     load_target("x86-cpu").require_reachable("benchmark")  # no flag needed
+
+
+def test_every_shipped_remote_profile_is_complete():
+    """The ssh, adb and estimate-only profiles the issue asks for load, with their sections."""
+    profiles = {t.name: t for t in list_targets()}
+    assert profiles["rpi5"].connection == "ssh" and profiles["rpi5"].ssh.host == "raspberrypi.local"
+    for name in ("pixel-8-cpu", "pixel-8-gpu", "pixel-8-nnapi", "snapdragon-qnn"):
+        assert profiles[name].connection == "adb" and set(profiles[name].runtimes) == {"litert"}
+    assert {profiles[n].adb.delegate for n in ("pixel-8-cpu", "pixel-8-gpu", "pixel-8-nnapi")} == {"xnnpack", "gpu", "nnapi"}
+    assert any("external_delegate_path" in f for f in profiles["snapdragon-qnn"].adb.extra_flags)
+    assert profiles["intel-npu"].runtime_options("openvino")["device"] == "NPU"
+    assert profiles["ethos-u55"].connection == "none" and profiles["ethos-u55"].compute is not None
+
+
+def test_a_missing_npu_is_an_error_never_a_cpu_fallback(exported):
+    from edgekd.bench import benchmark_on_target
+    from edgekd.errors import RuntimeBackendError
+
+    if "NPU" in __import__("openvino").Core().available_devices:
+        pytest.skip("this machine has an NPU")
+    with pytest.raises(RuntimeBackendError, match="device 'NPU' is not available"):
+        benchmark_on_target(exported[("int8", "openvino")].path, load_target("intel-npu"))

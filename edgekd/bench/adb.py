@@ -21,6 +21,7 @@ Profile section (``connection: adb``)::
       remote_dir: /data/local/tmp/edgekd
       delegate: xnnpack                       # cpu, xnnpack, gpu, nnapi
       extra_flags: ["--gpu_precision_loss_allowed=false"]
+      push: []                                # delegate libraries to copy next to the binary
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class AdbConfig(Config):
         adb: the adb executable.
         remote_dir: device folder for the binary and models.
         delegate: cpu (built-in kernels), xnnpack, gpu or nnapi.
-        extra_flags: more ``benchmark_model`` flags, each ``--name=value``.
+        extra_flags: more ``benchmark_model`` flags, each ``--name=value`` (e.g. an external
+            delegate: ``--external_delegate_path=/data/local/tmp/edgekd/libQnnTFLiteDelegate.so``).
+        push: more local files pushed to ``remote_dir`` before the run (delegate libraries).
         timeout_s: seconds before an adb command is abandoned.
     """
 
@@ -64,6 +67,7 @@ class AdbConfig(Config):
     remote_dir: str = "/data/local/tmp/edgekd"
     delegate: Literal["cpu", "xnnpack", "gpu", "nnapi"] = "xnnpack"
     extra_flags: list[str] = field(default_factory=list)
+    push: list[str] = field(default_factory=list)
     timeout_s: float = 600.0
 
     def __post_init__(self):
@@ -91,9 +95,10 @@ def adb_commands(config: AdbConfig, artifact: Path, *, threads: int, warmup_runs
            "--report_peak_memory_footprint=true", *DELEGATE_FLAGS[config.delegate], *config.extra_flags]
     if profile:
         run.append("--enable_op_profiling=true")
+    extra = [adb + ["push", str(Path(f).expanduser()), f"{config.remote_dir}/{Path(f).name}"] for f in config.push]
     return [adb + ["shell", shlex.join(["mkdir", "-p", config.remote_dir])],
             adb + ["push", str(Path(config.benchmark_model).expanduser()), remote_bin],
-            adb + ["shell", shlex.join(["chmod", "755", remote_bin])],
+            adb + ["shell", shlex.join(["chmod", "755", remote_bin])], *extra,
             adb + ["push", str(artifact), remote_model],
             adb + ["shell", shlex.join(run)],
             adb + ["shell", shlex.join(["rm", "-f", remote_model])]]
