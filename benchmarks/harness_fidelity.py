@@ -113,13 +113,13 @@ def tiny_model(work: Path) -> dict[str, Path]:
 def benchmark_app(path: Path, shape: list[int], seconds: float) -> float:
     """benchmark_app's median latency (ms) in the harness's configuration (see the docstring)."""
     cmd = ["benchmark_app", "-m", str(path), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-nthreads", "1",
-           "-infer_precision", "f32", "-api", "sync", "-t", str(seconds),
+           "-infer_precision", "f32", "-api", "sync", "-t", str(max(1, round(seconds))),
            "-data_shape", "[" + ",".join(map(str, shape)) + "]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           stdin=subprocess.DEVNULL, timeout=300, check=False)
     found = re.search(r"Median:\s+([\d.]+) (ms|us)", proc.stdout)
     if proc.returncode != 0 or not found:
-        raise RuntimeError(f"benchmark_app failed: {' '.join(proc.stdout.splitlines()[-3:])[:400]}")
+        raise RuntimeError(f"benchmark_app failed: {(proc.stderr or proc.stdout)[-400:]}")
     value = float(found.group(1))
     return value / 1000 if found.group(2) == "us" else value
 

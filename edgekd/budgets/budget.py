@@ -54,6 +54,8 @@ METRICS: dict[str, Metric] = {
     "min_accuracy": Metric("accuracy", parse_fraction, False, _pct),
     "max_accuracy_drop": Metric("accuracy_drop", parse_fraction, True, _pct),
     "min_agreement": Metric("agreement", parse_fraction, False, _pct),
+    # share of nodes that ran on the requested device/provider (e.g. 100% on an NPU)
+    "min_accelerator_coverage": Metric("info.accelerator_coverage", parse_fraction, False, _pct),
 }
 
 
@@ -72,6 +74,7 @@ class BudgetRule(Config):
     min_accuracy: str | float | None = None
     max_accuracy_drop: str | float | None = None
     min_agreement: str | float | None = None
+    min_accelerator_coverage: str | float | None = None
     limits: dict[str, float] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):

@@ -5,6 +5,8 @@ Options (a target profile's ``runtimes: {litert: {...}}``):
     xnnpack (bool, default True): apply the XNNPACK delegate, as TFLite does by default
         (``OpResolverType.AUTO``); False runs the built-in kernels only
         (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
+    accelerator (cpu, default; gpu, npu): gpu and npu are refused here (RuntimeBackendError):
+        the Python interpreter has no GPU/NPU path, and a silent CPU run would mislead.
 
 Callers see the same contract as every runtime: float32 in, float32 logits out. A full-integer
 model with an int8/uint8 interface gets its input quantized with the input tensor's (scale,
@@ -34,7 +36,7 @@ except ImportError:  # the standalone TFLite interpreter wheel has the same inte
 
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError, did_you_mean
 
-OPTIONS = {"xnnpack": True}
+OPTIONS = {"xnnpack": True, "accelerator": "cpu"}
 
 
 class LiteRTSession:
@@ -169,6 +171,12 @@ def _check_options(options: dict) -> dict:
     merged = OPTIONS | options
     if not isinstance(merged["xnnpack"], bool):
         raise ConfigError(f"LiteRT option xnnpack: expected true or false, got {merged['xnnpack']!r}")
+    if merged["accelerator"] not in ("cpu", "gpu", "npu"):
+        raise ConfigError(f"LiteRT option accelerator: expected cpu, gpu or npu, got {merged['accelerator']!r}")
+    if merged["accelerator"] != "cpu":  # never a silent CPU run of a GPU/NPU request
+        raise RuntimeBackendError(f"LiteRT {merged['accelerator'].upper()} accelerator is not available here: the "
+                                  f"Python Interpreter runs on the CPU; GPU and NPU runs go through a device "
+                                  f"(an adb target with benchmark_model --use_gpu / an NPU delegate)")
     return merged
 
 

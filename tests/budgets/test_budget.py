@@ -254,3 +254,16 @@ def test_invalid_toml(tmp_path):
 def test_missing_toml(tmp_path):
     with pytest.raises(BudgetError, match="budget file not found"):
         load_budget(tmp_path / "pyproject.toml")
+
+
+def test_a_budget_can_require_full_accelerator_coverage():
+    from edgekd.budgets.budget import Budget, check
+    from edgekd.report import Entry, Report
+
+    entries = [Entry(name="student-int8.onnx", stage="student-int8", format="onnx", target="npu",
+                     info={"accelerator_coverage": 0.9}),
+               Entry(name="student-int8.xml", stage="student-int8", format="openvino", target="npu",
+                     info={"accelerator_coverage": 1.0})]
+    budget = Budget.from_dict({"budgets": [{"artifact": "student-int8.*", "min_accelerator_coverage": "100%"}]})
+    result = check(Report(entries=entries), budget)
+    assert [v.passed for v in result.verdicts] == [False, True]

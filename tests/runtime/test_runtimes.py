@@ -80,3 +80,11 @@ def test_missing_openvino_device_is_an_error(exported):
 def test_every_runtime_is_registered_lazily():
     assert set(list_runtimes()) == set(FORMAT_OF)
     assert all(RUNTIMES.get(n).module.startswith("edgekd.runtime.") for n in list_runtimes())
+
+
+def test_litert_gpu_request_is_refused_not_run_on_the_cpu(exported):
+    from edgekd.errors import RuntimeBackendError
+    from edgekd.runtime import open_session
+
+    with pytest.raises(RuntimeBackendError, match="LiteRT GPU accelerator is not available here"):
+        open_session(exported[("int8", "tflite")].path, "litert", options={"accelerator": "gpu"})
