@@ -36,7 +36,8 @@ class OpenVinoSession:
             raise ModelLoadError(f"{path}: OpenVINO cannot load it "
                                  f"({str(err).strip().splitlines()[0][:300]})") from None
         self._request = self._compiled.create_infer_request()
-        self._input: np.ndarray | None = None  # the request's input buffer, once set
+        self._input: np.ndarray | None = None  # the request's input and output buffers, once set
+        self._output: np.ndarray | None = None
         shape = self._compiled.inputs[0].get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else None for d in shape]
         self.info = {"runtime": "openvino", "runtime_version": ov.__version__, "device": device,
@@ -52,10 +53,12 @@ class OpenVinoSession:
         if self._input is None or self._input.shape != x.shape:
             self._request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, np.float32)))
             self._input = self._request.get_input_tensor().data
+            self._request.infer()
+            self._output = self._request.get_output_tensor(0).data  # reused while the shape holds
         else:
             np.copyto(self._input, x)
-        self._request.infer()
-        return self._request.get_output_tensor(0).data.copy()
+            self._request.infer()
+        return self._output.copy()
 
     def coverage(self, x: np.ndarray) -> float | None:
         """1.0 when the compiled model runs on the requested device alone, 0.0 when not at all;

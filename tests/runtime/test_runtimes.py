@@ -88,3 +88,19 @@ def test_litert_gpu_request_is_refused_not_run_on_the_cpu(exported):
 
     with pytest.raises(RuntimeBackendError, match="LiteRT GPU accelerator is not available here"):
         open_session(exported[("int8", "tflite")].path, "litert", options={"accelerator": "gpu"})
+
+
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "onnxruntime"), ("openvino", "openvino"), ("tflite", "litert")])
+def test_one_sample_at_a_time_equals_the_batched_run(exported, digits, fmt, runtime):
+    """Sessions reuse their input/output buffers between calls: every call must still get its own result."""
+    import numpy as np
+
+    from edgekd.runtime import open_session
+
+    session = open_session(exported[("int8", fmt)].path, runtime)
+    x = digits.x_test[:40].numpy()
+    one_by_one = np.concatenate([session.run(x[i:i + 1]) for i in range(len(x))])
+    batched = session.run(x) if session.input_shape[0] is None else one_by_one
+    again = np.concatenate([session.run(x[i:i + 1]) for i in range(len(x))])
+    assert np.array_equal(one_by_one, again) and np.allclose(one_by_one, batched, atol=1e-5)
+    assert len({row.tobytes() for row in one_by_one}) > 30  # not one cached answer
