@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from edgekd.quant.fake_quant import PerChannelWeightQuantizer, QuantConv2d
-from edgekd.quant.fold import _fold_into
+from edgekd.quant.fold import _fold_into, layer_bn_pairs, remove_bn_node
 
 
 class ConvBn2d(nn.Conv2d):
@@ -75,21 +75,12 @@ class QuantConvBn2d(QuantConv2d):
 def fuse_conv_bn(gm: fx.GraphModule) -> list[str]:
     """Replace every Conv2d -> BatchNorm2d pair (the conv used only by the BN) by a ``ConvBn2d``
     at the conv's path; the BN node is removed. Returns the fused conv paths."""
-    modules = dict(gm.named_modules())
     fused = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
-            continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and type(modules.get(src.target)) is nn.Conv2d):
-            continue
+    for src, node in layer_bn_pairs(gm, layers=(nn.Conv2d,), norms=(nn.BatchNorm2d,), exact=True):
         parent, _, leaf = src.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf,
-                ConvBn2d.fuse(modules[src.target], modules[node.target]))
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        gm.delete_submodule(node.target)
+                ConvBn2d.fuse(gm.get_submodule(src.target), gm.get_submodule(node.target)))
+        remove_bn_node(gm, src, node)
         fused.append(src.target)
     gm.graph.lint()
     gm.recompile()

@@ -19,23 +19,34 @@ FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def layer_bn_pairs(gm: fx.GraphModule, layers=FOLDABLE, norms=BATCHNORMS, exact: bool = False):
+    """(layer node, BN node) for every BN whose input is a layer of ``layers`` (``exact``: of
+    exactly those types, not subclasses) used only by that BN."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), norms):
+            continue
+        src = node.args[0]
+        if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and (type(modules.get(src.target)) in layers if exact
+                     else isinstance(modules.get(src.target), layers))):
+            yield src, node
+
+
+def remove_bn_node(gm: fx.GraphModule, layer: fx.Node, bn: fx.Node) -> None:
+    """Drop ``bn`` from the graph (its users read ``layer``) and delete its module."""
+    bn.replace_all_uses_with(layer)
+    gm.graph.erase_node(bn)
+    gm.delete_submodule(bn.target)
+
+
 @torch.no_grad()
 def fold_batchnorm(gm: fx.GraphModule) -> list[str]:
     """Fold every BN whose input is a conv/linear used only by that BN. Returns the folded BN paths."""
-    modules = dict(gm.named_modules())
     folded = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), BATCHNORMS):
-            continue
-        src = node.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(modules.get(src.target), FOLDABLE)):
-            continue
-        layer, bn = modules[src.target], modules[node.target]
-        _fold_into(layer, bn)
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        gm.delete_submodule(node.target)
+    for src, node in layer_bn_pairs(gm):
+        _fold_into(gm.get_submodule(src.target), gm.get_submodule(node.target))
+        remove_bn_node(gm, src, node)
         folded.append(node.target)
     gm.graph.lint()
     gm.recompile()
