@@ -170,6 +170,11 @@ def ptq(model: str, source: str, observer: str, batches: int, percentile: float,
     if meta.get("qat"):
         raise click.UsageError(f"{model} is already an int8 checkpoint; give a float one")
     data = load_data(DataConfig(source=source))
+    if meta.get("input_shape") and tuple(data.input_shape) != tuple(meta["input_shape"]):
+        from edgekd.errors import DataError
+
+        raise DataError(f"{source}: samples of shape {tuple(data.input_shape)} do not fit {model}, trained on "
+                        f"{tuple(meta['input_shape'])} (C, H, W); calibrate on data like the training data")
     calibration = data.calibration_batches(64, batches)
     int8 = post_training_quantize(float_model, calibration, config, simulation)
     name = f"{Path(model).stem}-ptq"
@@ -380,24 +385,87 @@ def estimate(artifact: str, target: str, runtime: str, top: int | None, json_out
 
 
 @main.command()
-@click.argument("report", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, metavar="REPORT.json | ARTIFACT...", type=click.Path(dir_okay=False))
 @click.option("--budget", "budget_file", required=True, type=click.Path(dir_okay=False),
               help="Budget YAML file, or a pyproject.toml with [[tool.edgekd.budgets]].")
-def check(report: str, budget_file: str) -> None:
-    """Check REPORT (report.json) against budgets. Exit 0: all hold; 1: a budget failed; 2: bad input."""
+@click.option("--baseline", default=None, type=click.Path(dir_okay=False),
+              help="An earlier report: for max_growth and max_accuracy_drop_vs_baseline rules, and the "
+                   "Markdown deltas.")
+@click.option("--measure", is_flag=True,
+              help="Benchmark every artifact of REPORT (and of --baseline, interleaved) on its target "
+                   "first, or estimate it where no device is reachable; then check.")
+@click.option("--target", "targets", multiple=True, default=["x86-cpu"], show_default=True,
+              help="Target profile(s) the ARTIFACT files are measured on, or estimated on where no "
+                   "device is reachable (ONNX files only); repeatable.")
+@click.option("--junit", "junit_out", default=None, type=click.Path(dir_okay=False),
+              help="Write JUnit XML (one test case per check) for CI test reports.")
+@click.option("--markdown", "markdown_out", default=None, type=click.Path(dir_okay=False),
+              help="Write Markdown for a pull-request comment (with deltas against --baseline).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the verdicts (and the measured report) as JSON.")
+def check(inputs: tuple[str, ...], budget_file: str, baseline: str | None, measure: bool,
+          targets: tuple[str, ...], junit_out: str | None, markdown_out: str | None, json_out: str | None) -> None:
+    """Check a report (report.json) against budgets, or measure ARTIFACT files (.onnx, .xml,
+    .tflite) on --target with --measure and check them: PASS / WARN / FAIL per metric.
+
+    Exit 0: every check passed (warnings allowed); 1: a budget failed; 2: bad input (usage,
+    files, budget syntax); 3: a measurement could not run. With $GITHUB_STEP_SUMMARY set, the
+    Markdown summary is appended to it.
+    """
+    import json
+    import os
+
+    from edgekd import atomic
     from edgekd.budgets import check as check_budget
     from edgekd.budgets import load_budget
     from edgekd.report import load_report
 
-    budget = load_budget(budget_file)
-    result = check_budget(load_report(report), budget)
+    budget = load_budget(budget_file)  # bad budgets fail (exit 2) before anything is measured
+    if not inputs:
+        raise click.UsageError("give a report.json, or artifact files to measure with --measure")
+    report = inputs[0] if len(inputs) == 1 and inputs[0].endswith(".json") else None
+    artifacts = [] if report else list(inputs)
+    if any(p.endswith(".json") for p in artifacts):
+        raise click.UsageError("give one report.json, or artifact files; not both")
+    if artifacts and not measure:
+        raise click.UsageError("artifact files have no measurements yet: add --measure")
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    old = load_report(baseline) if baseline else None
+    measured_here = False
+    if artifacts:
+        from edgekd.budgets.gate import report_from_artifacts
+
+        current = report_from_artifacts(artifacts, list(targets), log)
+    else:
+        current = load_report(report)
+        if measure:
+            from edgekd.budgets.gate import measure_reports
+
+            current, old, measured_here = measure_reports(current, old, log)
+    result = check_budget(current, budget, old, baseline_measured_here=measured_here)
     click.echo(result.table())
-    if result.passed:
-        click.echo(f"\nall {len(result.verdicts)} budget checks passed")
-        return
-    click.echo(f"\n{len(result.failures)} of {len(result.verdicts)} budget checks FAILED:")
-    click.echo(result.table(only_failures=True))
-    sys.exit(1)
+    deltas = ""
+    if old is not None:
+        from edgekd.compare import compare_reports, table
+
+        changed = [d for d in compare_reports(old, current) if d.change != 0]
+        deltas = "```\n" + table(changed) + "\n```" if changed else "no metric changed"
+    if junit_out:
+        atomic.write_text(junit_out, result.junit())
+    if markdown_out or os.environ.get("GITHUB_STEP_SUMMARY"):
+        text = result.markdown(deltas)
+        if markdown_out:
+            atomic.write_text(markdown_out, text)
+        if os.environ.get("GITHUB_STEP_SUMMARY"):
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+                summary.write(text)
+    if json_out:
+        atomic.write_text(json_out, json.dumps({"passed": result.passed, "verdicts": [v.to_dict() for v in result.verdicts],
+                                                "report": current.to_dict()}, indent=2) + "\n")
+    click.echo(f"\n{result.summary()}")
+    if not result.passed:
+        click.echo("FAILED checks:\n" + result.table(only_failures=True))
+        sys.exit(1)
 
 
 @main.command()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from edgekd import atomic
+from edgekd.bench.estimate import count_macs
 from edgekd.bench.harness import benchmark_on_target
 from edgekd.budgets.budget import Budget, check
 from edgekd.budgets.verdict import CheckResult
@@ -225,6 +226,7 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
 
     tick = time.perf_counter()
     params = {stage: count_parameters(m[0]) for stage, m in models.items()}
+    macs = {stage: count_macs(a.path) for stage, a in artifacts if a.format == "onnx"}
     for target in targets:
         for stage, artifact in artifacts:
             if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
@@ -234,6 +236,8 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
             if artifact.runtime not in target.runtimes:
                 continue
             entries.append(_artifact_entry(stage, artifact, target, data, references[stage], params[stage]))
+            if stage in macs:
+                entries[-1].info["macs"] = macs[stage]
             if stage in validations and artifact.format == "onnx":
                 entries[-1].info["quantization"] = {"target": qat_config.target, **validations[stage].to_dict()}
     timings["parity"] = time.perf_counter() - tick

@@ -14,10 +14,12 @@ from edgekd.config import Config, FieldError, check_name, load_yaml, parse_yaml
 from edgekd.data.datasets import DataConfig
 from edgekd.distill.api import DistillConfig
 from edgekd.distill.trainer import TrainConfig
+from edgekd.errors import UnknownNameError
 from edgekd.export.api import EXPORTERS
 from edgekd.models.factory import ModelSpec
 from edgekd.quant.ptq import PTQConfig
 from edgekd.quant.qat import QATConfig
+from edgekd.targets import target_file
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +87,11 @@ class Recipe(Config):
                                         f"(this edgekd reads version {SCHEMA_VERSION})")
         if not self.targets:
             raise FieldError("targets", "name at least one target (see `edgekd targets`)")
+        for i, name in enumerate(self.targets):
+            try:
+                target_file(name)
+            except UnknownNameError as err:
+                raise FieldError(f"targets.{i}", str(err)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

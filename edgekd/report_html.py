@@ -120,7 +120,7 @@ def _latency_plot(report: Report) -> bytes | None:
     if not measured:
         return None
     fig, ax = _figure(0.45 * len(measured) + 1.2)
-    ax.boxplot([e.latency["samples_ms"] for e in measured], vert=False, showfliers=False,
+    ax.boxplot([e.latency["samples_ms"] for e in measured], orientation="horizontal", showfliers=False,
                patch_artist=True, boxprops={"facecolor": "#9ecae1"})
     ax.set_yticks(range(1, len(measured) + 1), [_label(e) for e in measured])
     ax.set_xscale("log")

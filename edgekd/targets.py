@@ -147,12 +147,21 @@ def load_target(name_or_path: str | Path) -> TargetProfile:
         UnknownNameError: no profile of that name (lists the known ones).
         ConfigError: the profile file is invalid (file:line and field named).
     """
+    data, source = load_yaml(target_file(name_or_path))
+    return TargetProfile.from_dict(data, source)
+
+
+def target_file(name_or_path: str | Path) -> Path:
+    """The profile file a target name (or a ``.yaml`` path, returned as is) refers to.
+
+    Raises:
+        UnknownNameError: no profile of that name (lists the known ones).
+    """
     text = str(name_or_path)
     path = Path(text)
-    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
-        files = _profile_files()
-        if text not in files:
-            raise UnknownNameError("target", text, files)
-        path = files[text]
-    data, source = load_yaml(path)
-    return TargetProfile.from_dict(data, source)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        return path
+    files = _profile_files()
+    if text not in files:
+        raise UnknownNameError("target", text, files)
+    return files[text]

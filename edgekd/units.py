@@ -55,12 +55,16 @@ def parse_time_ms(value) -> float:
     return number * TIME_UNITS.get(unit, 1.0)
 
 
-def parse_fraction(value) -> float:
-    """A fraction from ``'1.5%'`` (0.015) or a number in [0, 1]."""
+def parse_fraction(value, maximum: float | None = 1.0) -> float:
+    """A fraction from ``'1.5%'`` (0.015) or a plain number, in [0, maximum] (no upper bound when
+    ``maximum`` is None, e.g. a growth of ``'150%'``)."""
     number, unit = _split(value, "percentage", {"%": 0.01})
     fraction = number / 100 if unit == "%" else number
-    if not 0 <= fraction <= 1:
-        raise ConfigError(f"expected a percentage between 0% and 100% (or a fraction 0..1), got {value!r}")
+    if maximum is None and not 0 <= fraction < float("inf"):
+        raise ConfigError(f"expected a non-negative percentage such as '5%', got {value!r}")
+    if maximum is not None and not 0 <= fraction <= maximum:
+        raise ConfigError(f"expected a percentage between 0% and {100 * maximum:g}% "
+                          f"(or a fraction 0..{maximum:g}), got {value!r}")
     return fraction
 
 

@@ -140,6 +140,17 @@ def _bytes(n: float) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB" if n >= 1e3 else f"{n:.0f} B"
 
 
+def analyze(path: str | Path) -> Estimate:
+    """MACs, parameters, weight bytes and peak activation memory of an ONNX file (its latency
+    figures are meaningless here: no device is assumed)."""
+    return estimate_onnx(path, ComputeSpec(peak_gops_int8=1, peak_gflops_fp32=1, memory_bandwidth_gbps=1))
+
+
+def count_macs(path: str | Path) -> int:
+    """Multiply-accumulates of one inference at batch 1 (exact, from the ONNX graph)."""
+    return analyze(path).macs
+
+
 def estimate_onnx(path: str | Path, compute: ComputeSpec, target: str = "", runtime: str = "") -> Estimate:
     """Estimate ``path`` (ONNX, batch 1) on a device with ``compute`` (see the module docstring),
     adding ``runtime``'s call overhead when the profile states one.
@@ -318,4 +329,4 @@ class _Graph:
         return 0
 
 
-__all__ = ["ComputeSpec", "Estimate", "LayerEstimate", "estimate_onnx"]
+__all__ = ["ComputeSpec", "Estimate", "LayerEstimate", "analyze", "count_macs", "estimate_onnx"]

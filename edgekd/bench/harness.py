@@ -24,7 +24,7 @@ from typing import Any
 
 from edgekd.bench.stats import LatencyStats
 from edgekd.config import Config, FieldError
-from edgekd.errors import BenchmarkError, ModelLoadError, RuntimeBackendError
+from edgekd.errors import BenchmarkError, ConfigError, ModelLoadError, RuntimeBackendError
 
 
 @dataclass
@@ -153,6 +153,9 @@ def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
         if result.get("ok") and options.get("cache_dir") and ssh is None:
             warm = _run_child({**request, "warm_load": True}, threads, timeout, where + " (warm load)")
     if not result["ok"]:
+        kind, _, message = result["error"].partition(": ")
+        if kind in ("ModelLoadError", "ConfigError"):  # a bad file or option: bad input, exit 2
+            raise (ModelLoadError if kind == "ModelLoadError" else ConfigError)(message)
         error = RuntimeBackendError if result.get("missing") else BenchmarkError
         raise error(f"{where} failed: {result['error']}")
     manifest = {"edgekd": _edgekd_version(), "runtime": runtime, "runtime_version": result["info"].get("runtime_version"),

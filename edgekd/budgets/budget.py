@@ -27,45 +27,88 @@ from pathlib import Path
 
 from edgekd.budgets.verdict import CheckResult, Verdict
 from edgekd.config import Config, FieldError, Source, load_yaml
-from edgekd.errors import BudgetError, ConfigError
+from edgekd.errors import BudgetError, ConfigError, did_you_mean
 from edgekd.report import Report
 from edgekd.units import format_size, parse_fraction, parse_size, parse_time_ms
 
 
 @dataclass(frozen=True)
 class Metric:
-    key: str  # Entry.metric key, or "accuracy_drop" (derived)
+    key: str  # Entry.metric key, or a derived one ("accuracy_drop", "compressed_size_bytes", ...)
     parse: Callable
     upper: bool  # True: value must be <= limit
     show: Callable[[float], str]
+    noisy: bool = False  # a timing: checked with the rule's latency_tolerance
 
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+def _ms(v: float) -> str:
+    return f"{v:.4f} ms"
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _parse_count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"expected a non-negative number, got {value!r}")
+    return int(value)
+
+
 METRICS: dict[str, Metric] = {
     "max_size": Metric("size_bytes", parse_size, True, format_size),
-    "max_p50_latency": Metric("latency.p50_ms", parse_time_ms, True, lambda v: f"{v:.4f} ms"),
-    "max_p90_latency": Metric("latency.p90_ms", parse_time_ms, True, lambda v: f"{v:.4f} ms"),
-    "max_p99_latency": Metric("latency.p99_ms", parse_time_ms, True, lambda v: f"{v:.4f} ms"),
+    "max_compressed_size": Metric("compressed_size_bytes", parse_size, True, format_size),
+    "max_params": Metric("params", _parse_count, True, _count),
+    "max_macs": Metric("info.macs", _parse_count, True, _count),
+    "max_p50_latency": Metric("latency.p50_ms", parse_time_ms, True, _ms, noisy=True),
+    "max_p90_latency": Metric("latency.p90_ms", parse_time_ms, True, _ms, noisy=True),
+    "max_p99_latency": Metric("latency.p99_ms", parse_time_ms, True, _ms, noisy=True),
     "max_peak_memory": Metric("peak_memory_bytes", parse_size, True, format_size),
     "max_model_memory": Metric("memory.model_peak_bytes", parse_size, True, format_size),
     "min_accuracy": Metric("accuracy", parse_fraction, False, _pct),
     "max_accuracy_drop": Metric("accuracy_drop", parse_fraction, True, _pct),
+    "max_accuracy_drop_vs_baseline": Metric("accuracy_drop_vs_baseline", parse_fraction, True, _pct),
     "min_agreement": Metric("agreement", parse_fraction, False, _pct),
     # share of nodes that ran on the requested device/provider (e.g. 100% on an NPU)
     "min_accelerator_coverage": Metric("info.accelerator_coverage", parse_fraction, False, _pct),
 }
+GROWTH = {  # max_growth keys -> (Entry metric key, noisy)
+    "size": ("size_bytes", False), "compressed_size": ("compressed_size_bytes", False),
+    "params": ("params", False), "macs": ("info.macs", False),
+    "p50_latency": ("latency.p50_ms", True), "p90_latency": ("latency.p90_ms", True),
+    "p99_latency": ("latency.p99_ms", True),
+    "peak_memory": ("peak_memory_bytes", False), "model_memory": ("memory.model_peak_bytes", False),
+}
+DEFAULT_LATENCY_TOLERANCE = 0.10
 
 
 @dataclass
 class BudgetRule(Config):
-    """Limits for the artifacts matching ``artifact`` (glob or list of globs) on ``target``."""
+    """Limits for the artifacts matching ``artifact`` (glob or list of globs) on ``target``.
+
+    Attributes:
+        artifact, target: which report entries the rule checks.
+        max_size ... min_accelerator_coverage: limits (``METRICS``), with units (``64KB``,
+            ``5ms``, ``1.5%``).
+        max_growth: regression limits against a baseline report (``edgekd check --baseline``),
+            metric -> allowed relative growth, e.g. ``{p90_latency: 5%, size: 2%}``.
+        warn: warning thresholds inside the limits, metric -> value, e.g. ``{max_size: 56KB}``:
+            past them a check is WARN (reported, never fails the build).
+        latency_tolerance: the noise of timings on this machine: a latency limit or latency
+            growth broken by less than this fails with a note saying the failure is within the
+            noise (default 10%).
+    """
 
     artifact: str | list[str] = "*"
     target: str | None = None
     max_size: str | int | None = None
+    max_compressed_size: str | int | None = None
+    max_params: int | None = None
+    max_macs: int | None = None
     max_p50_latency: str | int | float | None = None
     max_p90_latency: str | int | float | None = None
     max_p99_latency: str | int | float | None = None
@@ -73,9 +116,16 @@ class BudgetRule(Config):
     max_model_memory: str | int | None = None
     min_accuracy: str | float | None = None
     max_accuracy_drop: str | float | None = None
+    max_accuracy_drop_vs_baseline: str | float | None = None
     min_agreement: str | float | None = None
     min_accelerator_coverage: str | float | None = None
+    max_growth: dict[str, str | float] = field(default_factory=dict)
+    warn: dict[str, str | int | float] = field(default_factory=dict)
+    latency_tolerance: str | float = DEFAULT_LATENCY_TOLERANCE
     limits: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    growth: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    warnings: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    tolerance: float = field(default=DEFAULT_LATENCY_TOLERANCE, init=False, repr=False)
 
     def __post_init__(self):
         for name, metric in METRICS.items():
@@ -85,8 +135,36 @@ class BudgetRule(Config):
                     self.limits[name] = metric.parse(raw)
                 except ConfigError as err:
                     raise FieldError(name, str(err)) from None
-        if not self.limits:
-            raise FieldError("artifact", f"rule sets no limit; use any of {', '.join(METRICS)}")
+        for key, raw in self.max_growth.items():
+            if key not in GROWTH:
+                raise FieldError(f"max_growth.{key}", f"unknown metric{did_you_mean(key, GROWTH)}; "
+                                                      f"valid: {', '.join(GROWTH)}")
+            try:
+                self.growth[key] = parse_fraction(raw, maximum=None)
+            except ConfigError as err:
+                raise FieldError(f"max_growth.{key}", str(err)) from None
+        for name, raw in self.warn.items():
+            if name not in self.limits:
+                raise FieldError(f"warn.{name}", f"warns before a limit this rule does not set; set "
+                                                 f"{name} too{did_you_mean(name, METRICS)}")
+            metric = METRICS[name]
+            try:
+                value = metric.parse(raw)
+            except ConfigError as err:
+                raise FieldError(f"warn.{name}", str(err)) from None
+            limit = self.limits[name]
+            if (metric.upper and value > limit) or (not metric.upper and value < limit):
+                raise FieldError(f"warn.{name}", f"the warning threshold {raw!r} must lie inside the "
+                                                 f"limit ({'<=' if metric.upper else '>='} {getattr(self, name)!r})")
+            self.warnings[name] = value
+        try:
+            self.tolerance = parse_fraction(self.latency_tolerance)
+        except ConfigError as err:
+            raise FieldError("latency_tolerance", str(err)) from None
+        if not 0 <= self.tolerance < 1:
+            raise FieldError("latency_tolerance", f"expected a fraction in [0, 1), got {self.latency_tolerance!r}")
+        if not self.limits and not self.growth:
+            raise FieldError("artifact", f"rule sets no limit; use any of {', '.join(METRICS)} or max_growth")
 
     @property
     def patterns(self) -> list[str]:
@@ -130,8 +208,15 @@ def load_budget(path: str | Path) -> Budget:
         raise BudgetError(str(err)) from None
 
 
-def check(report: Report, budget: Budget) -> CheckResult:
-    """Check every rule against the matching entries of ``report``."""
+def check(report: Report, budget: Budget, baseline: Report | None = None,
+          baseline_measured_here: bool = False) -> CheckResult:
+    """Check every rule against the matching entries of ``report``.
+
+    ``baseline``: an earlier report, for ``max_growth`` and ``max_accuracy_drop_vs_baseline``.
+    Timings can only be compared with a baseline measured in the same job
+    (``baseline_measured_here``, as ``edgekd check --measure --baseline`` does); a latency
+    growth against a stored baseline from another job is a WARN that says so, never gated.
+    """
     result = CheckResult()
     for i, rule in enumerate(budget.budgets):
         entries = [e for e in report.entries if any(fnmatch.fnmatchcase(e.name, p) for p in rule.patterns)
@@ -139,27 +224,101 @@ def check(report: Report, budget: Budget) -> CheckResult:
         if not entries:
             where = f" on target {rule.target}" if rule.target else ""
             result.verdicts.append(Verdict(" | ".join(rule.patterns), f"rule {i + 1}", f"matches artifacts{where}",
-                                           "no artifact matched", False,
+                                           "no artifact matched", "FAIL",
                                            f"report has: {', '.join(e.name for e in report.entries)}"))
             continue
         for entry in entries:
+            old = _baseline_entry(baseline, entry)
             for name, limit in rule.limits.items():
-                result.verdicts.append(_verdict(report, entry, name, limit, getattr(rule, name)))
+                result.verdicts.append(_verdict(report, entry, name, limit, rule, old))
+            for key, allowed in rule.growth.items():
+                result.verdicts.append(_growth(entry, key, allowed, rule, old, baseline, baseline_measured_here))
     return result
 
 
-def _verdict(report: Report, entry, name: str, limit: float, raw) -> Verdict:
-    metric = METRICS[name]
-    if metric.key == "accuracy_drop":
+def _baseline_entry(baseline: Report | None, entry):
+    if baseline is None:
+        return None
+    return next((e for e in baseline.entries if e.name == entry.name and e.target == entry.target), None)
+
+
+def _value(report: Report, entry, key: str, old):
+    if key == "accuracy_drop":
         teacher = report.teacher_accuracy
-        value = None if teacher is None or entry.accuracy is None else teacher - entry.accuracy
-    else:
-        value = entry.metric(metric.key)
+        return None if teacher is None or entry.accuracy is None else teacher - entry.accuracy
+    if key == "accuracy_drop_vs_baseline":
+        return None if old is None or old.accuracy is None or entry.accuracy is None else old.accuracy - entry.accuracy
+    if key == "compressed_size_bytes":
+        return compressed_size(entry.path)
+    return entry.metric(key)
+
+
+def compressed_size(path) -> int | None:
+    """Bytes of the artifact after zlib level 9 (with its .bin for an OpenVINO IR): what an OTA
+    update or an app bundle pays. None when the file is not there."""
+    import zlib
+
+    if not path or not Path(path).is_file():
+        return None
+    files = [Path(path)] + ([Path(path).with_suffix(".bin")] if Path(path).suffix == ".xml" else [])
+    return sum(len(zlib.compress(f.read_bytes(), 9)) for f in files if f.is_file())
+
+
+def _label(entry) -> str:
+    return entry.name + (f" @{entry.target}" if entry.target else "")
+
+
+def _verdict(report: Report, entry, name: str, limit: float, rule: BudgetRule, old) -> Verdict:
+    metric = METRICS[name]
+    raw = getattr(rule, name)
+    value = _value(report, entry, metric.key, old)
     op = "<=" if metric.upper else ">="
-    label = entry.name + (f" @{entry.target}" if entry.target else "")
+    estimated = bool(entry.info.get("estimated"))
     if value is None:
-        return Verdict(label, name, f"{op} {raw}", "not measured", False,
-                       "the report has no such measurement for this artifact")
+        if "baseline" in metric.key:
+            why = "no baseline report entry to compare with (edgekd check --baseline)"
+        elif metric.key in ("params", "macs") and entry.format != "onnx":
+            why = (f"{metric.key} are counted on ONNX graphs; gate them on the model's .onnx artifact "
+                   f"(artifact: '*.onnx')")
+        else:
+            why = "the report has no such measurement for this artifact"
+        return Verdict(_label(entry), name, f"{op} {raw}", "not measured", "FAIL", why, estimated)
     slack = 1e-9 * max(1.0, abs(limit))  # "95%" must pass at exactly 0.95 despite float rounding
     passed = value <= limit + slack if metric.upper else value >= limit - slack
-    return Verdict(label, name, f"{op} {raw}", metric.show(value), passed)
+    note, status = "", "PASS" if passed else "FAIL"
+    if not passed and metric.noisy and value <= limit * (1 + rule.tolerance):
+        note = (f"within the noise: {100 * (value / limit - 1):.1f}% over the limit, latency_tolerance "
+                f"{100 * rule.tolerance:.0f}%; rerun or compare with a baseline measured in this job")
+    warn = rule.warnings.get(name)
+    if passed and warn is not None and (value > warn + slack if metric.upper else value < warn - slack):
+        status, note = "WARN", f"past the warning threshold {rule.warn[name]}"
+    return Verdict(_label(entry), name, f"{op} {raw}", metric.show(value), status, note, estimated)
+
+
+def _growth(entry, key: str, allowed: float, rule: BudgetRule, old, baseline, measured_here: bool) -> Verdict:
+    metric_key, noisy = GROWTH[key]
+    limit = f"growth <= {rule.max_growth[key]}"
+    name = f"max_growth.{key}"
+    estimated = bool(entry.info.get("estimated"))
+    if baseline is None or old is None:
+        why = ("no baseline report given (edgekd check --baseline OLD.json)" if baseline is None
+               else "the baseline report has no such artifact")
+        return Verdict(_label(entry), name, limit, "not compared", "FAIL", why, estimated)
+    new_value = compressed_size(entry.path) if metric_key == "compressed_size_bytes" else entry.metric(metric_key)
+    old_value = compressed_size(old.path) if metric_key == "compressed_size_bytes" else old.metric(metric_key)
+    if new_value is None or old_value in (None, 0):
+        return Verdict(_label(entry), name, limit, "not measured", "FAIL",
+                       "a side lacks this measurement", estimated)
+    growth = new_value / old_value - 1
+    actual = f"{100 * growth:+.2f}%"
+    if noisy and not measured_here:
+        return Verdict(_label(entry), name, limit, actual, "WARN",
+                       "the baseline's timings come from another job or machine: compared, not gated "
+                       "(run edgekd check --measure --baseline to time both here)", estimated)
+    if growth <= allowed + 1e-12:
+        return Verdict(_label(entry), name, limit, actual, "PASS", "", estimated)
+    note = ""
+    if noisy and growth <= allowed + rule.tolerance:
+        note = (f"within the noise: latency_tolerance {100 * rule.tolerance:.0f}% covers this growth; "
+                f"rerun to confirm")
+    return Verdict(_label(entry), name, limit, actual, "FAIL", note, estimated)

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgekd.errors import ConfigError, ModelLoadError
+from edgekd.errors import ConfigError, DataError, ModelLoadError
 from edgekd.registry import Registry
 
 
@@ -97,7 +97,20 @@ class Evaluation:
 
 def evaluate_session(session: Session, x: np.ndarray, y: np.ndarray,
                      reference: np.ndarray | None = None, batch_size: int = 256) -> Evaluation:
-    """Run ``x`` (N, C, H, W) through ``session`` and score top-1 against ``y`` and ``reference``."""
+    """Run ``x`` (N, C, H, W) through ``session`` and score top-1 against ``y`` and ``reference``.
+
+    Raises:
+        DataError: the data's sample shape does not fit the artifact's input, or its dtype is
+            not numeric (integers and floats are cast to the input's type).
+    """
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DataError(f"data of dtype {x.dtype} cannot feed the artifact's numeric input; give integer "
+                        f"or floating-point samples")
+    expected = list(session.input_shape[1:])
+    if len(expected) != x.ndim - 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
+        raise DataError(f"data of shape {tuple(x.shape)} does not fit the artifact's input "
+                        f"{[None, *expected]} (batch first); export the model for this data or give "
+                        f"data of the shape it was trained on")
     batch = session.input_shape[0]
     step = batch_size if not isinstance(batch, int) else batch  # fixed-batch artifacts: their size
     if len(x) % step and isinstance(batch, int):

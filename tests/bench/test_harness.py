@@ -51,10 +51,10 @@ def test_missing_artifact(tmp_path):
         benchmark(tmp_path / "x.onnx", "onnxruntime", settings=QUICK)
 
 
-def test_child_failure_is_reported(tmp_path):
+def test_a_corrupt_artifact_is_bad_input_not_a_measurement_failure(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    with pytest.raises(BenchmarkError, match="bad.onnx.*onnxruntime cannot load it"):
+    with pytest.raises(ModelLoadError, match="bad.onnx.*onnxruntime cannot load it"):
         benchmark(bad, "onnxruntime", settings=QUICK)
 
 

@@ -241,5 +241,5 @@ def test_bench_of_corrupt_file_is_a_clean_error(tmp_path):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"garbage")
     result = CliRunner().invoke(main, ["bench", str(bad)], catch_exceptions=False)
-    assert result.exit_code == 3
+    assert result.exit_code == 2  # a corrupt file is bad input, not a failed measurement
     assert "bad.tflite: LiteRT cannot load it" in result.output and "Traceback" not in result.output

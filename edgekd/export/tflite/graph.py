@@ -112,7 +112,8 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
     except FileNotFoundError:
         raise ExportError(f"{path}: ONNX file not found") from None
     except Exception as err:
-        raise ExportError(f"{path}: not a readable ONNX model ({str(err)[:200]})") from None
+        raise ExportError(f"{path}: not a valid ONNX model, the file is truncated or corrupt "
+                          f"({str(err)[:200]})") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if any(o.domain not in ("", "ai.onnx") for o in model.opset_import if o.version):
         domains = sorted(o.domain for o in model.opset_import if o.domain not in ("", "ai.onnx"))
