@@ -187,7 +187,8 @@ def test_unknown_target_runtime_and_device(exported, tmp_path):
     (("student_training:", "student_trainng:"), "unknown field; did you mean 'student_training'?"),
     (("  epochs: 100", "  epochs: many"), "student_training.epochs: expected int, got str 'many'"),
     (("  lr: 0.003\n  shift", "  lr: 12\n  shift"), "student_training.lr: expected a learning rate in (0, 10)"),
-    (("split: [0.6, 0.2, 0.2]", "split: [0.9, 0.2, 0.2]"), "split"),
+    (("split: [0.6, 0.2, 0.2]", "split: [0.9, 0.2, 0.2]"),
+     "data.split: expected three positive fractions summing to 1 (train, val, test), got [0.9, 0.2, 0.2]"),
     (("targets: [x86-cpu]", "targets: [x86-cpx]"), "unknown target 'x86-cpx'"),
 ])
 def test_recipe_typos_name_the_field_and_line(tmp_path, edit, message):
@@ -210,9 +211,10 @@ def test_yaml_tags_cannot_run_code(tmp_path):
 
 
 @pytest.mark.parametrize("rule, message", [
-    ("max_size: 64 parsecs", "max_size"),
-    ("max_p90_latency: fast", "max_p90_latency"),
-    ("min_accuracy: 120%", "min_accuracy"),
+    ("max_size: 64 parsecs", "max_size: expected a size such as '512KB' or '2MiB', got '64 parsecs'"),
+    ("max_p90_latency: fast", "max_p90_latency: expected a time such as '8ms' or '1.5s', got 'fast'"),
+    ("min_accuracy: 120%", "min_accuracy: expected a percentage between 0% and 100% (or a fraction 0..1), "
+                           "got '120%'"),
     ("max_sise: 64KB", "did you mean 'max_size'"),
 ])
 def test_budgets_with_bad_units_or_names(tmp_path, rule, message):
