@@ -121,6 +121,24 @@ def test_file_names_cannot_inject_shell_code(sshd, exported, tmp_path):
         assert not (place / marker).exists(), place
 
 
+def test_target_fields_cannot_inject_shell_code(sshd, exported, tmp_path):
+    """A profile's workdir is quoted as one word on the remote side: the odd folder is created, nothing runs."""
+    import dataclasses
+
+    from edgekd.bench import benchmark_on_target
+    from edgekd.targets import load_target
+
+    ssh, folder = sshd
+    marker = f"edgekd-pwned-wd-{os.getpid()}"
+    workdir = folder / f"w $(touch {marker}) `touch {marker}`; touch {marker}"
+    profile = _profile(tmp_path, dataclasses.replace(ssh, workdir=f"'{workdir}'"))
+    result = benchmark_on_target(exported[("int8", "onnx")].path, load_target(profile))
+    assert result.latency.n >= 20
+    assert workdir.is_dir()  # the literal name, as a folder
+    for place in (Path.home(), Path.cwd(), tmp_path, folder, workdir):
+        assert not (place / marker).exists(), place
+
+
 def test_an_unreachable_host_is_a_clear_error(tmp_path, exported):
     from edgekd.bench import benchmark_on_target
     from edgekd.errors import BenchmarkError
