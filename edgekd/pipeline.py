@@ -28,7 +28,7 @@ import torch
 from edgekd import atomic
 from edgekd.bench.estimate import count_macs
 from edgekd.bench.harness import benchmark_on_target
-from edgekd.budgets.budget import Budget, check
+from edgekd.budgets.budget import Budget, check, compressed_size
 from edgekd.budgets.verdict import CheckResult
 from edgekd.config import dump_yaml
 from edgekd.data.datasets import DataSplits, load_data
@@ -410,7 +410,8 @@ def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data:
     return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
                  path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
                  accuracy=result.accuracy, agreement=result.agreement, runtime=artifact.runtime,
-                 target=target.name, threads=target.threads, info=dict(session.info))
+                 target=target.name, threads=target.threads,
+                 info={**session.info, "compressed_size_bytes": compressed_size(artifact.path)})
 
 
 def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int) -> Entry:
@@ -423,7 +424,8 @@ def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, para
                  latency={"p50_ms": est.latency_ms, "estimated": True},
                  info={"estimated": True, "estimate": {k: v for k, v in est.to_dict().items() if k != "layers"},
                        "macs": est.macs, "weight_bytes": est.weight_bytes,
-                       "peak_activation_bytes": est.peak_activation_bytes})
+                       "peak_activation_bytes": est.peak_activation_bytes,
+                       "compressed_size_bytes": compressed_size(artifact.path)})
 
 
 def _benchmark(entries: list[Entry], targets: list[TargetProfile], bench_dir: Path) -> None:

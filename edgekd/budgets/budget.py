@@ -249,8 +249,15 @@ def _value(report: Report, entry, key: str, old):
     if key == "accuracy_drop_vs_baseline":
         return None if old is None or old.accuracy is None or entry.accuracy is None else old.accuracy - entry.accuracy
     if key == "compressed_size_bytes":
-        return compressed_size(entry.path)
+        return _compressed(entry)
     return entry.metric(key)
+
+
+def _compressed(entry) -> int | None:
+    """The artifact's compressed size: from its file, else as recorded when the report was made
+    (a stored baseline's files are usually gone)."""
+    measured = compressed_size(entry.path)
+    return measured if measured is not None else entry.info.get("compressed_size_bytes")
 
 
 def compressed_size(path) -> int | None:
@@ -277,8 +284,8 @@ def _verdict(report: Report, entry, name: str, limit: float, rule: BudgetRule, o
     if value is None:
         if "baseline" in metric.key:
             why = "no baseline report entry to compare with (edgekd check --baseline)"
-        elif metric.key in ("params", "macs") and entry.format != "onnx":
-            why = (f"{metric.key} are counted on ONNX graphs; gate them on the model's .onnx artifact "
+        elif name in ("max_params", "max_macs") and entry.format != "onnx":
+            why = (f"{name[4:]} are counted on ONNX graphs; gate them on the model's .onnx artifact "
                    f"(artifact: '*.onnx')")
         else:
             why = "the report has no such measurement for this artifact"
@@ -304,8 +311,8 @@ def _growth(entry, key: str, allowed: float, rule: BudgetRule, old, baseline, me
         why = ("no baseline report given (edgekd check --baseline OLD.json)" if baseline is None
                else "the baseline report has no such artifact")
         return Verdict(_label(entry), name, limit, "not compared", "FAIL", why, estimated)
-    new_value = compressed_size(entry.path) if metric_key == "compressed_size_bytes" else entry.metric(metric_key)
-    old_value = compressed_size(old.path) if metric_key == "compressed_size_bytes" else old.metric(metric_key)
+    new_value = _compressed(entry) if metric_key == "compressed_size_bytes" else entry.metric(metric_key)
+    old_value = _compressed(old) if metric_key == "compressed_size_bytes" else old.metric(metric_key)
     if new_value is None or old_value in (None, 0):
         return Verdict(_label(entry), name, limit, "not measured", "FAIL",
                        "a side lacks this measurement", estimated)

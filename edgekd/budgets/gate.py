@@ -75,6 +75,7 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
     """A report of ``paths`` measured on each target, or estimated (ONNX files only) on targets
     edgekd cannot run on, without a pipeline run."""
     from edgekd.bench.estimate import analyze
+    from edgekd.budgets.budget import compressed_size
     from edgekd.errors import ModelLoadError
     from edgekd.runtime.api import runtime_for
     from edgekd.targets import load_target
@@ -93,6 +94,7 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
                                                         if path.suffix == ".xml" and path.with_suffix(".bin").is_file() else 0),
                       runtime=runtime_for(path) if target.reachable else None, target=target.name,
                       threads=target.threads if target.reachable else None)
+        entry.info["compressed_size_bytes"] = compressed_size(path)
         if path.suffix == ".onnx":
             facts = analyze(path)
             entry.params, entry.info["macs"] = facts.params, facts.macs

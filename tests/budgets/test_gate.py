@@ -89,6 +89,21 @@ def test_growth_against_a_baseline():
     assert all(v.status == "FAIL" and "baseline" in v.note for v in no_baseline.verdicts)
 
 
+def test_compressed_growth_against_a_stored_baseline_whose_file_is_gone(tmp_path):
+    """A baseline from an earlier commit keeps its compressed size in the report; the new file is read."""
+    new = tmp_path / "student-int8.onnx"
+    new.write_bytes(bytes(range(256)) * 40)  # incompressible-ish: 10,240 bytes of a repeating ramp
+    old = _report(path=str(tmp_path / "gone.onnx"))
+    old.entries[1].info["compressed_size_bytes"] = 100
+    result = check(_report(path=str(new)), _budget(max_growth={"compressed_size": "10%"}), old)
+    [verdict] = result.verdicts
+    from edgekd.budgets.budget import compressed_size
+
+    assert verdict.status == "FAIL" and verdict.actual == f"{100 * (compressed_size(new) / 100 - 1):+.2f}%"
+    old.entries[1].info["compressed_size_bytes"] = compressed_size(new)
+    assert check(_report(path=str(new)), _budget(max_growth={"compressed_size": "10%"}), old).verdicts[0].status == "PASS"
+
+
 def test_growth_metric_names_are_validated():
     from edgekd.errors import ConfigError
 
@@ -186,3 +201,12 @@ def test_cli_measure_with_a_baseline_times_both_in_this_job(tmp_path, exported):
     assert run.exit_code == 0, run.output
     assert "max_growth.p90_latency" in run.output and "WARN" not in run.output  # measured here: gated
     assert "Changes against the baseline report" in (tmp_path / "pr.md").read_text()
+
+
+def test_params_and_macs_on_a_tflite_row_point_to_the_onnx_artifact():
+    report = Report(targets=["x86-cpu"], entries=[Entry("m.tflite", "artifact", "tflite", size_bytes=1000,
+                                                        runtime="litert", target="x86-cpu")])
+    budget = Budget.from_dict({"budgets": [{"artifact": "m.*", "max_params": 100, "max_macs": 1000}]})
+    verdicts = check(report, budget).verdicts
+    assert [(v.metric, v.status) for v in verdicts] == [("max_params", "FAIL"), ("max_macs", "FAIL")]
+    assert all("counted on ONNX graphs; gate them on the model's .onnx artifact" in v.note for v in verdicts)
