@@ -26,6 +26,12 @@ class EdgeKDGroup(click.Group):
                 raise
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:  # a file edgekd must read or write (full disk, no permission, no folder)
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -418,6 +424,7 @@ def check(inputs: tuple[str, ...], budget_file: str, baseline: str | None, measu
     from edgekd import atomic
     from edgekd.budgets import check as check_budget
     from edgekd.budgets import load_budget
+    from edgekd.errors import ConfigError
     from edgekd.report import load_report
 
     budget = load_budget(budget_file)  # bad budgets fail (exit 2) before anything is measured
@@ -450,18 +457,27 @@ def check(inputs: tuple[str, ...], budget_file: str, baseline: str | None, measu
 
         changed = [d for d in compare_reports(old, current) if d.change != 0]
         deltas = "```\n" + table(changed) + "\n```" if changed else "no metric changed"
+    def write(path: str, text: str, append: bool = False) -> None:
+        try:
+            if append:
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                atomic.write_text(path, text)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot write the check's output ({err.strerror or err})") from None
+
     if junit_out:
-        atomic.write_text(junit_out, result.junit())
+        write(junit_out, result.junit())
     if markdown_out or os.environ.get("GITHUB_STEP_SUMMARY"):
         text = result.markdown(deltas)
         if markdown_out:
-            atomic.write_text(markdown_out, text)
+            write(markdown_out, text)
         if os.environ.get("GITHUB_STEP_SUMMARY"):
-            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
-                summary.write(text)
+            write(os.environ["GITHUB_STEP_SUMMARY"], text, append=True)  # $GITHUB_STEP_SUMMARY
     if json_out:
-        atomic.write_text(json_out, json.dumps({"passed": result.passed, "verdicts": [v.to_dict() for v in result.verdicts],
-                                                "report": current.to_dict()}, indent=2) + "\n")
+        write(json_out, json.dumps({"passed": result.passed, "verdicts": [v.to_dict() for v in result.verdicts],
+                                    "report": current.to_dict()}, indent=2) + "\n")
     click.echo(f"\n{result.summary()}")
     if not result.passed:
         click.echo("FAILED checks:\n" + result.table(only_failures=True))

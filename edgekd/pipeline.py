@@ -226,7 +226,7 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
 
     tick = time.perf_counter()
     params = {stage: count_parameters(m[0]) for stage, m in models.items()}
-    macs = {stage: count_macs(a.path) for stage, a in artifacts if a.format == "onnx"}
+    macs = {stage: _macs_or_none(a.path) for stage, a in artifacts if a.format == "onnx"}
     for target in targets:
         for stage, artifact in artifacts:
             if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
@@ -399,6 +399,17 @@ def _fit_summary(fit) -> dict:
                 "best_val_accuracy": fit.best_val_accuracy, "seconds": round(fit.seconds, 2),
                 "history": fit.history}
     return dict(fit or {})
+
+
+def _macs_or_none(path) -> int | None:
+    """MACs of an ONNX artifact; None (a MACs budget then says "not measured") when its shapes
+    cannot be inferred, which must not stop a run whose training is done."""
+    from edgekd.errors import EstimateError
+
+    try:
+        return count_macs(path)
+    except EstimateError:
+        return None
 
 
 def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data: DataSplits,

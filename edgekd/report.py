@@ -143,9 +143,39 @@ def load_report(path: str | Path) -> Report:
     names = {f.name for f in fields(Entry)}
     if not isinstance(data["entries"], list) or not all(isinstance(e, dict) for e in data["entries"]):
         raise ConfigError(f"{path}: malformed report: 'entries' must be a list of objects")
+    for i, e in enumerate(data["entries"]):
+        _check_entry(path, i, e)
     try:
         entries = [Entry(**{k: v for k, v in e.items() if k in names}) for e in data["entries"]]
         rest = {k: v for k, v in data.items() if k in {f.name for f in fields(Report)} and k != "entries"}
         return Report(entries=entries, **rest)
     except TypeError as err:
         raise ConfigError(f"{path}: malformed report entry ({err})") from None
+
+
+_NUMBERS = ("size_bytes", "params", "accuracy", "agreement", "threads", "peak_memory_bytes")
+_TABLES = ("latency", "memory", "info")
+
+
+def _check_entry(path: Path, i: int, entry: dict) -> None:
+    """Numbers are numbers (or null) and tables are objects, so checks never meet a string."""
+    where = f"{path}: entries[{i}]" + (f" ({entry['name']})" if isinstance(entry.get("name"), str) else "")
+    show = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    for key in ("name", "stage", "format"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {show(entry[key])}")
+    for key in _NUMBERS:
+        value = entry.get(key)
+        if value is not None and not number(value):
+            raise ConfigError(f"{where}.{key}: expected a number or null, got {show(value)}")
+    for key in _TABLES:
+        value = entry.get(key)
+        if key == "info" and value is None and key in entry:
+            raise ConfigError(f"{where}.info: expected an object, got null")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where}.{key}: expected an object or null, got {show(value)}")
+    for key, value in (entry.get("latency") or {}).items():
+        ok = (isinstance(value, list) and all(map(number, value))) if key == "samples_ms" else number(value)
+        if key.endswith("_ms") and not ok:
+            raise ConfigError(f"{where}.latency.{key}: expected a number of milliseconds, got {show(value)}")

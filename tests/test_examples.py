@@ -41,3 +41,28 @@ def test_the_example_fails_a_budget_it_breaks(example):
     assert result.exit_code == 1
     failed = result.output.split("FAILED checks:")[1]
     assert "max_size" in failed and "max_macs" in failed and "min_accelerator_coverage" not in failed
+
+
+def test_the_pre_commit_hook_of_the_docs_works_as_written(example):
+    """docs/pre-commit-budget-gate.yaml: its budget file (in the comment) and its entry, run on the
+    example's ONNX file as pre-commit would (the staged file names appended)."""
+    import shlex
+
+    import yaml
+
+    doc = (EXAMPLE.parents[1] / "docs" / "pre-commit-budget-gate.yaml").read_text()
+    budget_lines = [line[2:] for line in doc.split("budgets-commit.yaml:\n#\n", 1)[1].split("\n#\n", 1)[0].splitlines()]
+    (example / "budgets-commit.yaml").write_text("\n".join(budget_lines) + "\n")
+    entry = yaml.safe_load(doc)["repos"][0]["hooks"][0]["entry"]
+    words = shlex.split(entry)
+    assert words[0] == "edgekd"
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(example)
+    try:
+        result = CliRunner().invoke(main, [*words[1:], "artifacts/student-int8.onnx"], catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert "4 passed, 0 warned, 0 failed of 4 budget checks" in result.output

@@ -253,6 +253,18 @@ def _value(report: Report, entry, key: str, old):
     return entry.metric(key)
 
 
+def _baseline_compressed(old, new) -> int | None:
+    """A baseline's compressed size as recorded in its report; its file only when that is not the
+    new artifact's own file (a stored report of the same output folder points at the new build)."""
+    recorded = old.info.get("compressed_size_bytes")
+    if recorded is not None:
+        return recorded
+    if old.path and new.path and Path(old.path).is_file() and Path(new.path).is_file() \
+            and Path(old.path).resolve() != Path(new.path).resolve():
+        return compressed_size(old.path)
+    return None
+
+
 def _compressed(entry) -> int | None:
     """The artifact's compressed size: from its file, else as recorded when the report was made
     (a stored baseline's files are usually gone)."""
@@ -280,9 +292,12 @@ def _verdict(report: Report, entry, name: str, limit: float, rule: BudgetRule, o
     raw = getattr(rule, name)
     value = _value(report, entry, metric.key, old)
     op = "<=" if metric.upper else ">="
-    estimated = bool(entry.info.get("estimated"))
+    estimated = bool(entry.info.get("estimated")) and metric.noisy  # sizes and counts are exact
     if value is None:
-        if "baseline" in metric.key:
+        if "baseline" in metric.key and old is not None and old.accuracy is not None:
+            why = ("this entry has no accuracy (artifact files measured with --measure have none: "
+                   "check the report of a pipeline run)")
+        elif "baseline" in metric.key:
             why = "no baseline report entry to compare with (edgekd check --baseline)"
         elif name in ("max_params", "max_macs") and entry.format != "onnx":
             why = (f"{name[4:]} are counted on ONNX graphs; gate them on the model's .onnx artifact "
@@ -306,16 +321,21 @@ def _growth(entry, key: str, allowed: float, rule: BudgetRule, old, baseline, me
     metric_key, noisy = GROWTH[key]
     limit = f"growth <= {rule.max_growth[key]}"
     name = f"max_growth.{key}"
-    estimated = bool(entry.info.get("estimated"))
+    estimated = bool(entry.info.get("estimated")) and noisy
     if baseline is None or old is None:
         why = ("no baseline report given (edgekd check --baseline OLD.json)" if baseline is None
                else "the baseline report has no such artifact")
         return Verdict(_label(entry), name, limit, "not compared", "FAIL", why, estimated)
     new_value = _compressed(entry) if metric_key == "compressed_size_bytes" else entry.metric(metric_key)
-    old_value = _compressed(old) if metric_key == "compressed_size_bytes" else old.metric(metric_key)
-    if new_value is None or old_value in (None, 0):
+    old_value = (_baseline_compressed(old, entry) if metric_key == "compressed_size_bytes"
+                 else old.metric(metric_key))
+    if new_value is None or old_value is None:
+        side = "this report" if new_value is None else "the baseline"
         return Verdict(_label(entry), name, limit, "not measured", "FAIL",
-                       "a side lacks this measurement", estimated)
+                       f"{side} lacks this measurement", estimated)
+    if old_value == 0:
+        return Verdict(_label(entry), name, limit, f"{old_value} -> {new_value}", "FAIL" if new_value else "PASS",
+                       "the baseline value is 0: a relative growth is undefined" if new_value else "", estimated)
     growth = new_value / old_value - 1
     actual = f"{100 * growth:+.2f}%"
     if noisy and not measured_here:

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Callable
 from pathlib import Path
 
+from edgekd.errors import ConfigError, EstimateError
 from edgekd.report import Entry, Report, environment
 
 Log = Callable[[str], None]
@@ -46,6 +47,7 @@ def measure_reports(report: Report, baseline: Report | None = None, log: Log = l
     artifact that pairs with a new one was timed in this job.
 
     Raises:
+        ConfigError: none of the report's artifact files is there (exit code 2).
         RuntimeBackendError, BenchmarkError: a measurement could not run (exit code 3).
     """
     from edgekd.targets import load_target
@@ -54,21 +56,41 @@ def measure_reports(report: Report, baseline: Report | None = None, log: Log = l
     baseline = copy.deepcopy(baseline) if baseline is not None else None
     targets: dict[str, object] = {}
     paired_all = baseline is not None
+    measured = 0
     for entry in report.entries:
-        if entry.target is None or not entry.path or not Path(entry.path).is_file():
-            continue
-        target = targets.setdefault(entry.target, load_target(entry.target))
+        if entry.target is None or not entry.path:
+            continue  # PyTorch rows: nothing to benchmark
         old = None
         if baseline is not None:
             old = next((e for e in baseline.entries if e.name == entry.name and e.target == entry.target), None)
-            if old is not None and old.path and Path(old.path).is_file():
+        if not Path(entry.path).is_file():
+            log(f"not measured: {entry.name} on {entry.target}: {entry.path} is not there "
+                f"(paths are relative to where the report was made); its recorded figures are checked")
+            paired_all = paired_all and old is None
+            continue
+        target = targets.setdefault(entry.target, load_target(entry.target))
+        if old is not None:
+            if old.path and Path(old.path).is_file() and not _same_file(old.path, entry.path):
                 log(f"measuring baseline {old.name} on {old.target}")
                 measure_entry(old, target)
-            elif old is not None:
+            else:
+                why = "is the new artifact's own file" if old.path and Path(old.path).is_file() else "is not there"
+                log(f"baseline {old.name} not re-measured: {old.path} {why}; its recorded timings "
+                    f"are compared, not gated")
                 paired_all = False
         log(f"measuring {entry.name} on {entry.target}")
         measure_entry(entry, target)
+        measured += 1
+    if measured == 0:
+        raise ConfigError("--measure found none of the report's artifact files (paths are relative to "
+                          "where the report was made: run edgekd check from that folder)")
     return report, baseline, paired_all
+
+
+def _same_file(a: str, b: str) -> bool:
+    """A baseline entry whose path is the new artifact's file (a stored report from the same
+    output folder): timing it would compare the new build with itself."""
+    return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
 
 
 def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = lambda m: None) -> Report:
@@ -96,8 +118,11 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
                       threads=target.threads if target.reachable else None)
         entry.info["compressed_size_bytes"] = compressed_size(path)
         if path.suffix == ".onnx":
-            facts = analyze(path)
-            entry.params, entry.info["macs"] = facts.params, facts.macs
+            try:
+                facts = analyze(path)
+                entry.params, entry.info["macs"] = facts.params, facts.macs
+            except EstimateError as err:  # shapes not inferable: params/MACs checks say "not measured"
+                log(f"{path.name}: parameters and MACs not counted ({err})")
         log(f"measuring {path.name} on {target.name}")
         measure_entry(entry, target)
         entries.append(entry)

@@ -112,8 +112,10 @@ def test_growth_metric_names_are_validated():
 
 
 def test_estimated_figures_are_labelled_everywhere():
-    result = check(_report(estimated=True), _budget(max_p90_latency="5ms"))
-    assert result.verdicts[0].estimated
+    result = check(_report(estimated=True), _budget(max_p90_latency="5ms", max_size="64KB"))
+    latency = next(v for v in result.verdicts if v.metric == "max_p90_latency")
+    size = next(v for v in result.verdicts if v.metric == "max_size")
+    assert latency.estimated and not size.estimated  # the file size of an estimated row is exact
     assert "(estimated)" in result.table() and "(estimated)" in result.markdown()
     assert "come from `edgekd estimate`" in result.markdown()
 
@@ -210,3 +212,62 @@ def test_params_and_macs_on_a_tflite_row_point_to_the_onnx_artifact():
     verdicts = check(report, budget).verdicts
     assert [(v.metric, v.status) for v in verdicts] == [("max_params", "FAIL"), ("max_macs", "FAIL")]
     assert all("counted on ONNX graphs; gate them on the model's .onnx artifact" in v.note for v in verdicts)
+
+
+def test_an_output_that_cannot_be_written_is_bad_input(tmp_path, monkeypatch):
+    _report().write(tmp_path / "r.json")
+    (tmp_path / "b.yaml").write_text("budgets:\n  - artifact: student-int8.onnx\n    max_size: 64KB\n")
+    args = ["check", str(tmp_path / "r.json"), "--budget", str(tmp_path / "b.yaml")]
+    run = CliRunner().invoke(main, [*args, "--junit", str(tmp_path / "r.json" / "j.xml")])  # under a file
+    assert run.exit_code == 2 and "j.xml" in run.output and "Traceback" not in run.output
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "missing-folder" / "summary.md"))
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 2 and "summary.md" in run.output
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("size_bytes", "17KB", "entries[1] (student-int8.onnx).size_bytes: expected a number or null, got '17KB'"),
+    ("info", None, "entries[1] (student-int8.onnx).info: expected an object, got null"),
+    ("latency", {"p90_ms": "fast"}, "entries[1] (student-int8.onnx).latency.p90_ms: expected a number of milliseconds"),
+])
+def test_a_report_with_wrong_types_is_bad_input(tmp_path, field, value, message):
+    data = _report().to_dict()
+    data["entries"][1][field] = value
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    (tmp_path / "b.yaml").write_text("budgets:\n  - artifact: student-int8.onnx\n    max_size: 64KB\n")
+    run = CliRunner().invoke(main, ["check", str(tmp_path / "r.json"), "--budget", str(tmp_path / "b.yaml")])
+    assert run.exit_code == 2 and message in run.output and "Traceback" not in run.output
+
+
+def test_measure_never_times_a_baseline_that_is_the_new_file(tmp_path, exported):
+    """A stored baseline of the same output folder points at the new build: not re-timed, not gated."""
+    import shutil
+
+    new_path = tmp_path / "student-int8.onnx"
+    shutil.copyfile(exported[("int8", "onnx")].path, new_path)
+    profile = tmp_path / "quick.yaml"
+    profile.write_text("name: quick\nruntimes: {onnxruntime: {}}\n"
+                       "benchmark: {warmup_runs: 5, min_runs: 50, min_seconds: 0.1}\n")
+    entry = Entry("student-int8.onnx", "student-int8", "onnx", path=str(new_path), size_bytes=new_path.stat().st_size,
+                  runtime="onnxruntime", target=str(profile), latency={"p50_ms": 1e-4, "p90_ms": 1e-4},
+                  info={"compressed_size_bytes": 10})
+    Report(targets=[str(profile)], entries=[entry]).write(tmp_path / "old.json")
+    Report(targets=[str(profile)], entries=[entry]).write(tmp_path / "new.json")
+    (tmp_path / "b.yaml").write_text("budgets:\n  - artifact: student-int8.onnx\n"
+                                     "    max_growth: {p90_latency: 5%, compressed_size: 5%}\n")
+    run = CliRunner().invoke(main, ["check", str(tmp_path / "new.json"), "--budget", str(tmp_path / "b.yaml"),
+                                    "--measure", "--baseline", str(tmp_path / "old.json")], catch_exceptions=False)
+    assert "baseline student-int8.onnx not re-measured" in run.output
+    rows = {line.split()[2]: line for line in run.output.splitlines() if "max_growth." in line}
+    assert "WARN" in rows["max_growth.p90_latency"]  # recorded 0.1 µs vs measured now: compared, not gated
+    assert "FAIL" in rows["max_growth.compressed_size"]  # recorded 10 B vs the file now: a real growth
+    assert run.exit_code == 1
+
+
+def test_measure_with_no_artifact_file_left_is_bad_input(tmp_path):
+    report = _report(path=str(tmp_path / "gone.onnx"))
+    report.write(tmp_path / "r.json")
+    (tmp_path / "b.yaml").write_text("budgets:\n  - artifact: student-int8.onnx\n    max_size: 64KB\n")
+    run = CliRunner().invoke(main, ["check", str(tmp_path / "r.json"), "--budget", str(tmp_path / "b.yaml"), "--measure"])
+    assert run.exit_code == 2 and "none of the report's artifact files" in run.output
+    assert "gone.onnx is not there" in run.output
