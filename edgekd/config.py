@@ -30,6 +30,15 @@ class FieldError(ConfigError):
         super().__init__(f"{field}: {message}")
 
 
+def parse_field(field: str, parse, raw: Any, **kwargs) -> Any:
+    """``parse(raw, **kwargs)`` inside ``__post_init__``: its ConfigError becomes a FieldError
+    for ``field``, so ``from_dict`` adds the file and line."""
+    try:
+        return parse(raw, **kwargs)
+    except ConfigError as err:
+        raise FieldError(field, str(err)) from None
+
+
 def check_name(registry, name: str, field: str) -> None:
     """Raise FieldError for ``field`` when ``name`` is not in ``registry`` (with "did you mean")."""
     try:

@@ -227,15 +227,18 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     tick = time.perf_counter()
     params = {stage: count_parameters(m[0]) for stage, m in models.items()}
     macs = {stage: _macs_or_none(a.path) for stage, a in artifacts if a.format == "onnx"}
+    compressed = {a.path: compressed_size(a.path) for _, a in artifacts}  # once per file, not per target
     for target in targets:
         for stage, artifact in artifacts:
             if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
                 if artifact.format == "onnx":
                     entries.append(_estimated_entry(stage, artifact, target, params[stage]))
+                    entries[-1].info["compressed_size_bytes"] = compressed[artifact.path]
                 continue
             if artifact.runtime not in target.runtimes:
                 continue
             entries.append(_artifact_entry(stage, artifact, target, data, references[stage], params[stage]))
+            entries[-1].info["compressed_size_bytes"] = compressed[artifact.path]
             if stage in macs:
                 entries[-1].info["macs"] = macs[stage]
             if stage in validations and artifact.format == "onnx":
@@ -421,22 +424,17 @@ def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data:
     return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
                  path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
                  accuracy=result.accuracy, agreement=result.agreement, runtime=artifact.runtime,
-                 target=target.name, threads=target.threads,
-                 info={**session.info, "compressed_size_bytes": compressed_size(artifact.path)})
+                 target=target.name, threads=target.threads, info=dict(session.info))
 
 
 def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int) -> Entry:
     """An ONNX artifact on a target edgekd cannot run on: the estimator's figures, labelled."""
     from edgekd.bench.estimate import estimate_onnx
 
-    est = estimate_onnx(artifact.path, target.compute, target.name)
-    return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
-                 size_bytes=artifact.size_bytes, params=params, target=target.name,
-                 latency={"p50_ms": est.latency_ms, "estimated": True},
-                 info={"estimated": True, "estimate": {k: v for k, v in est.to_dict().items() if k != "layers"},
-                       "macs": est.macs, "weight_bytes": est.weight_bytes,
-                       "peak_activation_bytes": est.peak_activation_bytes,
-                       "compressed_size_bytes": compressed_size(artifact.path)})
+    entry = Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
+                  size_bytes=artifact.size_bytes, params=params, target=target.name)
+    estimate_onnx(artifact.path, target.compute, target.name).record_into(entry)
+    return entry
 
 
 def _benchmark(entries: list[Entry], targets: list[TargetProfile], bench_dir: Path) -> None:
@@ -446,11 +444,6 @@ def _benchmark(entries: list[Entry], targets: list[TargetProfile], bench_dir: Pa
     for entry in bar:
         bar.set_postfix_str(f"{entry.name} ({entry.runtime}, {entry.target})")
         result = benchmark_on_target(entry.path, by_name[entry.target], entry.runtime)
-        entry.latency = {**result.latency.to_dict(), "samples_ms": result.samples_ms}
-        entry.memory = result.memory
-        entry.peak_memory_bytes = result.peak_memory_bytes
-        entry.info.update(result.info, load_ms=result.load_ms, warm_load_ms=result.warm_load_ms,
-                          first_inference_ms=result.first_inference_ms, noisy=result.latency.noisy,
-                          accelerator_coverage=result.coverage, manifest=result.manifest)
+        result.record_into(entry)
         atomic.write_text(bench_dir / f"{entry.name}.{entry.runtime}.{entry.target}.json",
                           json.dumps(result.to_dict()) + "\n")

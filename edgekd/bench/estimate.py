@@ -93,6 +93,8 @@ class Estimate:
     peak_activation_bytes: float = 0.0
     compute: dict = field(default_factory=dict)
     estimated: bool = True
+    runtime: str = ""
+    overhead_us: float = 0.0
 
     @property
     def macs(self) -> int:
@@ -106,9 +108,6 @@ class Estimate:
     def weight_bytes(self) -> float:
         return sum(layer.weight_bytes for layer in self.layers)
 
-    runtime: str = ""
-    overhead_us: float = 0.0
-
     @property
     def latency_ms(self) -> float:
         return (sum(layer.latency_us for layer in self.layers) + self.overhead_us) / 1e3
@@ -119,6 +118,13 @@ class Estimate:
                 "params": self.params, "weight_bytes": self.weight_bytes,
                 "peak_activation_bytes": self.peak_activation_bytes, "latency_ms": self.latency_ms,
                 "compute": dict(self.compute), "layers": [asdict(layer) for layer in self.layers]}
+
+    def record_into(self, entry) -> None:
+        """Write this estimate into a report ``Entry``: latency and info labelled estimated."""
+        entry.latency = {"p50_ms": self.latency_ms, "estimated": True}
+        entry.info.update(estimated=True, estimate={k: v for k, v in self.to_dict().items() if k != "layers"},
+                          macs=self.macs, weight_bytes=self.weight_bytes,
+                          peak_activation_bytes=self.peak_activation_bytes)
 
     def table(self, top: int | None = None) -> str:
         rows = sorted(self.layers, key=lambda layer: -layer.latency_us)[:top] if top else self.layers

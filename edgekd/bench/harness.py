@@ -79,6 +79,15 @@ class BenchResult:
     def peak_memory_bytes(self) -> int | None:
         return self.memory.get("peak_bytes")
 
+    def record_into(self, entry) -> None:
+        """Write this measurement into a report ``Entry`` (latency with raw samples, memory, and
+        how it was measured in ``info``)."""
+        entry.latency = {**self.latency.to_dict(), "samples_ms": self.samples_ms}
+        entry.memory, entry.peak_memory_bytes = self.memory, self.peak_memory_bytes
+        entry.info.update(self.info, load_ms=self.load_ms, warm_load_ms=self.warm_load_ms,
+                          first_inference_ms=self.first_inference_ms, noisy=self.latency.noisy,
+                          accelerator_coverage=self.coverage, manifest=self.manifest)
+
     def to_dict(self) -> dict:
         return {"path": self.path, "runtime": self.runtime, "threads": self.threads, "available": self.available,
                 "latency": self.latency.to_dict(), "noisy": self.latency.noisy,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.budgets.verdict import CheckResult, Verdict
-from edgekd.config import Config, FieldError, Source, load_yaml
+from edgekd.config import Config, FieldError, Source, load_yaml, parse_field
 from edgekd.errors import BudgetError, ConfigError, did_you_mean
 from edgekd.report import Report
 from edgekd.units import format_size, parse_fraction, parse_size, parse_time_ms
@@ -131,36 +131,24 @@ class BudgetRule(Config):
         for name, metric in METRICS.items():
             raw = getattr(self, name)
             if raw is not None:
-                try:
-                    self.limits[name] = metric.parse(raw)
-                except ConfigError as err:
-                    raise FieldError(name, str(err)) from None
+                self.limits[name] = parse_field(name, metric.parse, raw)
         for key, raw in self.max_growth.items():
             if key not in GROWTH:
                 raise FieldError(f"max_growth.{key}", f"unknown metric{did_you_mean(key, GROWTH)}; "
                                                       f"valid: {', '.join(GROWTH)}")
-            try:
-                self.growth[key] = parse_fraction(raw, maximum=None)
-            except ConfigError as err:
-                raise FieldError(f"max_growth.{key}", str(err)) from None
+            self.growth[key] = parse_field(f"max_growth.{key}", parse_fraction, raw, maximum=None)
         for name, raw in self.warn.items():
             if name not in self.limits:
                 raise FieldError(f"warn.{name}", f"warns before a limit this rule does not set; set "
                                                  f"{name} too{did_you_mean(name, METRICS)}")
             metric = METRICS[name]
-            try:
-                value = metric.parse(raw)
-            except ConfigError as err:
-                raise FieldError(f"warn.{name}", str(err)) from None
+            value = parse_field(f"warn.{name}", metric.parse, raw)
             limit = self.limits[name]
             if (metric.upper and value > limit) or (not metric.upper and value < limit):
                 raise FieldError(f"warn.{name}", f"the warning threshold {raw!r} must lie inside the "
                                                  f"limit ({'<=' if metric.upper else '>='} {getattr(self, name)!r})")
             self.warnings[name] = value
-        try:
-            self.tolerance = parse_fraction(self.latency_tolerance)
-        except ConfigError as err:
-            raise FieldError("latency_tolerance", str(err)) from None
+        self.tolerance = parse_field("latency_tolerance", parse_fraction, self.latency_tolerance)
         if not 0 <= self.tolerance < 1:
             raise FieldError("latency_tolerance", f"expected a fraction in [0, 1), got {self.latency_tolerance!r}")
         if not self.limits and not self.growth:
@@ -266,10 +254,9 @@ def _baseline_compressed(old, new) -> int | None:
 
 
 def _compressed(entry) -> int | None:
-    """The artifact's compressed size: from its file, else as recorded when the report was made
-    (a stored baseline's files are usually gone)."""
-    measured = compressed_size(entry.path)
-    return measured if measured is not None else entry.info.get("compressed_size_bytes")
+    """The artifact's compressed size as recorded when the report was made, else from its file."""
+    recorded = entry.info.get("compressed_size_bytes")
+    return recorded if recorded is not None else compressed_size(entry.path)
 
 
 def compressed_size(path) -> int | None:

@@ -23,21 +23,18 @@ Log = Callable[[str], None]
 def measure_entry(entry: Entry, target) -> None:
     """Benchmark (or, on an unreachable target, estimate) ``entry``'s artifact; fills it in place."""
     from edgekd.bench.harness import benchmark_on_target
+    from edgekd.budgets.budget import compressed_size
 
+    entry.info["compressed_size_bytes"] = compressed_size(entry.path)  # the file as it is now
     if not target.reachable:
         from edgekd.bench.estimate import estimate_onnx
 
         if target.compute is None or Path(entry.path).suffix != ".onnx":
             return  # nothing to estimate with: its checks say "not measured"
-        est = estimate_onnx(entry.path, target.compute, target.name)
-        entry.latency = {"p50_ms": est.latency_ms, "estimated": True}
-        entry.info.update(estimated=True, macs=est.macs, peak_activation_bytes=est.peak_activation_bytes)
+        estimate_onnx(entry.path, target.compute, target.name).record_into(entry)
         return
-    result = benchmark_on_target(entry.path, target, entry.runtime)
-    entry.latency = {**result.latency.to_dict(), "samples_ms": result.samples_ms}
-    entry.memory, entry.peak_memory_bytes = result.memory, result.peak_memory_bytes
-    entry.info.update(accelerator_coverage=result.coverage, manifest=result.manifest, noisy=result.latency.noisy,
-                      measured_by="edgekd check --measure")
+    benchmark_on_target(entry.path, target, entry.runtime).record_into(entry)
+    entry.info["measured_by"] = "edgekd check --measure"
 
 
 def measure_reports(report: Report, baseline: Report | None = None, log: Log = lambda m: None) -> tuple[Report, Report | None, bool]:
@@ -97,7 +94,6 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
     """A report of ``paths`` measured on each target, or estimated (ONNX files only) on targets
     edgekd cannot run on, without a pipeline run."""
     from edgekd.bench.estimate import analyze
-    from edgekd.budgets.budget import compressed_size
     from edgekd.errors import ModelLoadError
     from edgekd.runtime.api import runtime_for
     from edgekd.targets import load_target
@@ -116,7 +112,6 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
                                                         if path.suffix == ".xml" and path.with_suffix(".bin").is_file() else 0),
                       runtime=runtime_for(path) if target.reachable else None, target=target.name,
                       threads=target.threads if target.reachable else None)
-        entry.info["compressed_size_bytes"] = compressed_size(path)
         if path.suffix == ".onnx":
             try:
                 facts = analyze(path)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 from xml.sax.saxutils import escape, quoteattr
 
@@ -26,8 +26,7 @@ class Verdict:
         return self.status != "FAIL"
 
     def to_dict(self) -> dict:
-        return {"artifact": self.artifact, "metric": self.metric, "limit": self.limit, "actual": self.actual,
-                "status": self.status, "note": self.note, "estimated": self.estimated}
+        return asdict(self)
 
 
 @dataclass

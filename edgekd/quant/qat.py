@@ -36,8 +36,8 @@ from typing import Literal
 import torch
 from torch import fx, nn
 
-from edgekd.config import Config, FieldError, check_name
-from edgekd.errors import ConfigError, QuantizationError, did_you_mean
+from edgekd.config import Config, FieldError, check_name, parse_field
+from edgekd.errors import QuantizationError, did_you_mean
 from edgekd.quant.fake_quant import (
     QUANT_LAYERS,
     QUANT_MODULES,
@@ -92,10 +92,7 @@ class MixedPrecisionConfig(Config):
     def __post_init__(self):
         from edgekd.units import parse_fraction
 
-        try:
-            self.max_accuracy_drop = parse_fraction(self.max_accuracy_drop)
-        except ConfigError as err:
-            raise FieldError("max_accuracy_drop", str(err)) from None
+        self.max_accuracy_drop = parse_field("max_accuracy_drop", parse_fraction, self.max_accuracy_drop)
         if not 0 <= self.max_accuracy_drop < 1:
             raise FieldError("max_accuracy_drop", f"expected a fraction in [0, 1), got {self.max_accuracy_drop}")
 
