@@ -18,7 +18,7 @@ import io
 from pathlib import Path
 
 from edgekd import atomic
-from edgekd.report import Report
+from edgekd.report import Report, _ms, _pct
 from edgekd.units import format_size
 
 STYLE = """
@@ -78,14 +78,6 @@ def _table(report: Report) -> str:
                  format_size(e.peak_memory_bytes), _pct(coverage)]
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(rows) + "</table>"
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
-def _ms(v) -> str:
-    return "-" if v is None else (f"{v * 1000:.1f} µs" if v < 1 else f"{v:.2f} ms")
 
 
 def _label(e) -> str:

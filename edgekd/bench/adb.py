@@ -26,7 +26,6 @@ Profile section (``connection: adb``)::
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import subprocess
@@ -36,6 +35,7 @@ from typing import Literal
 
 from edgekd.config import Config, FieldError
 from edgekd.errors import BenchmarkError, RuntimeBackendError
+from edgekd.hashing import content_name
 
 DELEGATE_FLAGS = {  # the profile's delegate -> benchmark_model flags
     "cpu": ["--use_xnnpack=false"],
@@ -106,7 +106,7 @@ def adb_commands(config: AdbConfig, artifact: Path, *, threads: int, warmup_runs
 
 def device_name(path: Path) -> str:
     """The model's name on the device: content hash + suffix, never the local file name."""
-    return f"edgekd-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}{Path(path).suffix.lower()}"
+    return content_name(path)
 
 
 def run_adb(config: AdbConfig, artifact: Path, *, threads: int, warmup_runs: int, min_runs: int,
@@ -226,8 +226,8 @@ def parse_op_profile(lines: list[str]) -> list[dict]:
         if len(cells) >= 9 and cells[0] != "[node type]" and _is_number(cells[3]):
             rows[section].append({"op": cells[0], "name": cells[-1].strip("[]"), "first_ms": float(cells[2]),
                                   "mean_ms": float(cells[3]), "percent": float(cells[4].rstrip("%"))})
-        elif not line.strip() or line.startswith("===="):
-            section = None if not line.strip() else section
+        elif not line.strip():
+            section = None
     chosen = rows.get("top") or sorted(rows.get("order", []), key=lambda r: -r["mean_ms"])
     return chosen
 

@@ -138,8 +138,7 @@ def main() -> int:
     try:
         result = measure(request)
     except Exception as err:  # reported to the parent, which raises a typed error
-        result = {"ok": False, "error": f"{type(err).__name__}: {err}",
-                  "missing": type(err).__name__ == "RuntimeBackendError"}
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}"}  # the parent maps the class name
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result["ok"] else 1
 

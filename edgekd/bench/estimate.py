@@ -92,7 +92,6 @@ class Estimate:
     layers: list[LayerEstimate] = field(default_factory=list)
     peak_activation_bytes: float = 0.0
     compute: dict = field(default_factory=dict)
-    estimated: bool = True
     runtime: str = ""
     overhead_us: float = 0.0
 
@@ -206,17 +205,13 @@ class _Graph:
     """The compute view of a (QDQ) ONNX graph: Q/DQ pairs become the dtype of their tensor."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
-
         g = model.graph
-        self.path_dims = {}
         self.inits = {i.name: i for i in g.initializer}
         self.values = {v.name: v for v in list(g.value_info) + list(g.input) + list(g.output)}
         self.inputs = [i.name for i in g.input if i.name not in self.inits]
         self.outputs = {o.name for o in g.output}
         self.nodes = list(g.node)
         self.producer = {o: n for n in self.nodes for o in n.output}
-        self._numpy = numpy_helper
         # tensors stored as integers: the input of a QuantizeLinear (and the DQ output, its alias)
         self.alias: dict[str, str] = {}  # DQ output -> the float tensor that was quantized
         self.quantized_bytes: dict[str, float] = {}

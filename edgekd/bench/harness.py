@@ -73,7 +73,6 @@ class BenchResult:
     coverage: float | None = None  # share of nodes on the requested device/provider
     profile: list[dict] | dict | None = None  # per-op times, slowest first (with --profile)
     manifest: dict[str, Any] = field(default_factory=dict)
-    available: bool = True
 
     @property
     def peak_memory_bytes(self) -> int | None:
@@ -89,7 +88,7 @@ class BenchResult:
                           accelerator_coverage=self.coverage, manifest=self.manifest)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "runtime": self.runtime, "threads": self.threads, "available": self.available,
+        return {"path": self.path, "runtime": self.runtime, "threads": self.threads, "available": True,
                 "latency": self.latency.to_dict(), "noisy": self.latency.noisy,
                 "load_ms": self.load_ms, "warm_load_ms": self.warm_load_ms,
                 "first_inference_ms": self.first_inference_ms, "timed_seconds": self.timed_seconds,
@@ -165,7 +164,7 @@ def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
         kind, _, message = result["error"].partition(": ")
         if kind in ("ModelLoadError", "ConfigError"):  # a bad file or option: bad input, exit 2
             raise (ModelLoadError if kind == "ModelLoadError" else ConfigError)(message)
-        error = RuntimeBackendError if result.get("missing") else BenchmarkError
+        error = RuntimeBackendError if kind == "RuntimeBackendError" else BenchmarkError  # missing device: exit 3
         raise error(f"{where} failed: {result['error']}")
     manifest = {"edgekd": _edgekd_version(), "runtime": runtime, "runtime_version": result["info"].get("runtime_version"),
                 "device": result["info"].get("device"), "threads": threads,
@@ -188,7 +187,6 @@ def benchmark_on_target(path: str | Path, target, runtime: str | None = None, *,
         ConfigError: the target cannot run artifacts (connection: none) or lacks the runtime.
         RuntimeBackendError, BenchmarkError: as ``benchmark``.
     """
-    from edgekd.errors import ConfigError
     from edgekd.runtime.api import runtime_for
 
     target.require_reachable("benchmark")

@@ -23,7 +23,6 @@ Profile section (``connection: ssh``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from edgekd.config import Config, FieldError
 from edgekd.errors import BenchmarkError, RuntimeBackendError
+from edgekd.hashing import content_name
 
 
 @dataclass
@@ -73,25 +73,20 @@ class SshConfig(Config):
     def destination(self) -> str:
         return f"{self.user}@{self.host}" if self.user else self.host
 
-    def _base(self, program: str) -> list[str]:
-        port_flag = "-p"
-        cmd = [program, port_flag, str(self.port), "-o", "BatchMode=yes"]  # never prompt (no stdin in CI)
+    def ssh_command(self, remote_words: list[str]) -> list[str]:
+        """``ssh ... -- host '<quoted words>'``: the remote shell sees each word exactly."""
+        cmd = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes"]  # never prompt (no stdin in CI)
         if self.identity_file:
             cmd += ["-i", str(Path(self.identity_file).expanduser())]
         for option in self.options:
             cmd += ["-o", option]
-        return cmd
-
-    def ssh_command(self, remote_words: list[str]) -> list[str]:
-        """``ssh ... -- host '<quoted words>'``: the remote shell sees each word exactly."""
-        return self._base("ssh") + ["--", self.destination, shlex.join(remote_words)]
+        return cmd + ["--", self.destination, shlex.join(remote_words)]
 
 
 
 def remote_name(path: Path) -> str:
     """The name an artifact gets on the remote host: content hash + suffix (never the local name)."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return f"edgekd-{digest}{Path(path).suffix.lower()}"
+    return content_name(path)
 
 
 def _run(cmd: list[str], what: str, timeout: float, stdin_file: Path | None = None) -> subprocess.CompletedProcess:

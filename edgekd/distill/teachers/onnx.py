@@ -8,7 +8,6 @@ feature losses (``feature_paths`` is empty; the trainer refuses feature terms wi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from edgekd.distill.losses import TeacherOutput
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError
+from edgekd.hashing import file_sha16
 from edgekd.runtime.api import open_session
 
 
@@ -45,7 +45,7 @@ class OnnxTeacher:
         self.threads = threads or os.cpu_count() or 1
         self.feature_paths: list[str] = []
         self._session = open_session(self.path, "onnxruntime", self.threads)
-        self._fingerprint = _file_sha16(self.path)
+        self._fingerprint = file_sha16(self.path)
         shape = self._session.input_shape
         self.batch_size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None  # None: dynamic
         self.sample_shape = list(shape[1:])  # (C, H, W), None where dynamic
@@ -89,9 +89,3 @@ class OnnxTeacher:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _file_sha16(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
