@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from edgekd import atomic
-from edgekd.bench.estimate import count_macs
+from edgekd.bench.estimate import count_macs, estimate_onnx
 from edgekd.bench.harness import benchmark_on_target
 from edgekd.budgets.budget import Budget, check, compressed_size
 from edgekd.budgets.verdict import CheckResult
@@ -37,7 +37,7 @@ from edgekd.distill.distributed import Distributed, init_from_env, shutdown
 from edgekd.distill.teachers.cache import find_cache
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.distill.trainer import TrainConfig, TrainResult, predict
-from edgekd.errors import ConfigError
+from edgekd.errors import ConfigError, EstimateError
 from edgekd.export.api import Artifact, export
 from edgekd.models.factory import (
     count_parameters,
@@ -231,18 +231,19 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     for target in targets:
         for stage, artifact in artifacts:
             if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
-                if artifact.format == "onnx":
-                    entries.append(_estimated_entry(stage, artifact, target, params[stage]))
-                    entries[-1].info["compressed_size_bytes"] = compressed[artifact.path]
+                if artifact.format != "onnx":
+                    continue
+                entry = _estimated_entry(stage, artifact, target, params[stage])
+            elif artifact.runtime in target.runtimes:
+                entry = _artifact_entry(stage, artifact, target, data, references[stage], params[stage])
+                if stage in macs:
+                    entry.info["macs"] = macs[stage]
+                if stage in validations and artifact.format == "onnx":
+                    entry.info["quantization"] = {"target": qat_config.target, **validations[stage].to_dict()}
+            else:
                 continue
-            if artifact.runtime not in target.runtimes:
-                continue
-            entries.append(_artifact_entry(stage, artifact, target, data, references[stage], params[stage]))
-            entries[-1].info["compressed_size_bytes"] = compressed[artifact.path]
-            if stage in macs:
-                entries[-1].info["macs"] = macs[stage]
-            if stage in validations and artifact.format == "onnx":
-                entries[-1].info["quantization"] = {"target": qat_config.target, **validations[stage].to_dict()}
+            entry.info["compressed_size_bytes"] = compressed[artifact.path]
+            entries.append(entry)
     timings["parity"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -407,8 +408,6 @@ def _fit_summary(fit) -> dict:
 def _macs_or_none(path) -> int | None:
     """MACs of an ONNX artifact; None (a MACs budget then says "not measured") when its shapes
     cannot be inferred, which must not stop a run whose training is done."""
-    from edgekd.errors import EstimateError
-
     try:
         return count_macs(path)
     except EstimateError:
@@ -429,8 +428,6 @@ def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data:
 
 def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int) -> Entry:
     """An ONNX artifact on a target edgekd cannot run on: the estimator's figures, labelled."""
-    from edgekd.bench.estimate import estimate_onnx
-
     entry = Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
                   size_bytes=artifact.size_bytes, params=params, target=target.name)
     estimate_onnx(artifact.path, target.compute, target.name).record_into(entry)

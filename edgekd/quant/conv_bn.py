@@ -77,9 +77,7 @@ def fuse_conv_bn(gm: fx.GraphModule) -> list[str]:
     at the conv's path; the BN node is removed. Returns the fused conv paths."""
     fused = []
     for src, node in layer_bn_pairs(gm, layers=(nn.Conv2d,), norms=(nn.BatchNorm2d,), exact=True):
-        parent, _, leaf = src.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf,
-                ConvBn2d.fuse(gm.get_submodule(src.target), gm.get_submodule(node.target)))
+        gm.set_submodule(src.target, ConvBn2d.fuse(gm.get_submodule(src.target), gm.get_submodule(node.target)))
         remove_bn_node(gm, src, node)
         fused.append(src.target)
     gm.graph.lint()
@@ -108,8 +106,7 @@ def fold_conv_bn(model: nn.Module) -> int:
         else:
             plain = _plain_conv(m)
         _fold_into(plain, m.bn)
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, plain)
+        model.set_submodule(name, plain)
         count += 1
     if count and isinstance(model, fx.GraphModule):
         model.recompile()

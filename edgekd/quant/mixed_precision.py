@@ -27,15 +27,8 @@ import torch
 from torch import nn
 
 from edgekd.progress import progress
-from edgekd.quant.qat import (
-    QATConfig,
-    calibrate,
-    freeze,
-    layer_precisions,
-    observer_options,
-    prepare_qat,
-    quantizable_layers,
-)
+from edgekd.distill.trainer import predict
+from edgekd.quant.qat import QATConfig, calibrated_copy, layer_precisions, quantizable_layers
 
 
 @dataclass
@@ -70,31 +63,31 @@ class MixedPrecisionResult:
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i:i + 512]) for i in range(0, len(x), 512)])
+    return predict(model, x)
 
 
-def _calibrated(model: nn.Module, config: QATConfig, batches: Sequence[torch.Tensor]) -> nn.Module:
-    q = prepare_qat(model, config)
-    calibrate(q, batches, config.observer, **observer_options(config))
-    return freeze(q)
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
 
 
 def layer_sensitivity(model: nn.Module, config: QATConfig, batches: Sequence[torch.Tensor],
-                      x_val: torch.Tensor, y_val: torch.Tensor) -> list[LayerSensitivity]:
-    """Each layer quantized alone (``config``'s base precision), most sensitive first."""
-    reference = _logits(model, x_val)  # (N, K)
-    float_acc = (reference.argmax(1) == y_val).float().mean().item()
+                      x_val: torch.Tensor, y_val: torch.Tensor,
+                      reference: torch.Tensor | None = None) -> list[LayerSensitivity]:
+    """Each layer quantized alone (``config``'s base precision), most sensitive first.
+
+    ``reference``: the float model's logits on ``x_val``, when the caller has them already.
+    """
+    reference = _logits(model, x_val) if reference is None else reference  # (N, K)
+    float_acc = _accuracy(reference, y_val)
     p_ref = reference.log_softmax(1)
     layers = quantizable_layers(model)
     fixed = _fixed(model, config)
     result = []
     for layer in progress([p for p in layers if p not in fixed], desc="sensitivity", unit="layer", leave=False):
         alone = {p: "float" for p in layers if p != layer}
-        logits = _logits(_calibrated(model, _with_layers(config, alone), batches), x_val)
+        logits = _logits(calibrated_copy(model, _with_layers(config, alone), batches), x_val)
         kl = torch.sum(p_ref.exp() * (p_ref - logits.log_softmax(1)), dim=1).mean().item()
-        acc = (logits.argmax(1) == y_val).float().mean().item()
-        result.append(LayerSensitivity(layer, kl, float_acc - acc))
+        result.append(LayerSensitivity(layer, kl, float_acc - _accuracy(logits, y_val)))
     return sorted(result, key=lambda s: (s.kl, s.accuracy_drop), reverse=True)
 
 
@@ -107,12 +100,12 @@ def choose_mixed_precision(model: nn.Module, config: QATConfig, batches: Sequenc
     """
     options = config.mixed_precision
     model = copy.deepcopy(model).eval()
-    float_acc = (_logits(model, x_val).argmax(1) == y_val).float().mean().item()
-    sensitivity = layer_sensitivity(model, config, batches, x_val, y_val)
+    reference = _logits(model, x_val)
+    float_acc = _accuracy(reference, y_val)
+    sensitivity = layer_sensitivity(model, config, batches, x_val, y_val, reference)
 
     def accuracy(layers: dict[str, str]) -> float:
-        q = _calibrated(model, _with_layers(config, layers), batches)
-        return (_logits(q, x_val).argmax(1) == y_val).float().mean().item()
+        return _accuracy(_logits(calibrated_copy(model, _with_layers(config, layers), batches), x_val), y_val)
 
     fixed = _fixed(model, config)
     raised: dict[str, str] = {}

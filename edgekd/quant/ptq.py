@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from edgekd.config import Config, FieldError, check_name
 from edgekd.progress import progress
-from edgekd.quant.qat import QATConfig, calibrate, freeze, observer_options, prepare_qat
+from edgekd.quant.qat import QATConfig, calibrated_copy
 
 
 @dataclass
@@ -63,8 +63,5 @@ def post_training_quantize(model: nn.Module, batches: Iterable[torch.Tensor],
     Raises:
         QuantizationError: the model cannot be traced, or calibration saw no data.
     """
-    qat = config.qat_config(simulation)
-    int8 = prepare_qat(model, qat)
-    calibrate(int8, progress(list(batches), desc=f"calibrate ({config.observer})", unit="batch", leave=False),
-              qat.observer, **observer_options(qat))
-    return freeze(int8)
+    batches = progress(list(batches), desc=f"calibrate ({config.observer})", unit="batch", leave=False)
+    return calibrated_copy(model, config.qat_config(simulation), batches)

@@ -296,6 +296,14 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def calibrated_copy(model: nn.Module, config: QATConfig, batches: Iterable[torch.Tensor]) -> fx.GraphModule:
+    """A frozen quantized copy of ``model``: prepared with ``config``, calibrated on ``batches``
+    with its observer, scales frozen (PTQ, and each trial of the mixed-precision search)."""
+    q = prepare_qat(model, config)
+    calibrate(q, batches, config.observer, **observer_options(config))
+    return freeze(q)
+
+
 def rebuild_frozen(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     """The structure of a frozen QAT model, to load a saved int8 checkpoint's state dict into."""
     gm = prepare_qat(model, QATConfig.from_dict({**config.to_dict(), "freeze_bn_epoch": 0}))  # saved folded
@@ -376,8 +384,7 @@ def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme,
                                                  export_range=RANGES[CONTAINER.get(rule.dtype, rule.dtype)],
                                                  dtype=rule.dtype)
         qmod = cls.from_float(float_module, weight_quant)
-        parent, _, leaf = node.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, leaf, qmod)
+        gm.set_submodule(node.target, qmod)
         nodes.append((node, kind))
     return nodes
 
@@ -508,8 +515,7 @@ def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:
         for i, inp in enumerate(inputs):
             own = gm.get_submodule(inp.target) if isinstance(inp, fx.Node) and inp.op == "call_module" else None
             if isinstance(own, ActivationQuantizer) and own.fixed is None and len(inp.users) == 1:
-                parent, _, leaf = inp.target.rpartition(".")
-                setattr(gm.get_submodule(parent) if parent else gm, leaf, TiedQuantizer(out_q))
+                gm.set_submodule(inp.target, TiedQuantizer(out_q))
                 continue
             name = f"{node.name}_input{i}_quant"
             gm.add_submodule(name, TiedQuantizer(out_q))
@@ -518,5 +524,5 @@ def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:
         node.args = (inputs, *node.args[1:])
 
 
-__all__ = ["QATConfig", "activation_quantizers", "calibrate", "freeze", "prepare_qat",
+__all__ = ["QATConfig", "activation_quantizers", "calibrate", "calibrated_copy", "freeze", "prepare_qat",
            "rebuild_frozen", "set_range_tracking"]
