@@ -25,8 +25,16 @@ from edgekd.quant.fake_quant import PerChannelWeightQuantizer, QuantConv2d
 from edgekd.quant.fold import _fold_into, layer_bn_pairs, remove_bn_node
 
 
+def _bn(y: torch.Tensor, bn: nn.BatchNorm2d, use_batch_stats: bool) -> torch.Tensor:
+    """BatchNorm of ``y`` with ``bn``'s parameters: batch statistics (updating the running ones)
+    or, frozen, the running statistics alone."""
+    return nn.functional.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch_stats,
+                                    bn.momentum if bn.momentum is not None else 0.1, bn.eps)
+
+
 class ConvBn2d(nn.Conv2d):
-    """A float Conv2d with its BatchNorm attached (``bn``), as fused for QAT."""
+    """A float Conv2d with its BatchNorm attached (``bn``), as fused for QAT; a layer kept in
+    float freezes its statistics with the quantized ones (``bn_frozen``)."""
 
     @classmethod
     def fuse(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> ConvBn2d:
@@ -34,10 +42,11 @@ class ConvBn2d(nn.Conv2d):
                 conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
         m.load_state_dict(conv.state_dict())
         m.bn = bn
+        m.bn_frozen = False
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self._conv_forward(x, self.weight, self.bias))
+        return _bn(self._conv_forward(x, self.weight, self.bias), self.bn, self.training and not self.bn_frozen)
 
 
 class QuantConvBn2d(QuantConv2d):
@@ -66,10 +75,7 @@ class QuantConvBn2d(QuantConv2d):
         y = self._conv_forward(x, self.weight_quant(w), None) / factor.reshape(1, -1, 1, 1)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
-        use_batch_stats = self.training and not self.bn_frozen
-        return nn.functional.batch_norm(
-            y, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias,
-            use_batch_stats, self.bn.momentum if self.bn.momentum is not None else 0.1, self.bn.eps)
+        return _bn(y, self.bn, self.training and not self.bn_frozen)
 
 
 def fuse_conv_bn(gm: fx.GraphModule) -> list[str]:
@@ -86,8 +92,9 @@ def fuse_conv_bn(gm: fx.GraphModule) -> list[str]:
 
 
 def freeze_bn_stats(model: nn.Module) -> int:
-    """From now on every QAT conv+BN normalises with its running statistics. Returns how many."""
-    pairs = [m for m in model.modules() if isinstance(m, QuantConvBn2d)]
+    """From now on every QAT conv+BN (quantized, or kept in float) normalises with its running
+    statistics. Returns how many."""
+    pairs = [m for m in model.modules() if isinstance(m, (ConvBn2d, QuantConvBn2d))]
     for m in pairs:
         m.bn_frozen = True
     return len(pairs)

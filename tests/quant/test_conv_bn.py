@@ -55,6 +55,24 @@ def test_training_uses_batch_statistics_until_frozen(digits):
         assert torch.allclose(out_train, model.eval()(digits.x_train[:64] * 3.0), atol=1e-5)  # ...and eval math
 
 
+def test_a_layer_kept_in_float_freezes_its_statistics_too(digits):
+    from edgekd.quant.conv_bn import ConvBn2d
+
+    model = prepare_qat(_trained_bn_student(digits),
+                        QATConfig(freeze_bn_epoch=1, layers={"features.block1.conv": "float"}))
+    calibrate(model, [digits.x_train[:64]])
+    pair = model.get_submodule("features.block1.conv")
+    assert type(pair) is ConvBn2d
+    model.train()
+    before = pair.bn.running_mean.clone()
+    model(digits.x_train[:64] * 3.0)
+    assert not torch.equal(pair.bn.running_mean, before)  # live
+    assert freeze_bn_stats(model) == 3
+    frozen = pair.bn.running_mean.clone()
+    model(digits.x_train[:64] * 3.0)
+    assert torch.equal(pair.bn.running_mean, frozen)  # frozen like the quantized pairs
+
+
 def test_freeze_folds_so_the_export_matches_a_model_folded_before_qat(tmp_path, digits):
     from edgekd.export import export
     from edgekd.runtime import evaluate_session, open_session
