@@ -166,10 +166,14 @@ def expand_16bit_fake_quant(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.node.extend(nodes)
     for opset in [o for o in model.opset_import if o.domain == CUSTOM_DOMAIN]:
         model.opset_import.remove(opset)
+    _drop_unused_initializers(graph)
+    return model
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for n in graph.node for name in n.input}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
-    return model
 
 
 def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.ModelProto:
@@ -207,9 +211,7 @@ def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.Mo
     if not packed:
         raise ExportError(f"the model has {len(scales)} 4-bit weight quantizer(s) but no matching "
                           f"DequantizeLinear in the exported graph")
-    used = {name for n in graph.node for name in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
+    _drop_unused_initializers(graph)
     return model
 
 

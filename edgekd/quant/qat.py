@@ -30,7 +30,7 @@ import copy
 import operator
 from collections.abc import Iterable
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -359,11 +359,6 @@ def layer_precisions(model: nn.Module, layers: dict[str, str], scheme: QuantSche
     return chosen
 
 
-def layer_rule(rule, precision: str | None):
-    """``rule`` with the weight dtype of a per-layer override (None: unchanged)."""
-    return rule if precision is None or precision == "float" else replace(rule, dtype=precision)
-
-
 def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme,
                         precisions: dict[str, str] | None = None) -> list[tuple[fx.Node, str]]:
     modules = dict(gm.named_modules())
@@ -377,7 +372,7 @@ def _swap_quant_modules(gm: fx.GraphModule, scheme: QuantScheme,
             continue
         float_module = modules[node.target]
         kind = layer_kind(float_module)
-        rule = layer_rule(scheme.weight_rule(kind), precisions.get(node.target))
+        rule = scheme.weight_rule(kind).with_precision(precisions.get(node.target))
         qmin, qmax = rule.qrange()
         channels = float_module.out_channels if kind != "linear" else float_module.out_features
         weight_quant = PerChannelWeightQuantizer(channels, qmin, qmax, rule.symmetric, rule.per_channel,

@@ -27,7 +27,7 @@ Op kinds (``OP_KINDS``): ``input`` (the model input), ``conv``, ``depthwise_conv
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edgekd.config import Config, FieldError
@@ -78,10 +78,19 @@ class TensorRule(Config):
     def signed(self) -> bool:
         return not self.dtype.startswith("u")
 
+    def with_precision(self, precision: str | None) -> TensorRule:
+        """This weight rule with a per-layer override's dtype (None or "float": unchanged)."""
+        return self if precision is None or precision == "float" else replace(self, dtype=precision)
+
+    @property
+    def reduces_range(self) -> bool:
+        """``reduce_range`` in effect: it applies to 8-bit types only (an int4 layer ignores it)."""
+        return self.reduce_range and self.bits == 8
+
     def qrange(self) -> tuple[int, int]:
         """The integer codes used: (qmin, qmax)."""
         lo, hi = RANGES[self.dtype]
-        if self.reduce_range and self.bits == 8:
+        if self.reduces_range:
             return (lo // 2, -lo // 2) if self.signed else (0, hi // 2)
         return (lo + 1, hi) if self.narrow_range and self.signed else (lo, hi)
 
@@ -94,7 +103,7 @@ class TensorRule(Config):
         parts = [self.dtype, "symmetric" if self.symmetric else "asymmetric",
                  "per-channel" if self.per_channel else "per-tensor"]
         parts += ["narrow range"] if self.narrow_range else []
-        parts += [f"reduced to [{self.qrange()[0]}, {self.qrange()[1]}]"] if self.reduce_range and self.bits == 8 else []
+        parts += [f"reduced to [{self.qrange()[0]}, {self.qrange()[1]}]"] if self.reduces_range else []
         return " ".join(parts)
 
 

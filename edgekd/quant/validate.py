@@ -131,8 +131,6 @@ def _weight_kind(g: _Graph, node, weight: np.ndarray | None) -> str:
 
 def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResult,
                    layers: dict[str, str]) -> None:
-    from edgekd.quant.qat import layer_rule
-
     if len(node.input) < 2:
         return
     dq = g.produced_by(node.input[1])
@@ -147,7 +145,7 @@ def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResul
         return  # otherwise a product of two activations: no weight
     q = g.const(dq.input[0])
     kind = _weight_kind(g, node, q)
-    rule = layer_rule(scheme.weight_rule(kind), layers.get(dq.input[1].removesuffix(".weight_quant.scale")))
+    rule = scheme.weight_rule(kind).with_precision(layers.get(dq.input[1].removesuffix(".weight_quant.scale")))
     result.checked["weights"] += 1
     where = f"{_name(node)} ({kind} weights)"
     dtype = ONNX_DTYPES.get(g.init_types[dq.input[0]], f"type {g.init_types[dq.input[0]]}")
@@ -164,7 +162,7 @@ def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResul
     _check_symmetry(where, "weights", rule, zp, result)
     qmin, qmax = rule.qrange()
     if q.size and (int(q.min()) < qmin or int(q.max()) > qmax):
-        why = (" (reduce_range: 7-bit weights, or x86 int8 kernels without VNNI saturate)" if rule.reduce_range
+        why = (" (reduce_range: 7-bit weights, or x86 int8 kernels without VNNI saturate)" if rule.reduces_range
                else " (narrow range)" if rule.narrow_range and rule.signed else "")
         result.violations.append(Violation(where, f"weights must lie in [{qmin}, {qmax}]{why}",
                                            f"values in [{int(q.min())}, {int(q.max())}]"))
