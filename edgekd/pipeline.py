@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from edgekd import atomic
-from edgekd.bench.estimate import count_macs, estimate_onnx
+from edgekd.bench.estimate import Estimate, analyze
 from edgekd.bench.harness import benchmark_on_target
 from edgekd.budgets.budget import Budget, check, compressed_size
 from edgekd.budgets.verdict import CheckResult
@@ -226,18 +226,18 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
 
     tick = time.perf_counter()
     params = {stage: count_parameters(m[0]) for stage, m in models.items()}
-    macs = {stage: _macs_or_none(a.path) for stage, a in artifacts if a.format == "onnx"}
+    analyses = {stage: _analysis_or_none(a.path) for stage, a in artifacts if a.format == "onnx"}  # parsed once
     compressed = {a.path: compressed_size(a.path) for _, a in artifacts}  # once per file, not per target
     for target in targets:
         for stage, artifact in artifacts:
             if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
                 if artifact.format != "onnx":
                     continue
-                entry = _estimated_entry(stage, artifact, target, params[stage])
+                entry = _estimated_entry(stage, artifact, target, params[stage], analyses[stage])
             elif artifact.runtime in target.runtimes:
                 entry = _artifact_entry(stage, artifact, target, data, references[stage], params[stage])
-                if stage in macs:
-                    entry.info["macs"] = macs[stage]
+                if stage in analyses:
+                    entry.info["macs"] = analyses[stage].macs if analyses[stage] else None
                 if stage in validations and artifact.format == "onnx":
                     entry.info["quantization"] = {"target": qat_config.target, **validations[stage].to_dict()}
             else:
@@ -405,11 +405,12 @@ def _fit_summary(fit) -> dict:
     return dict(fit or {})
 
 
-def _macs_or_none(path) -> int | None:
-    """MACs of an ONNX artifact; None (a MACs budget then says "not measured") when its shapes
-    cannot be inferred, which must not stop a run whose training is done."""
+def _analysis_or_none(path) -> Estimate | None:
+    """The estimator's analysis of an ONNX artifact (MACs, and the roofline on targets with no
+    device); None (a MACs budget then says "not measured") when its shapes cannot be inferred,
+    which must not stop a run whose training is done."""
     try:
-        return count_macs(path)
+        return analyze(path)
     except EstimateError:
         return None
 
@@ -426,11 +427,13 @@ def _artifact_entry(stage: str, artifact: Artifact, target: TargetProfile, data:
                  target=target.name, threads=target.threads, info=dict(session.info))
 
 
-def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int) -> Entry:
-    """An ONNX artifact on a target edgekd cannot run on: the estimator's figures, labelled."""
+def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int,
+                     analysis: Estimate | None) -> Entry:
+    """An ONNX artifact on a target edgekd cannot run on: the estimator's figures, labelled.
+    Without an ``analysis`` the file is analysed again, which raises the EstimateError."""
     entry = Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
                   size_bytes=artifact.size_bytes, params=params, target=target.name)
-    estimate_onnx(artifact.path, target.compute, target.name).record_into(entry)
+    (analysis or analyze(artifact.path)).on(target.compute, target.name).record_into(entry)
     return entry
 
 

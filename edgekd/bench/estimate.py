@@ -25,7 +25,7 @@ Everything here is *estimated* and labelled so in every output:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +118,19 @@ class Estimate:
                 "peak_activation_bytes": self.peak_activation_bytes, "latency_ms": self.latency_ms,
                 "compute": dict(self.compute), "layers": [asdict(layer) for layer in self.layers]}
 
+    def on(self, compute: ComputeSpec, target: str = "", runtime: str = "") -> Estimate:
+        """This analysis on a device with ``compute``: each layer's roofline latency,
+        max(ops / peak, bytes moved / bandwidth), plus ``runtime``'s call overhead."""
+        layers = [replace(layer) for layer in self.layers]
+        for layer in layers:
+            flops_peak = compute.peak_gops_int8 if layer.integer else compute.peak_gflops_fp32
+            t_compute = layer.ops / (flops_peak * 1e9) * 1e6
+            t_memory = (layer.activation_bytes + layer.weight_bytes) / (compute.memory_bandwidth_gbps * 1e9) * 1e6
+            layer.latency_us = max(t_compute, t_memory)
+            layer.bound = "compute" if t_compute >= t_memory else "memory"
+        return Estimate(self.artifact, target, layers, self.peak_activation_bytes, compute.to_dict(), runtime=runtime,
+                        overhead_us=compute.overhead_us.get(runtime, 0.0))
+
     def record_into(self, entry) -> None:
         """Write this estimate into a report ``Entry``: latency and info labelled estimated."""
         entry.latency = {"p50_ms": self.latency_ms, "estimated": True}
@@ -146,19 +159,9 @@ def _bytes(n: float) -> str:
 
 
 def analyze(path: str | Path) -> Estimate:
-    """MACs, parameters, weight bytes and peak activation memory of an ONNX file (its latency
-    figures are meaningless here: no device is assumed)."""
-    return estimate_onnx(path, ComputeSpec(peak_gops_int8=1, peak_gflops_fp32=1, memory_bandwidth_gbps=1))
-
-
-def count_macs(path: str | Path) -> int:
-    """Multiply-accumulates of one inference at batch 1 (exact, from the ONNX graph)."""
-    return analyze(path).macs
-
-
-def estimate_onnx(path: str | Path, compute: ComputeSpec, target: str = "", runtime: str = "") -> Estimate:
-    """Estimate ``path`` (ONNX, batch 1) on a device with ``compute`` (see the module docstring),
-    adding ``runtime``'s call overhead when the profile states one.
+    """MACs, parameters, weight bytes and peak activation memory of an ONNX file (batch 1), with
+    no device assumed (latencies 0): ``.on(compute)`` adds the roofline of a target, so a file is
+    parsed once for any number of targets.
 
     Raises:
         ModelLoadError: the file is missing or not a valid ONNX model.
@@ -181,24 +184,27 @@ def estimate_onnx(path: str | Path, compute: ComputeSpec, target: str = "", runt
     for name in graph.inputs:
         live[name] = graph.activation_bytes(name)
     for step, node in enumerate(graph.compute_nodes()):
-        layer = graph.layer(node)
-        layers.append(layer)
+        layers.append(graph.layer(node))
         for out in node.output:
             if out:
                 live[out] = graph.activation_bytes(out)
         peak = max(peak, sum(live.values()))
         for name in [n for n in live if last_use.get(n, -1) <= step and n not in graph.outputs]:
             del live[name]
-    for layer in layers:
-        flops_peak = compute.peak_gops_int8 if layer.integer else compute.peak_gflops_fp32
-        t_compute = layer.ops / (flops_peak * 1e9) * 1e6
-        t_memory = (layer.activation_bytes + layer.weight_bytes) / (compute.memory_bandwidth_gbps * 1e9) * 1e6
-        layer.latency_us = max(t_compute, t_memory)
-        layer.bound = "compute" if t_compute >= t_memory else "memory"
     if not layers:
         raise EstimateError(f"{path}: no compute node found")
-    return Estimate(str(path), target, layers, peak, compute.to_dict(), runtime=runtime,
-                    overhead_us=compute.overhead_us.get(runtime, 0.0))
+    return Estimate(str(path), "", layers, peak)
+
+
+def estimate_onnx(path: str | Path, compute: ComputeSpec, target: str = "", runtime: str = "") -> Estimate:
+    """Estimate ``path`` (ONNX, batch 1) on a device with ``compute`` (see the module docstring),
+    adding ``runtime``'s call overhead when the profile states one.
+
+    Raises:
+        ModelLoadError: the file is missing or not a valid ONNX model.
+        EstimateError: a tensor's shape cannot be inferred (dynamic shapes other than the batch).
+    """
+    return analyze(path).on(compute, target, runtime)
 
 
 class _Graph:
@@ -330,4 +336,4 @@ class _Graph:
         return 0
 
 
-__all__ = ["ComputeSpec", "Estimate", "LayerEstimate", "analyze", "count_macs", "estimate_onnx"]
+__all__ = ["ComputeSpec", "Estimate", "LayerEstimate", "analyze", "estimate_onnx"]

@@ -20,18 +20,19 @@ from edgekd.report import Entry, Report, environment
 Log = Callable[[str], None]
 
 
-def measure_entry(entry: Entry, target) -> None:
-    """Benchmark (or, on an unreachable target, estimate) ``entry``'s artifact; fills it in place."""
+def measure_entry(entry: Entry, target, analysis=None) -> None:
+    """Benchmark (or, on an unreachable target, estimate) ``entry``'s artifact; fills it in place.
+    ``analysis``: the estimator's analysis of the file, when the caller has it already."""
     from edgekd.bench.harness import benchmark_on_target
     from edgekd.budgets.budget import compressed_size
 
     entry.info["compressed_size_bytes"] = compressed_size(entry.path)  # the file as it is now
     if not target.reachable:
-        from edgekd.bench.estimate import estimate_onnx
+        from edgekd.bench.estimate import analyze
 
         if target.compute is None or Path(entry.path).suffix != ".onnx":
             return  # nothing to estimate with: its checks say "not measured"
-        estimate_onnx(entry.path, target.compute, target.name).record_into(entry)
+        (analysis or analyze(entry.path)).on(target.compute, target.name).record_into(entry)
         return
     benchmark_on_target(entry.path, target, entry.runtime).record_into(entry)
     entry.info["measured_by"] = "edgekd check --measure"
@@ -102,7 +103,7 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise ModelLoadError(f"{missing[0]}: artifact not found")
-    entries = []
+    entries, analyses = [], {}
     for target, raw in ((t, p) for t in targets for p in paths):
         path = Path(raw)
         if not target.reachable and path.suffix != ".onnx":
@@ -112,14 +113,16 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
                                                         if path.suffix == ".xml" and path.with_suffix(".bin").is_file() else 0),
                       runtime=runtime_for(path) if target.reachable else None, target=target.name,
                       threads=target.threads if target.reachable else None)
-        if path.suffix == ".onnx":
+        if path.suffix == ".onnx" and path not in analyses:  # parsed once for every target
             try:
-                facts = analyze(path)
-                entry.params, entry.info["macs"] = facts.params, facts.macs
+                analyses[path] = analyze(path)
             except EstimateError as err:  # shapes not inferable: params/MACs checks say "not measured"
+                analyses[path] = None
                 log(f"{path.name}: parameters and MACs not counted ({err})")
+        if analyses.get(path) is not None:
+            entry.params, entry.info["macs"] = analyses[path].params, analyses[path].macs
         log(f"measuring {path.name} on {target.name}")
-        measure_entry(entry, target)
+        measure_entry(entry, target, analyses.get(path))
         entries.append(entry)
     return Report(targets=[t.name for t in targets], entries=entries, environment=environment())
 

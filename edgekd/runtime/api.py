@@ -95,6 +95,14 @@ class Evaluation:
     predictions: np.ndarray = field(repr=False)
 
 
+def per_op_rows(total: dict[str, dict], runs: int) -> list[dict]:
+    """Per-op profile rows from ``{op: {..., "total_us": summed over runs}}``: each row with
+    ``mean_ms`` per inference instead of the total, slowest first."""
+    rows = [{k: v for k, v in r.items() if k != "total_us"} | {"mean_ms": r["total_us"] / runs / 1e3}
+            for r in total.values()]
+    return sorted(rows, key=lambda r: -r["mean_ms"])
+
+
 def evaluate_session(session: Session, x: np.ndarray, y: np.ndarray,
                      reference: np.ndarray | None = None, batch_size: int = 256) -> Evaluation:
     """Run ``x`` (N, C, H, W) through ``session`` and score top-1 against ``y`` and ``reference``.

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
+from edgekd.runtime.api import per_op_rows
 
 
 class OnnxRuntimeSession:
@@ -73,9 +74,7 @@ class OnnxRuntimeSession:
             row = total.setdefault(name, {"name": name, "op": e["args"].get("op_name", "?"),
                                           "provider": e["args"].get("provider"), "total_us": 0.0})
             row["total_us"] += float(e.get("dur", 0))
-        rows = [{k: v for k, v in r.items() if k != "total_us"} | {"mean_ms": r["total_us"] / runs / 1e3}
-                for r in total.values()]
-        return sorted(rows, key=lambda r: -r["mean_ms"])
+        return per_op_rows(total, runs)
 
 
 def open_session(path: Path, threads: int, options: dict) -> OnnxRuntimeSession:

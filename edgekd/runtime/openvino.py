@@ -13,6 +13,7 @@ import numpy as np
 import openvino as ov
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
+from edgekd.runtime.api import per_op_rows
 
 
 class OpenVinoSession:
@@ -81,9 +82,7 @@ class OpenVinoSession:
                     row = total.setdefault(info.node_name, {"name": info.node_name, "op": info.node_type,
                                                             "exec_type": info.exec_type, "total_us": 0.0})
                     row["total_us"] += info.real_time.total_seconds() * 1e6
-        rows = [{k: v for k, v in r.items() if k != "total_us"} | {"mean_ms": r["total_us"] / runs / 1e3}
-                for r in total.values()]
-        return sorted(rows, key=lambda r: -r["mean_ms"])
+        return per_op_rows(total, runs)
 
     def runtime_precisions(self) -> dict[str, str]:
         """Executed layer name -> runtime precision, for layers of the compiled (runtime) graph."""
