@@ -20,6 +20,7 @@ METRICS = {  # dotted key -> (label, unit kind)
     "latency.p50_ms": ("p50", "ms"),
     "latency.p90_ms": ("p90", "ms"),
     "latency.p99_ms": ("p99", "ms"),
+    "info.call_latency.p50_ms": ("call p50", "ms"),  # the whole call, input and output copies included
     "peak_memory_bytes": ("peak memory", "bytes"),
     "info.accelerator_coverage": ("accelerator coverage", "fraction"),
 }

@@ -44,3 +44,14 @@ def test_cli_compare_writes_json(tmp_path):
     assert any(r["metric"] == "latency.p50_ms" and r["relative"] == -0.25 for r in rows)
     bad = CliRunner().invoke(main, ["compare", str(old), str(tmp_path / "missing.json")])
     assert bad.exit_code == 2 and "missing.json: report not found" in bad.output
+
+
+def test_call_latency_is_compared_beside_the_inference_latency():
+    old, new = _report(2.0, 1000), _report(2.0, 1000)
+    old.entries[0].info["call_latency"] = {"p50_ms": 2.2}
+    new.entries[0].info["call_latency"] = {"p50_ms": 2.6}
+    by = {d.metric: d for d in compare_reports(old, new)}
+    assert by["latency.p50_ms"].change == 0
+    call = by["info.call_latency.p50_ms"]
+    assert (call.old, call.new) == (2.2, 2.6)
+    assert "call p50" in table([call])

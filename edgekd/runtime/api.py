@@ -19,10 +19,24 @@ from edgekd.registry import Registry
 
 
 class Session(Protocol):
-    """An artifact loaded in a runtime, ready to run one input batch."""
+    """An artifact loaded in a runtime, ready to run one input batch.
 
-    info: dict[str, Any]  # runtime, version, device, threads, precision hint, ...
+    ``run(x)`` is ``feed(x)``, ``infer()``, ``fetch()``; the benchmark child times ``infer()`` on
+    its own, as the vendors' tools time inference on inputs already in place (``benchmark_app``,
+    ``litert-benchmark``, ``benchmark_model``), and the whole call apart. ``infer`` returns its own
+    duration in ms where the runtime's binding clocks the native call (OpenVINO's
+    ``InferRequest.latency``: the clock benchmark_app reads), else None; ``info["inference_clock"]``
+    says which clock a session's inference times come from.
+    """
+
+    info: dict[str, Any]  # runtime, version, device, threads, precision hint, inference clock, ...
     input_shape: list[int | None]
+
+    def feed(self, x: np.ndarray) -> None: ...  # x into the runtime's input buffers (quantized if need be)
+
+    def infer(self) -> float | None: ...  # run on what was fed
+
+    def fetch(self) -> np.ndarray: ...  # float32 outputs of the last infer
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
 

@@ -5,8 +5,13 @@ Options (a target profile's ``runtimes: {litert: {...}}``):
     xnnpack (bool, default True): apply the XNNPACK delegate, as TFLite does by default
         (``OpResolverType.AUTO``); False runs the built-in kernels only
         (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
-    accelerator (cpu, default; gpu, npu): gpu and npu are refused here (RuntimeBackendError):
-        the Python interpreter has no GPU/NPU path, and a silent CPU run would mislead.
+    accelerator (cpu, default; gpu, npu): with the Interpreter, gpu and npu are refused
+        (RuntimeBackendError): it has no GPU/NPU path, and a silent CPU run would mislead. With
+        the CompiledModel they are asked of LiteRT alone, without the CPU: a machine without
+        that accelerator is a RuntimeBackendError too.
+    api (interpreter, default; compiled_model): the classic ``Interpreter`` (the one API of
+        ``tflite_runtime``), or LiteRT 2's ``CompiledModel`` (``runtime/litert_compiled.py``),
+        the API ``litert-benchmark`` times and the one with GPU/NPU accelerators.
 
 Callers see the same contract as every runtime: float32 in, float32 logits out. A full-integer
 model with an int8/uint8 interface gets its input quantized with the input tensor's (scale,
@@ -36,14 +41,15 @@ except ImportError:  # the standalone TFLite interpreter wheel has the same inte
 
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError, did_you_mean
 
-OPTIONS = {"xnnpack": True, "accelerator": "cpu"}
+OPTIONS = {"xnnpack": True, "accelerator": "cpu", "api": "interpreter"}
+APIS = ("interpreter", "compiled_model")
 
 
 class LiteRTSession:
     """A .tflite model in a LiteRT interpreter: ``info``, ``input_shape`` and ``run(x)``."""
 
     def __init__(self, path: Path, threads: int, options: dict):
-        xnnpack = _check_options(options)["xnnpack"]
+        xnnpack = check_options(options)["xnnpack"]
         resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self.path = path
         try:
@@ -51,32 +57,42 @@ class LiteRTSession:
                                             experimental_op_resolver_type=resolver)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:  # not a TFLite flatbuffer; an op failed to prepare
-            raise ModelLoadError(f"{path}: LiteRT cannot load it ({_first_line(err)})") from None
+            raise ModelLoadError(f"{path}: LiteRT cannot load it ({first_line(err)})") from None
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
-        self._input_quant = _quantization(path, self._input, "input")
-        self._output_quant = _quantization(path, self._output, "output")
+        self._input_quant = io_quantization(path, self._input, "input")
+        self._output_quant = io_quantization(path, self._output, "output")
         shape = [int(d) for d in self._input["shape"]]
         self._batch = self._stored_batch = shape[0]  # _batch: what the interpreter is allocated for
         self.input_shape: list[int | None] = [None if self._batch_is_resizable() else shape[0], *shape[1:]]
         self.info = {"runtime": "litert", "runtime_version": _package.__version__, "device": "CPU",
                      "threads": threads, "xnnpack": xnnpack, "interpreter": _package.__name__,
-                     "input_dtype": np.dtype(self._input["dtype"]).name}
+                     "input_dtype": np.dtype(self._input["dtype"]).name, "api": "interpreter",
+                     "inference_clock": "perf_counter around Interpreter.invoke"}
+
+    def feed(self, x: np.ndarray) -> None:
+        """Put one batch ``x`` (float32, the model's input layout) into the input tensor."""
+        self._check_shape(x)
+        if x.shape[0] != self._batch:
+            self._resize(x.shape[0])
+        self._interpreter.set_tensor(self._input["index"], to_model_input(x, self._input["dtype"], self._input_quant))
+
+    def infer(self) -> None:
+        self._interpreter.invoke()
+
+    def fetch(self) -> np.ndarray:
+        return from_model_output(self._interpreter.get_tensor(self._output["index"]), self._output_quant)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch ``x`` (float32, the model's input layout); returns float32 outputs."""
+        self.feed(x)
+        self.infer()
+        return self.fetch()
+
+    def _check_shape(self, x: np.ndarray) -> None:
         if list(x.shape[1:]) != self.input_shape[1:]:
             raise RuntimeBackendError(f"{self.path}: input of shape {tuple(x.shape)} does not fit the "
                                       f"model's input {self.input_shape} (only the batch may differ)")
-        if x.shape[0] != self._batch:
-            self._resize(x.shape[0])
-        self._interpreter.set_tensor(self._input["index"], self._to_input(x))
-        self._interpreter.invoke()
-        out = self._interpreter.get_tensor(self._output["index"])
-        if self._output_quant is None:
-            return out.astype(np.float32, copy=False)
-        scale, zero_point = self._output_quant
-        return (out.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
     def coverage(self, x: np.ndarray) -> float:
         """Share of the model's ops the XNNPACK delegate took (1.0 when built-in kernels were
@@ -101,15 +117,6 @@ class LiteRTSession:
                 stack.extend(int(t) for t in originals[index]["inputs"] if int(t) >= 0)
         return len(delegated) / len(originals) if originals else 1.0
 
-    def _to_input(self, x: np.ndarray) -> np.ndarray:
-        dtype = self._input["dtype"]
-        if self._input_quant is None:
-            return np.ascontiguousarray(x, dtype)
-        scale, zero_point = self._input_quant
-        info = np.iinfo(dtype)
-        q = round_half_away_from_zero(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
-        return np.clip(q, info.min, info.max).astype(dtype)
-
     def _resize(self, batch: int) -> None:
         if self.input_shape[0] is not None:
             raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
@@ -124,7 +131,7 @@ class LiteRTSession:
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
-                                 f"LiteRT cannot resize it to {batch} ({_first_line(err)})") from None
+                                 f"LiteRT cannot resize it to {batch} ({first_line(err)})") from None
         self._batch = batch
 
     def _batch_is_resizable(self) -> bool:
@@ -140,13 +147,31 @@ class LiteRTSession:
         return follows
 
 
+def to_model_input(x: np.ndarray, dtype, quant: tuple[float, int] | None) -> np.ndarray:
+    """Float32 ``x`` as the model's input: cast, or quantized with (scale, zero point)."""
+    if quant is None:
+        return np.ascontiguousarray(x, dtype)
+    scale, zero_point = quant
+    info = np.iinfo(dtype)
+    q = round_half_away_from_zero(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def from_model_output(out: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
+    """The model's output as float32: dequantized with (scale, zero point) when it is integer."""
+    if quant is None:
+        return out.astype(np.float32, copy=False)
+    scale, zero_point = quant
+    return (out.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
 def round_half_away_from_zero(v: np.ndarray) -> np.ndarray:
     """std::round, as TFLite's QUANTIZE uses (numpy's round goes half to even); exact in float."""
     whole = np.trunc(v)
     return whole + np.trunc(2 * (v - whole))
 
 
-def _quantization(path: Path, detail: dict, role: str) -> tuple[float, int] | None:
+def io_quantization(path: Path, detail: dict, role: str) -> tuple[float, int] | None:
     """(scale, zero point) of an integer input/output; None for a float tensor."""
     dtype = np.dtype(detail["dtype"])
     if np.issubdtype(dtype, np.floating):
@@ -163,7 +188,9 @@ def _quantization(path: Path, detail: dict, role: str) -> tuple[float, int] | No
     return float(scales[0]), int(zero_points[0])
 
 
-def _check_options(options: dict) -> dict:
+def check_options(options: dict) -> dict:
+    """The options merged over the defaults; ConfigError for a bad one, RuntimeBackendError for a
+    GPU/NPU accelerator the chosen API cannot reach (never a silent CPU run)."""
     unknown = [k for k in options if k not in OPTIONS]
     if unknown:
         raise ConfigError(f"unknown LiteRT option {unknown[0]!r}{did_you_mean(unknown[0], OPTIONS)}; "
@@ -173,28 +200,39 @@ def _check_options(options: dict) -> dict:
         raise ConfigError(f"LiteRT option xnnpack: expected true or false, got {merged['xnnpack']!r}")
     if merged["accelerator"] not in ("cpu", "gpu", "npu"):
         raise ConfigError(f"LiteRT option accelerator: expected cpu, gpu or npu, got {merged['accelerator']!r}")
-    if merged["accelerator"] != "cpu":  # never a silent CPU run of a GPU/NPU request
-        raise RuntimeBackendError(f"LiteRT {merged['accelerator'].upper()} accelerator is not available here: the "
-                                  f"Python Interpreter runs on the CPU; GPU and NPU runs go through a device "
-                                  f"(an adb target with benchmark_model --use_gpu / an NPU delegate)")
+    if merged["api"] not in APIS:
+        raise ConfigError(f"LiteRT option api: expected {' or '.join(APIS)}, got {merged['api']!r}"
+                          f"{did_you_mean(str(merged['api']), APIS)}")
+    if merged["accelerator"] != "cpu" and merged["api"] == "interpreter":
+        raise RuntimeBackendError(f"LiteRT {merged['accelerator'].upper()} accelerator is not available to the "
+                                  f"Interpreter API, which runs on the CPU; use api: compiled_model (LiteRT's "
+                                  f"CompiledModel reaches GPU and NPU accelerators where the machine has them) or "
+                                  f"an adb target (benchmark_model --use_gpu / an NPU delegate)")
     return merged
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
 
 
-def open_session(path: Path, threads: int, options: dict) -> LiteRTSession:
-    """Load ``path`` in a LiteRT interpreter (``edgekd.runtime.open_session(path, "litert", ...)``).
+def open_session(path: Path, threads: int, options: dict):
+    """Load ``path`` in LiteRT (``edgekd.runtime.open_session(path, "litert", ...)``).
 
     Args:
         path: a .tflite file.
         threads: interpreter threads (``num_threads``), recorded in ``info["threads"]``.
-        options: ``{"xnnpack": bool}`` (default True), recorded in ``info["xnnpack"]``.
+        options: ``{"xnnpack": bool, "accelerator": "cpu"|"gpu"|"npu", "api": "interpreter"|
+            "compiled_model"}`` (defaults: XNNPACK, CPU, the Interpreter), recorded in ``info``.
 
     Raises:
         ModelLoadError: not a loadable TFLite model, or an input/output edgekd cannot feed.
-        ConfigError: an unknown option, or a non-boolean ``xnnpack``.
+        ConfigError: an unknown option or value; the CompiledModel API asked of a package
+            without it (tflite_runtime).
+        RuntimeBackendError: a GPU/NPU accelerator that is not there.
     """
+    if check_options(options)["api"] == "compiled_model":
+        from edgekd.runtime.litert_compiled import CompiledModelSession
+
+        return CompiledModelSession(path, threads, options)
     return LiteRTSession(path, threads, options)

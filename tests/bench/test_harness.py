@@ -33,6 +33,38 @@ def test_benchmark_in_child_process(exported, fmt, runtime):
     assert json.loads(json.dumps(result.to_dict()))["latency"]["n"] == lat.n
 
 
+@pytest.mark.parametrize("fmt, runtime, options, clock", [
+    ("onnx", "onnxruntime", {}, "perf_counter around InferenceSession.run"),
+    ("openvino", "openvino", {}, "InferRequest.latency"),
+    ("tflite", "litert", {"api": "compiled_model"}, "perf_counter around CompiledModel.run_by_name")])
+def test_inference_and_the_whole_call_are_two_timed_loops(exported, fmt, runtime, options, clock):
+    result = benchmark(exported[("int8", fmt)].path, runtime, threads=1, settings=QUICK, options=options)
+    assert clock in result.info["inference_clock"]
+    calls = result.call_latency
+    assert calls.n >= QUICK.min_runs and result.latency.n >= QUICK.min_runs
+    assert result.timed_seconds >= 2 * QUICK.min_seconds  # each loop runs its own minimum
+    saved = json.loads(json.dumps(result.to_dict()))
+    assert saved["call_latency"]["n"] == calls.n and saved["latency"]["n"] == result.latency.n
+
+    from edgekd.report import Entry
+
+    entry = Entry(name="x", stage="int8", format=fmt, path="p", size_bytes=1)
+    result.record_into(entry)
+    assert entry.info["call_latency"]["p50_ms"] == calls.p50_ms
+    assert entry.latency["p50_ms"] == result.latency.p50_ms
+
+
+def test_timed_loop_takes_the_native_time_a_step_returns():
+    from edgekd.bench.child import timed_loop
+
+    request = {"min_runs": 5, "min_seconds": 0.0, "max_seconds": 10.0}
+    assert timed_loop(lambda: 0.125, request)[0] == [0.125] * 5  # ms measured by the runtime itself
+    wall, seconds = timed_loop(lambda: None, {**request, "min_seconds": 0.01})
+    assert len(wall) >= 5 and all(t >= 0 for t in wall) and seconds >= 0.01
+    capped, seconds = timed_loop(lambda: None, {"min_runs": 10**9, "min_seconds": 0.0, "max_seconds": 0.02})
+    assert 0.02 <= seconds and len(capped) < 10**9  # max_seconds ends a loop that min_runs would not
+
+
 def test_child_never_imports_torch(exported, monkeypatch):
     import subprocess
     import sys

@@ -37,9 +37,10 @@ def reference(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1) @ WEIGHT.T + BIAS  # (N, 10)
 
 
+@pytest.mark.parametrize("api", litert.APIS)
 @pytest.mark.parametrize("xnnpack", [True, False])
-def test_float_model_matches_numpy(float_fc, xnnpack):
-    session = open_session(float_fc, options={"xnnpack": xnnpack})
+def test_float_model_matches_numpy(float_fc, xnnpack, api):
+    session = open_session(float_fc, options={"xnnpack": xnnpack, "api": api})
     x = rng.random((1, 1, 8, 8), dtype=np.float32)
     out = session.run(x)
     assert out.dtype == np.float32 and out.shape == (1, 10)
@@ -67,21 +68,23 @@ ROUND_TRIP = {
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("api", litert.APIS)
 @pytest.mark.parametrize("xnnpack", [True, False])
-def test_integer_interface_quantizes_and_dequantizes(tmp_path, dtype, xnnpack):
+def test_integer_interface_quantizes_and_dequantizes(tmp_path, dtype, xnnpack, api):
     zero_point, expected = ROUND_TRIP[dtype]
     path = tflite_models.identity(tmp_path / "id.tflite", (1, 6), dtype, quant=(0.5, zero_point))
-    session = open_session(path, options={"xnnpack": xnnpack})
+    session = open_session(path, options={"xnnpack": xnnpack, "api": api})
     assert session.info["input_dtype"] == np.dtype(dtype).name
     out = session.run(np.array([X], np.float32))
     assert out.dtype == np.float32
     assert out.tolist() == [expected]
 
 
+@pytest.mark.parametrize("api", litert.APIS)
 @pytest.mark.parametrize("xnnpack", [True, False])
-def test_int8_classifier_matches_integer_reference(tmp_path, xnnpack):
+def test_int8_classifier_matches_integer_reference(tmp_path, xnnpack, api):
     p = tflite_models.random_int8_classifier(tmp_path / "fc8.tflite")
-    session = open_session(tmp_path / "fc8.tflite", options={"xnnpack": xnnpack})
+    session = open_session(tmp_path / "fc8.tflite", options={"xnnpack": xnnpack, "api": api})
     x = rng.random((16, 1, 8, 8), dtype=np.float32)
     (s_in, z_in), (s_out, z_out) = p["input_quant"], p["output_quant"]
     x_q = np.clip(np.floor(x / s_in + 0.5) + z_in, -128, 127).reshape(16, -1)  # x >= 0: round half up
@@ -107,9 +110,24 @@ def test_integer_input_without_quantization_is_refused(tmp_path):
 def test_threads_and_xnnpack_are_recorded(float_fc):
     info = open_session(float_fc, threads=2).info
     assert info == {"runtime": "litert", "runtime_version": info["runtime_version"], "device": "CPU",
-                    "threads": 2, "xnnpack": True, "interpreter": "ai_edge_litert", "input_dtype": "float32"}
+                    "threads": 2, "xnnpack": True, "interpreter": "ai_edge_litert", "input_dtype": "float32",
+                    "api": "interpreter", "inference_clock": "perf_counter around Interpreter.invoke"}
     assert info["runtime_version"]
     assert open_session(float_fc, options={"xnnpack": False}).info["xnnpack"] is False
+
+
+def test_compiled_model_records_its_api_and_clock(float_fc):
+    info = open_session(float_fc, threads=2, options={"api": "compiled_model"}).info
+    assert info["api"] == "compiled_model" and info["threads"] == 2 and info["device"] == "CPU"
+    assert info["fully_accelerated"] is True  # XNNPACK takes the one FULLY_CONNECTED
+    assert "CompiledModel.run_by_name" in info["inference_clock"]
+
+
+def test_compiled_model_needs_ai_edge_litert_2(float_fc, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.compiled_model", None)  # as on tflite_runtime
+    monkeypatch.delitem(sys.modules, "edgekd.runtime.litert_compiled", raising=False)
+    with pytest.raises(ConfigError, match="api: compiled_model needs ai-edge-litert 2 or newer"):
+        open_session(float_fc, options={"api": "compiled_model"})
 
 
 def test_bad_options(float_fc):
@@ -117,11 +135,15 @@ def test_bad_options(float_fc):
         open_session(float_fc, options={"xnnpak": False})
     with pytest.raises(ConfigError, match="xnnpack: expected true or false, got 'no'"):
         open_session(float_fc, options={"xnnpack": "no"})
+    with pytest.raises(ConfigError, match="api: expected interpreter or compiled_model, got 'compiled'; "
+                                          "did you mean 'compiled_model'"):
+        open_session(float_fc, options={"api": "compiled"})
 
 
+@pytest.mark.parametrize("api", litert.APIS)
 @pytest.mark.parametrize("xnnpack", [True, False])
-def test_batch_is_resized_on_demand(float_fc, xnnpack):
-    session = open_session(float_fc, options={"xnnpack": xnnpack})
+def test_batch_is_resized_on_demand(float_fc, xnnpack, api):
+    session = open_session(float_fc, options={"xnnpack": xnnpack, "api": api})
     assert session.input_shape == [None, 1, 8, 8]  # stored as 1, but the model follows any batch
     for n in (5, 2, 1, 5):
         x = rng.random((n, 1, 8, 8), dtype=np.float32)
@@ -132,10 +154,11 @@ def test_batch_is_resized_on_demand(float_fc, xnnpack):
     assert result.accuracy == result.agreement == 1.0
 
 
+@pytest.mark.parametrize("api", litert.APIS)
 @pytest.mark.parametrize("xnnpack", [True, False])
-def test_fixed_batch_is_reported_and_enforced(tmp_path, xnnpack):
+def test_fixed_batch_is_reported_and_enforced(tmp_path, xnnpack, api):
     path = tflite_models.identity(tmp_path / "fixed.tflite", (2, 3), np.float32, fixed_batch=True)
-    session = open_session(path, options={"xnnpack": xnnpack})
+    session = open_session(path, options={"xnnpack": xnnpack, "api": api})
     assert session.input_shape == [2, 3]  # evaluate_session then steps by 2
     x = rng.random((2, 3), dtype=np.float32)
     np.testing.assert_array_equal(session.run(x), x)  # the failed probe left the session usable
@@ -144,8 +167,9 @@ def test_fixed_batch_is_reported_and_enforced(tmp_path, xnnpack):
         session.run(rng.random((3, 3), dtype=np.float32))
 
 
-def test_wrong_input_layout_is_a_clear_error(float_fc):
-    session = open_session(float_fc)
+@pytest.mark.parametrize("api", litert.APIS)
+def test_wrong_input_layout_is_a_clear_error(float_fc, api):
+    session = open_session(float_fc, options={"api": api})
     with pytest.raises(RuntimeBackendError, match=r"input of shape \(1, 8, 8, 1\) does not fit the "
                                                   r"model's input \[None, 1, 8, 8\]"):
         session.run(np.zeros((1, 8, 8, 1), np.float32))
@@ -153,15 +177,16 @@ def test_wrong_input_layout_is_a_clear_error(float_fc):
 
 # --- load errors and installation ----------------------------------------------------------------
 
-def test_corrupt_file_names_the_path(tmp_path, float_fc):
+@pytest.mark.parametrize("api", litert.APIS)
+def test_corrupt_file_names_the_path(tmp_path, float_fc, api):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer" * 8)
     with pytest.raises(ModelLoadError, match=rf"^{bad}: LiteRT cannot load it \(.+\)$"):
-        open_session(bad)
+        open_session(bad, options={"api": api})
     cut = tmp_path / "cut.tflite"
     cut.write_bytes(float_fc.read_bytes()[:300])
     with pytest.raises(ModelLoadError, match=rf"^{cut}: LiteRT cannot load it"):
-        open_session(cut)
+        open_session(cut, options={"api": api})
 
 
 def test_falls_back_to_tflite_runtime(float_fc, monkeypatch):
@@ -233,8 +258,8 @@ def test_bench_command(float_fc, tmp_path):
 def test_builtin_targets_run_litert():
     from edgekd.targets import load_target
 
-    for name in ("x86-cpu", "x86-cpu-mt"):
-        assert load_target(name).runtime_options("litert") == {"xnnpack": True}
+    for name in ("x86-cpu", "x86-cpu-mt", "rpi5"):  # the API litert-benchmark times
+        assert load_target(name).runtime_options("litert") == {"xnnpack": True, "api": "compiled_model"}
 
 
 def test_bench_of_corrupt_file_is_a_clean_error(tmp_path):

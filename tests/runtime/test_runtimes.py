@@ -35,6 +35,28 @@ def test_runtime_contract(runtime, exported, tmp_path):
     batch = session.input_shape[0] or 3  # a fixed batch (TFLite can have one) is the one to run
     out = session.run(np.zeros((batch, 1, 8, 8), np.float32))
     assert out.shape == (batch, 10) and out.dtype == np.float32
+    assert session.info["inference_clock"]
+
+
+SESSIONS = [("onnxruntime", {}), ("openvino", {}), ("litert", {"api": "interpreter"}),
+            ("litert", {"api": "compiled_model"})]
+
+
+@pytest.mark.parametrize("runtime, options", SESSIONS, ids=lambda v: v if isinstance(v, str) else v.get("api", ""))
+def test_feed_infer_fetch_is_run(runtime, options, exported, digits):
+    """The benchmark times infer() apart from feed() and fetch(): in that order they are run(x),
+    and infer() runs on what was fed last (returning None or its own native time in ms)."""
+    session = open_session(exported[("int8", FORMAT_OF[runtime])].path, runtime, options=options)
+    x = digits.x_test[:8].numpy()
+    expected = np.concatenate([session.run(x[i:i + 1]) for i in range(len(x))])
+    for i in range(len(x)):
+        session.feed(x[i:i + 1])
+        took = session.infer()
+        assert took is None or 0 < took < 1e3
+        assert np.array_equal(session.fetch(), expected[i:i + 1])
+        session.infer()  # again on the same input: the same answer, nothing consumed
+        assert np.array_equal(session.fetch(), expected[i:i + 1])
+    assert len({row.tobytes() for row in expected}) > 4
 
 
 def test_openvino_also_runs_onnx(exported):
@@ -86,8 +108,14 @@ def test_litert_gpu_request_is_refused_not_run_on_the_cpu(exported):
     from edgekd.errors import RuntimeBackendError
     from edgekd.runtime import open_session
 
-    with pytest.raises(RuntimeBackendError, match="LiteRT GPU accelerator is not available here"):
-        open_session(exported[("int8", "tflite")].path, "litert", options={"accelerator": "gpu"})
+    path = exported[("int8", "tflite")].path
+    with pytest.raises(RuntimeBackendError, match="LiteRT GPU accelerator is not available to the Interpreter"):
+        open_session(path, "litert", options={"accelerator": "gpu"})
+    # the CompiledModel asks LiteRT for the GPU alone: this machine has none, so it fails to load
+    for accelerator in ("gpu", "npu"):
+        with pytest.raises(RuntimeBackendError, match=f"LiteRT {accelerator.upper()} accelerator is not "
+                                                      f"available here .*never replaced by the CPU"):
+            open_session(path, "litert", options={"accelerator": accelerator, "api": "compiled_model"})
 
 
 @pytest.mark.parametrize("fmt, runtime", [("onnx", "onnxruntime"), ("openvino", "openvino"), ("tflite", "litert")])

@@ -1,0 +1,219 @@
+"""LiteRT sessions through LiteRT 2's ``CompiledModel`` API (``api: compiled_model``).
+
+The API ``litert-benchmark`` times (``run_by_name`` on input/output TensorBuffers filled once),
+and the one that reaches GPU and NPU accelerators: the ``accelerator`` option is asked of LiteRT
+alone, without the CPU beside it, so a machine without that accelerator fails to load
+(RuntimeBackendError) instead of running on the CPU. The contract is that of every session
+(float32 in, float32 logits out; int8/uint8 interfaces quantized as in ``litert.py``); quantization
+parameters come from the flatbuffer, since CompiledModel's tensor details carry none.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError
+from edgekd.runtime.litert import (LiteRTSession, check_options, first_line, from_model_output, io_quantization,
+                                   to_model_input)
+
+try:
+    import ai_edge_litert as _package
+    from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+    from ai_edge_litert.environment import Environment, EnvironmentOptions
+    from ai_edge_litert.options import CpuKernelMode, CpuOptions, Options
+    from ai_edge_litert.schema_py_generated import Model
+except ImportError:
+    raise ConfigError("LiteRT option api: compiled_model needs ai-edge-litert 2 or newer (pip install "
+                      "ai-edge-litert); tflite_runtime has the Interpreter only: use api: interpreter") from None
+
+ACCELERATORS = {"cpu": HardwareAccelerator.CPU, "gpu": HardwareAccelerator.GPU, "npu": HardwareAccelerator.NPU}
+
+
+class CompiledModelSession:
+    """A .tflite model compiled by LiteRT for one accelerator: ``info``, ``input_shape``, ``run(x)``."""
+
+    def __init__(self, path: Path, threads: int, options: dict):
+        merged = check_options(options)
+        self.path, self._threads, self._accelerator = path, threads, merged["accelerator"]
+        self._xnnpack = merged["xnnpack"]
+        kernels = CpuKernelMode.XNNPACK if self._xnnpack else CpuKernelMode.BUILTIN
+        with native_log() as log:  # LiteRT logs every accelerator it registers to fd 2
+            try:
+                self._model = CompiledModel.from_file(
+                    str(path), environment=_environment(),
+                    options=Options(hardware_accelerators=ACCELERATORS[self._accelerator],
+                                    cpu_options=CpuOptions(num_threads=threads, kernel_mode=kernels)))
+                error = None
+            except (RuntimeError, ValueError) as err:
+                error = err
+        if error is not None:
+            said = first_line(error)  # often only a source location: the reason is in the log
+            why = "; ".join(([] if re.fullmatch(r"ERROR: \[[^\]]+\]", said) else [said]) + log.errors()[-2:])
+            if self._accelerator != "cpu":
+                raise RuntimeBackendError(f"LiteRT {self._accelerator.upper()} accelerator is not available here "
+                                          f"({why}); it is never replaced by the CPU")
+            raise ModelLoadError(f"{path}: LiteRT cannot load it ({why})")
+        self._signature = next(iter(self._model.get_signature_list()), "serving_default")
+        inputs = self._model.get_input_tensor_details(self._signature)
+        outputs = self._model.get_output_tensor_details(self._signature)
+        if len(inputs) != 1:
+            raise ModelLoadError(f"{path}: the model has {len(inputs)} inputs; edgekd runs single-input models")
+        (self._in_name, in_detail), (self._out_name, out_detail) = next(iter(inputs.items())), next(iter(outputs.items()))
+        self._in_dtype, self._out_dtype = np.dtype(in_detail["dtype"]), np.dtype(out_detail["dtype"])
+        tensors = _tensor_quantization(path)
+        self._input_quant = io_quantization(path, _detail(in_detail, tensors), "input")
+        self._output_quant = io_quantization(path, _detail(out_detail, tensors), "output")
+        shape = [int(d) for d in in_detail["shape"]]
+        self._batch = self._stored_batch = shape[0]
+        self._sample_shape = shape[1:]
+        self._allocate(self._batch)
+        self.input_shape: list[int | None] = [None if self._batch_is_resizable() else shape[0], *shape[1:]]
+        self.info = {"runtime": "litert", "runtime_version": _package.__version__,
+                     "device": self._accelerator.upper(), "threads": threads, "xnnpack": self._xnnpack,
+                     "interpreter": _package.__name__, "input_dtype": self._in_dtype.name, "api": "compiled_model",
+                     "fully_accelerated": bool(self._model.is_fully_accelerated()),
+                     "inference_clock": "perf_counter around CompiledModel.run_by_name (as litert-benchmark)"}
+
+    def feed(self, x: np.ndarray) -> None:
+        if list(x.shape[1:]) != self._sample_shape:
+            raise RuntimeBackendError(f"{self.path}: input of shape {tuple(x.shape)} does not fit the "
+                                      f"model's input {self.input_shape} (only the batch may differ)")
+        if x.shape[0] != self._batch:
+            if self.input_shape[0] is not None:
+                raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
+                                     f"it cannot run a batch of {x.shape[0]}")
+            self._allocate(x.shape[0])
+        self._inputs[self._in_name].write(to_model_input(x, self._in_dtype, self._input_quant))
+
+    def infer(self) -> None:
+        self._model.run_by_name(self._signature, self._inputs, self._outputs)
+
+    def fetch(self) -> np.ndarray:
+        out = self._outputs[self._out_name].read(self._out_size, self._out_dtype).reshape(self._out_shape)
+        return from_model_output(out, self._output_quant)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.feed(x)
+        self.infer()
+        return self.fetch()
+
+    def coverage(self, x: np.ndarray) -> float | None:
+        """1.0 when LiteRT reports the model fully accelerated; on the CPU otherwise the share of
+        ops the XNNPACK delegate takes (the Interpreter's partitions of the same file); None for a
+        GPU/NPU model LiteRT split with ops it could not place (it does not say how many)."""
+        if self.info["fully_accelerated"] or not self._xnnpack:
+            return 1.0
+        if self._accelerator != "cpu":
+            return None
+        return LiteRTSession(self.path, self._threads, {"xnnpack": True}).coverage(x)
+
+    def _allocate(self, batch: int) -> None:
+        """Shape the model for ``batch`` and make its buffers (TensorBuffers follow the shape)."""
+        with native_log():
+            self._reshape(batch)
+
+    def _reshape(self, batch: int) -> None:
+        try:
+            if batch != self._batch:
+                self._batch = batch  # what the model is shaped for, even if its buffers fail below
+                self._model.resize_input_tensor(0, [batch, *self._sample_shape], strict=False)
+            inputs = {self._in_name: self._model.create_input_buffer_by_name(self._signature, self._in_name)}
+            outputs = {self._out_name: self._model.create_output_buffer_by_name(self._signature, self._out_name)}
+        except (RuntimeError, ValueError) as err:  # the resize, or the kernels' reshape it triggers
+            raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
+                                 f"LiteRT cannot resize it to {batch} ({first_line(err)})") from None
+        self._inputs, self._outputs = inputs, outputs
+        # the first write into a buffer sets LiteRT up (and logs it): done here, held back
+        inputs[self._in_name].write(np.zeros([batch, *self._sample_shape], self._in_dtype))
+        self._out_shape = [int(d) for d in self._model.get_output_tensor_details(self._signature)[self._out_name]["shape"]]
+        self._out_size = int(np.prod(self._out_shape))
+
+    def _batch_is_resizable(self) -> bool:
+        batch, probe = self._batch, 2 if self._batch == 1 else 1
+        try:
+            self._allocate(probe)
+            follows = self._out_shape[0] == probe
+        except ModelLoadError:
+            follows = False
+        self._allocate(batch)
+        return follows
+
+
+_ENVIRONMENT = None
+
+
+def _environment() -> Environment:
+    """One LiteRT environment per process (LiteRT's default one for ``from_file``), so its
+    accelerators are registered once rather than with every model."""
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        _ENVIRONMENT = Environment.create(options=EnvironmentOptions(runtime_path=str(Path(_package.__file__).parent)))
+        atexit.register(_release_environment)
+    return _ENVIRONMENT
+
+
+def _release_environment() -> None:
+    """At exit: free the environment (and the models still holding it) with its log held back."""
+    global _ENVIRONMENT
+    with native_log():
+        _ENVIRONMENT = None
+        gc.collect()
+
+
+class NativeLog:
+    """What native code wrote to fd 2 inside ``native_log()``."""
+
+    def __init__(self, text: str = ""):
+        self.text = text
+
+    def errors(self) -> list[str]:
+        """The lines that report an error (LiteRT's ``ERROR:``/``E0000`` lines), shortened."""
+        return [ln.strip()[:200] for ln in self.text.splitlines()
+                if ln.startswith(("ERROR", "E0"))]
+
+
+@contextlib.contextmanager
+def native_log():
+    """Hold what native code writes to file descriptor 2 (LiteRT's INFO lines on every load)
+    instead of letting it reach the user's terminal; the caller reads it for error messages."""
+    log = NativeLog()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            log.text = held.read().decode(errors="replace")
+
+
+def _tensor_quantization(path: Path) -> dict[int, tuple[list[float], list[int]]]:
+    """Tensor index -> (scales, zero points) of the first subgraph, read from the flatbuffer."""
+    model = Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    out = {}
+    for i in range(graph.TensorsLength()):
+        q = graph.Tensors(i).Quantization()
+        if q is not None and q.ScaleLength():
+            out[i] = ([float(q.Scale(k)) for k in range(q.ScaleLength())],
+                      [int(q.ZeroPoint(k)) for k in range(q.ZeroPointLength())])
+    return out
+
+
+def _detail(detail: dict, tensors: dict) -> dict:
+    """A CompiledModel tensor detail in the Interpreter's form, for ``litert.io_quantization``."""
+    scales, zero_points = tensors.get(int(detail["index"]), ([], []))
+    return {"name": detail["name"], "dtype": np.dtype(detail["dtype"]),
+            "quantization_parameters": {"scales": scales, "zero_points": zero_points}}
