@@ -18,7 +18,8 @@ def make_report() -> Report:
             Entry("student-int8.onnx", "student-int8", "onnx", path="out/student-int8.onnx", size_bytes=20_000,
                   accuracy=0.97, agreement=0.995, runtime="onnxruntime", target="x86-cpu", threads=1,
                   latency={"p50_ms": 0.4, "p90_ms": 0.6, "p99_ms": 1.25}, peak_memory_bytes=150_000_000,
-                  memory={"baseline_bytes": 1, "model_peak_bytes": 2}, info={"onnxruntime": "1.20"}),
+                  memory={"baseline_bytes": 1, "model_peak_bytes": 2},
+                  info={"onnxruntime": "1.20", "call_latency": {"p50_ms": 0.45}}),
             Entry("student-int8.openvino", "student-int8", "openvino", runtime="openvino", target="x86-cpu",
                   latency={"p50_ms": 2.5, "p90_ms": 3.0}),
         ],
@@ -88,12 +89,13 @@ def test_load_entry_missing_required_key(tmp_path):
 def test_markdown_has_one_row_per_entry():
     report = make_report()
     lines = report.markdown().splitlines()
-    assert lines[0] == ("| artifact | runtime | target | size | params | accuracy | agreement | p50 | p90 | peak mem |")
+    assert lines[0] == ("| artifact | runtime | target | size | params | accuracy | agreement | p50 | p90 | "
+                        "call p50 | peak mem |")
     assert len(lines) == 2 + len(report.entries)
-    assert lines[2] == "| teacher.pytorch | pytorch | - | - | 260000 | 98.00% | - | - | - | - |"
+    assert lines[2] == "| teacher.pytorch | pytorch | - | - | 260000 | 98.00% | - | - | - | - | - |"
     assert lines[3] == ("| student-int8.onnx | onnxruntime | x86-cpu | 20.0 KB | - | 97.00% | 99.50% | "
-                        "400.0 µs | 600.0 µs | 150.0 MB |")
-    assert lines[4] == "| student-int8.openvino | openvino | x86-cpu | - | - | - | - | 2.50 ms | 3.00 ms | - |"
+                        "400.0 µs | 600.0 µs | 450.0 µs | 150.0 MB |")
+    assert lines[4] == "| student-int8.openvino | openvino | x86-cpu | - | - | - | - | 2.50 ms | 3.00 ms | - | - |"
 
 
 def test_empty_report_markdown_is_only_the_header():
