@@ -10,10 +10,8 @@ inference, ``warmup_runs`` untimed runs, then timed runs until both ``min_runs``
 ``min_seconds`` are reached (capped by ``max_seconds``); then, outside the timed phase, the
 accelerator coverage and, when asked, a per-op profile.
 
-Two kinds of timed runs, in alternating blocks (up to 25 runs or 50 ms each) so that both see
-the same drifts in the machine's load, until each kind has ``min_runs`` and the two together
-``2 * min_seconds`` (capped at ``2 * max_seconds``):
-- ``samples_ms``: ``infer`` alone, again and again on the input in place, as the vendors' tools
+Two timed loops, each until both ``min_runs`` and ``min_seconds`` (capped by ``max_seconds``):
+- ``samples_ms``: ``infer`` alone, again and again on an input fed once, as the vendors' tools
   time inference (``benchmark_app -inference_only``, ``litert-benchmark``, ``benchmark_model``);
   by the runtime binding's native clock where it has one (OpenVINO) and ``perf_counter`` around
   the call otherwise;
@@ -96,31 +94,19 @@ def machine_manifest() -> dict:
             "kernel": platform.release(), "machine": platform.machine(), "python": platform.python_version()}
 
 
-BLOCK_RUNS, BLOCK_SECONDS = 25, 0.05  # one block of a kind: this many runs, or this long
-
-
-def timed_loops(infer, call, request: dict) -> tuple[list[float], list[float], float]:
-    """Alternate blocks of ``infer()`` runs (on the input in place) and of whole ``call()`` runs
-    until each kind has ``min_runs`` and the two together ``2 * min_seconds`` (at most
-    ``2 * max_seconds``), so both see the same drifts in the machine's load. Returns their times
-    in ms (the native time a step returns, where it returns one) and the seconds taken."""
-    inference: list[float] = []
-    calls: list[float] = []
-    start = time.perf_counter()
+def timed_loop(step, request: dict) -> tuple[list[float], float]:
+    """Run ``step`` until ``min_runs`` and ``min_seconds`` are both reached (or ``max_seconds``);
+    its times in ms (the native time it returns, where it returns one) and the loop's seconds."""
+    samples, start = [], time.perf_counter()
     while True:
-        for step, samples in ((infer, inference), (call, calls)):
-            block_start = time.perf_counter()
-            for _ in range(BLOCK_RUNS):
-                t0 = time.perf_counter()
-                native_ms = step()
-                t1 = time.perf_counter()
-                samples.append(native_ms if native_ms is not None else (t1 - t0) * 1e3)
-                if t1 - block_start >= BLOCK_SECONDS:
-                    break
-        elapsed = time.perf_counter() - start
-        if (min(len(inference), len(calls)) >= request["min_runs"] and elapsed >= 2 * request["min_seconds"]) \
-                or elapsed >= 2 * request["max_seconds"]:
-            return inference, calls, elapsed
+        t0 = time.perf_counter()
+        native_ms = step()
+        t1 = time.perf_counter()
+        samples.append(native_ms if native_ms is not None else (t1 - t0) * 1e3)
+        elapsed = t1 - start
+        if (len(samples) >= request["min_runs"] and elapsed >= request["min_seconds"]) \
+                or elapsed >= request["max_seconds"]:
+            return samples, elapsed
 
 
 def measure(request: dict) -> dict:
@@ -145,14 +131,15 @@ def measure(request: dict) -> dict:
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(request["warmup_runs"]):
         session.run(x)
+    session.feed(x)
+    samples, elapsed = timed_loop(session.infer, request)  # inference on the input in place
 
     def call() -> None:
         session.feed(x)
         session.infer()
         session.fetch()
 
-    session.feed(x)
-    samples, calls, elapsed = timed_loops(session.infer, call, request)
+    calls, call_seconds = timed_loop(call, request)  # what a caller pays per batch
     inference_peak = rss_high_water_bytes()
     peak = max(after_load, inference_peak)
     coverage = session.coverage(x) if hasattr(session, "coverage") else None
@@ -161,7 +148,7 @@ def measure(request: dict) -> dict:
         profile = (session.profile(x, request.get("profile_runs", 20)) if hasattr(session, "profile") else
                    {"unavailable": f"{runtime} has no per-op profiler in this Python API"})
     return {"ok": True, "info": session.info, "input_shape": shape, "load_ms": load_ms,
-            "first_inference_ms": first_ms, "timed_seconds": elapsed, "samples_ms": samples,
+            "first_inference_ms": first_ms, "timed_seconds": elapsed + call_seconds, "samples_ms": samples,
             "call_samples_ms": calls,
             "coverage": coverage, "profile": profile, "manifest": machine_manifest(),
             "memory": {"baseline_bytes": baseline, "after_load_bytes": after_load,

@@ -54,29 +54,15 @@ def test_inference_and_the_whole_call_are_two_timed_loops(exported, fmt, runtime
     assert entry.latency["p50_ms"] == result.latency.p50_ms
 
 
-def test_timed_loops_alternate_blocks_and_take_native_times():
-    from edgekd.bench import child
+def test_timed_loop_takes_the_native_time_a_step_returns():
+    from edgekd.bench.child import timed_loop
 
-    order = []
-
-    def infer():
-        order.append("i")
-        return 0.125  # ms measured by the runtime itself
-
-    def call():
-        order.append("c")  # None: timed by perf_counter
-
-    request = {"min_runs": 60, "min_seconds": 0.0, "max_seconds": 10.0}
-    inference, calls, seconds = child.timed_loops(infer, call, request)
-    assert inference == [0.125] * len(inference) and len(inference) >= 60 and len(calls) >= 60
-    assert all(t >= 0 for t in calls) and seconds >= 0
-    blocks = "".join(order).replace("i" * child.BLOCK_RUNS, "I").replace("c" * child.BLOCK_RUNS, "C")
-    assert blocks.startswith("ICIC")  # blocks of each kind take turns: both see the same load drifts
-    _, _, seconds = child.timed_loops(lambda: None, lambda: None, {**request, "min_seconds": 0.01})
-    assert seconds >= 0.02  # each kind gets its share of min_seconds
-    capped, _, seconds = child.timed_loops(lambda: None, lambda: None,
-                                           {"min_runs": 10**9, "min_seconds": 0.0, "max_seconds": 0.01})
-    assert 0.02 <= seconds and len(capped) < 10**9  # max_seconds ends what min_runs would not
+    request = {"min_runs": 5, "min_seconds": 0.0, "max_seconds": 10.0}
+    assert timed_loop(lambda: 0.125, request)[0] == [0.125] * 5  # ms measured by the runtime itself
+    wall, seconds = timed_loop(lambda: None, {**request, "min_seconds": 0.01})
+    assert len(wall) >= 5 and all(t >= 0 for t in wall) and seconds >= 0.01
+    capped, seconds = timed_loop(lambda: None, {"min_runs": 10**9, "min_seconds": 0.0, "max_seconds": 0.02})
+    assert 0.02 <= seconds and len(capped) < 10**9  # max_seconds ends a loop that min_runs would not
 
 
 def test_child_never_imports_torch(exported, monkeypatch):
