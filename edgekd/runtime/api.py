@@ -41,6 +41,15 @@ class Session(Protocol):
     def run(self, x: np.ndarray) -> np.ndarray: ...
 
 
+class PhasedSession:
+    """Base of the runtime sessions: ``run(x)`` is ``feed(x)``, ``infer()``, ``fetch()``."""
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.feed(x)
+        self.infer()
+        return self.fetch()
+
+
 @dataclass(frozen=True)
 class RuntimeEntry:
     name: str

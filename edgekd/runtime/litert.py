@@ -40,12 +40,56 @@ except ImportError:  # the standalone TFLite interpreter wheel has the same inte
         raise ImportError("neither ai_edge_litert nor tflite_runtime is installed") from None
 
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError, did_you_mean
+from edgekd.runtime.api import PhasedSession
 
 OPTIONS = {"xnnpack": True, "accelerator": "cpu", "api": "interpreter"}
 APIS = ("interpreter", "compiled_model")
 
 
-class LiteRTSession:
+class LiteRTBatching(PhasedSession):
+    """What both LiteRT APIs share: a TFLite input shape is static, so a session probes once
+    whether the model follows another batch size (``input_shape[0]`` None) and resizes to each
+    new batch; otherwise the batch is fixed. Subclasses give ``_allocate(batch)`` (shape the
+    model for ``batch``, ModelLoadError when it cannot) and ``_output_batch()``."""
+
+    path: Path
+    input_shape: list[int | None]
+    _batch: int  # what the model is shaped for now
+    _stored_batch: int  # the batch size in the file
+
+    def _fit_batch(self, x: np.ndarray) -> None:
+        """Check ``x``'s sample shape and shape the model for its batch."""
+        if list(x.shape[1:]) != self.input_shape[1:]:
+            raise RuntimeBackendError(f"{self.path}: input of shape {tuple(x.shape)} does not fit the "
+                                      f"model's input {self.input_shape} (only the batch may differ)")
+        if x.shape[0] == self._batch:
+            return
+        if self.input_shape[0] is not None:
+            raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
+                                 f"it cannot run a batch of {x.shape[0]} (re-export it with a resizable "
+                                 f"batch or run batches of {self._stored_batch})")
+        self._allocate(x.shape[0])
+
+    def _batch_is_resizable(self) -> bool:
+        """Allocate for another batch size and back: does the output's batch follow the input's?"""
+        batch = self._batch
+        probe = 2 if batch == 1 else 1
+        try:
+            self._allocate(probe)
+            follows = self._output_batch() == probe
+        except ModelLoadError:
+            follows = False
+        self._allocate(batch)
+        return follows
+
+    def _allocate(self, batch: int) -> None:
+        raise NotImplementedError
+
+    def _output_batch(self) -> int:
+        raise NotImplementedError
+
+
+class LiteRTSession(LiteRTBatching):
     """A .tflite model in a LiteRT interpreter: ``info``, ``input_shape`` and ``run(x)``."""
 
     def __init__(self, path: Path, threads: int, options: dict):
@@ -72,9 +116,7 @@ class LiteRTSession:
 
     def feed(self, x: np.ndarray) -> None:
         """Put one batch ``x`` (float32, the model's input layout) into the input tensor."""
-        self._check_shape(x)
-        if x.shape[0] != self._batch:
-            self._resize(x.shape[0])
+        self._fit_batch(x)
         self._interpreter.set_tensor(self._input["index"], to_model_input(x, self._input["dtype"], self._input_quant))
 
     def infer(self) -> None:
@@ -82,17 +124,6 @@ class LiteRTSession:
 
     def fetch(self) -> np.ndarray:
         return from_model_output(self._interpreter.get_tensor(self._output["index"]), self._output_quant)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one batch ``x`` (float32, the model's input layout); returns float32 outputs."""
-        self.feed(x)
-        self.infer()
-        return self.fetch()
-
-    def _check_shape(self, x: np.ndarray) -> None:
-        if list(x.shape[1:]) != self.input_shape[1:]:
-            raise RuntimeBackendError(f"{self.path}: input of shape {tuple(x.shape)} does not fit the "
-                                      f"model's input {self.input_shape} (only the batch may differ)")
 
     def coverage(self, x: np.ndarray) -> float:
         """Share of the model's ops the XNNPACK delegate took (1.0 when built-in kernels were
@@ -117,13 +148,6 @@ class LiteRTSession:
                 stack.extend(int(t) for t in originals[index]["inputs"] if int(t) >= 0)
         return len(delegated) / len(originals) if originals else 1.0
 
-    def _resize(self, batch: int) -> None:
-        if self.input_shape[0] is not None:
-            raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
-                                 f"it cannot run a batch of {batch} (re-export it with a resizable "
-                                 f"batch or run batches of {self._stored_batch})")
-        self._allocate(batch)
-
     def _allocate(self, batch: int) -> None:
         shape = [batch, *(int(d) for d in self._input["shape"][1:])]
         try:
@@ -134,17 +158,8 @@ class LiteRTSession:
                                  f"LiteRT cannot resize it to {batch} ({first_line(err)})") from None
         self._batch = batch
 
-    def _batch_is_resizable(self) -> bool:
-        """Allocate for another batch size and back: does the output's batch follow the input's?"""
-        batch = self._batch
-        probe = 2 if batch == 1 else 1
-        try:
-            self._allocate(probe)
-            follows = int(self._interpreter.get_output_details()[0]["shape"][0]) == probe
-        except ModelLoadError:
-            follows = False
-        self._allocate(batch)
-        return follows
+    def _output_batch(self) -> int:
+        return int(self._interpreter.get_output_details()[0]["shape"][0])
 
 
 def to_model_input(x: np.ndarray, dtype, quant: tuple[float, int] | None) -> np.ndarray:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError
-from edgekd.runtime.litert import (LiteRTSession, check_options, first_line, from_model_output, io_quantization,
-                                   to_model_input)
+from edgekd.runtime.litert import (LiteRTBatching, LiteRTSession, check_options, first_line, from_model_output,
+                                   io_quantization, to_model_input)
 
 try:
     import ai_edge_litert as _package
@@ -38,7 +38,7 @@ except ImportError:
 ACCELERATORS = {"cpu": HardwareAccelerator.CPU, "gpu": HardwareAccelerator.GPU, "npu": HardwareAccelerator.NPU}
 
 
-class CompiledModelSession:
+class CompiledModelSession(LiteRTBatching):
     """A .tflite model compiled by LiteRT for one accelerator: ``info``, ``input_shape``, ``run(x)``."""
 
     def __init__(self, path: Path, threads: int, options: dict):
@@ -84,14 +84,7 @@ class CompiledModelSession:
                      "inference_clock": "perf_counter around CompiledModel.run_by_name (as litert-benchmark)"}
 
     def feed(self, x: np.ndarray) -> None:
-        if list(x.shape[1:]) != self._sample_shape:
-            raise RuntimeBackendError(f"{self.path}: input of shape {tuple(x.shape)} does not fit the "
-                                      f"model's input {self.input_shape} (only the batch may differ)")
-        if x.shape[0] != self._batch:
-            if self.input_shape[0] is not None:
-                raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
-                                     f"it cannot run a batch of {x.shape[0]}")
-            self._allocate(x.shape[0])
+        self._fit_batch(x)
         self._inputs[self._in_name].write(to_model_input(x, self._in_dtype, self._input_quant))
 
     def infer(self) -> None:
@@ -100,11 +93,6 @@ class CompiledModelSession:
     def fetch(self) -> np.ndarray:
         out = self._outputs[self._out_name].read(self._out_size, self._out_dtype).reshape(self._out_shape)
         return from_model_output(out, self._output_quant)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        self.feed(x)
-        self.infer()
-        return self.fetch()
 
     def coverage(self, x: np.ndarray) -> float | None:
         """1.0 when LiteRT reports the model fully accelerated; on the CPU otherwise the share of
@@ -137,15 +125,8 @@ class CompiledModelSession:
         self._out_shape = [int(d) for d in self._model.get_output_tensor_details(self._signature)[self._out_name]["shape"]]
         self._out_size = int(np.prod(self._out_shape))
 
-    def _batch_is_resizable(self) -> bool:
-        batch, probe = self._batch, 2 if self._batch == 1 else 1
-        try:
-            self._allocate(probe)
-            follows = self._out_shape[0] == probe
-        except ModelLoadError:
-            follows = False
-        self._allocate(batch)
-        return follows
+    def _output_batch(self) -> int:
+        return self._out_shape[0]
 
 
 _ENVIRONMENT = None

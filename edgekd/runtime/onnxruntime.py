@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
-from edgekd.runtime.api import per_op_rows
+from edgekd.runtime.api import PhasedSession, per_op_rows
 
 
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(PhasedSession):
     def __init__(self, path: Path, threads: int, options: dict):
         providers = list(options.get("providers") or ["CPUExecutionProvider"])
         self._path, self._threads, self._requested = path, threads, providers
@@ -52,11 +52,6 @@ class OnnxRuntimeSession:
 
     def fetch(self) -> np.ndarray:
         return self._outputs[0]
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        self.feed(x)
-        self.infer()
-        return self.fetch()
 
     def _node_events(self, x: np.ndarray, runs: int) -> list[dict]:
         """onnxruntime's own profiler: one event per node and run, with its provider and time."""

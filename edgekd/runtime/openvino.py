@@ -13,10 +13,10 @@ import numpy as np
 import openvino as ov
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
-from edgekd.runtime.api import per_op_rows
+from edgekd.runtime.api import PhasedSession, per_op_rows
 
 
-class OpenVinoSession:
+class OpenVinoSession(PhasedSession):
     def __init__(self, path: Path, threads: int, options: dict):
         core = ov.Core()
         device = options.get("device", "CPU")
@@ -70,11 +70,6 @@ class OpenVinoSession:
         # already a copy (the request's buffers are reused by the next call); to_tuple: OVDict[0]
         # looks the port up by name and costs 4.5 µs, a quarter of a tiny model's inference
         return self._result.to_tuple()[0]
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        self.feed(x)
-        self.infer()
-        return self.fetch()
 
     def coverage(self, x: np.ndarray) -> float | None:
         """1.0 when the compiled model runs on the requested device alone, 0.0 when not at all;
