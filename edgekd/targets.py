@@ -50,6 +50,8 @@ class TargetProfile(Config):
         quantization: the integer arithmetic of the target's kernels (``edgekd.quant.scheme``).
         compute: the device's peak throughput and memory bandwidth (``edgekd.bench.estimate``),
             for ``edgekd estimate``'s roofline; datasheet figures, labelled as estimates.
+        shapes: lengths of dynamic input axes in benchmarks, by axis name (``{sequence: 128}``);
+            a recipe's ``shapes`` and ``edgekd bench --shape`` override them.
         cpu_flags_any: a local target whose arithmetic needs a CPU feature lists the
             ``/proc/cpuinfo`` flags that provide it (any one suffices), e.g. ``[avx512_vnni,
             avx_vnni]`` for full-range int8 weights on x86; running on a CPU without any of
@@ -69,6 +71,7 @@ class TargetProfile(Config):
     quantization: QuantScheme | None = None
     compute: ComputeSpec | None = None
     cpu_flags_any: list[str] = field(default_factory=list)
+    shapes: dict[str, int] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -81,6 +84,9 @@ class TargetProfile(Config):
                                        f"(this profile says {self.connection})")
         if self.connection == "adb" and set(self.runtimes) != {"litert"}:
             raise FieldError("runtimes", "adb targets run LiteRT's benchmark_model: list only litert")
+        for axis, length in self.shapes.items():
+            if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+                raise FieldError(f"shapes.{axis}", f"expected a positive integer length, got {length!r}")
         if self.threads < 1:
             raise FieldError("threads", f"must be >= 1, got {self.threads}")
         if not self.runtimes:

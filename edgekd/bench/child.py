@@ -4,6 +4,12 @@ Runs in a fresh interpreter (locally, or on a remote host over ssh) so that one 
 memory and caches never pollute another's. Prints one JSON line on stdout. It imports numpy and
 the one runtime it needs, never torch.
 
+Inputs come from the model's input specs (``Session.inputs``, completed by the specs edgekd
+writes into the files it exports): floats uniform in [0, 1), token ids within the declared
+vocabulary, masks, several inputs by name. Dynamic axes are bound from the request's ``shapes``
+(the target profile's, then ``--shape``); the batch from ``batch``; any other dynamic axis with
+no length is an error (``edgekd.tasks.spec.TensorSpec.bind``), never length 1.
+
 Phases, each timed apart: load/compile (cold; with ``"warm_load": true`` the request only loads,
 reading the runtime's compile cache the previous child filled, and reports that time), first
 inference, ``warmup_runs`` untimed runs, then timed runs until both ``min_runs`` and
@@ -46,6 +52,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from edgekd.errors import ConfigError
+from edgekd.tasks.spec import TensorSpec
 
 
 def _status(field: str) -> int | None:
@@ -123,9 +132,12 @@ def measure(request: dict) -> dict:
     after_load = rss_high_water_bytes()
     before_inference = rss_bytes()
     hwm_reset = reset_high_water()
-    shape = [d if isinstance(d, int) else 1 for d in session.input_shape]
-    shape[0] = request.get("batch", 1) if session.input_shape[0] is None else shape[0]
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    specs = with_value_ranges(session.inputs, request.get("value_ranges") or {})
+    rng = np.random.default_rng(0)
+    # every input from its spec: dynamic axes bound from the request (never 1 by default)
+    arrays = [spec.example(request.get("shapes") or {}, request.get("batch", 1), rng) for spec in specs]
+    x = arrays[0] if len(arrays) == 1 else {spec.name: a for spec, a in zip(specs, arrays)}
+    shape = list(arrays[0].shape)
     t0 = time.perf_counter()
     session.run(x)
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -147,7 +159,9 @@ def measure(request: dict) -> dict:
     if request.get("profile"):
         profile = (session.profile(x, request.get("profile_runs", 20)) if hasattr(session, "profile") else
                    {"unavailable": f"{runtime} has no per-op profiler in this Python API"})
-    return {"ok": True, "info": session.info, "input_shape": shape, "load_ms": load_ms,
+    inputs = [TensorSpec(spec.name, a.dtype.name, a.shape, spec.low, spec.high).describe()
+              for spec, a in zip(specs, arrays)]  # as fed: bound shapes, value ranges
+    return {"ok": True, "info": session.info, "input_shape": shape, "inputs": inputs, "load_ms": load_ms,
             "first_inference_ms": first_ms, "timed_seconds": elapsed + call_seconds, "samples_ms": samples,
             "call_samples_ms": calls,
             "coverage": coverage, "profile": profile, "manifest": machine_manifest(),
@@ -156,6 +170,15 @@ def measure(request: dict) -> dict:
                        "inference_peak_bytes": inference_peak,
                        "inference_added_bytes": max(inference_peak - before_inference, 0) if hwm_reset else None,
                        "peak_bytes": peak, "model_peak_bytes": max(peak - baseline, 0), "hwm_reset": hwm_reset}}
+
+
+def with_value_ranges(specs: list, ranges: dict) -> list:
+    """``specs`` with the value ranges the request declares ({name: [low, high)}) over the file's."""
+    unknown = sorted(set(ranges) - {s.name for s in specs})
+    if unknown:
+        raise ConfigError(f"value range for {', '.join(map(repr, unknown))}: the model has no such input "
+                          f"(its inputs: {', '.join(s.name for s in specs)})")
+    return [TensorSpec(s.name, s.dtype, s.shape, *ranges[s.name]) if s.name in ranges else s for s in specs]
 
 
 def main() -> int:

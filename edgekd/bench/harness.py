@@ -76,6 +76,7 @@ class BenchResult:
     profile: list[dict] | dict | None = None  # per-op times, slowest first (with --profile)
     manifest: dict[str, Any] = field(default_factory=dict)
     call_latency: LatencyStats | None = None  # the whole feed-infer-fetch call (latency: infer alone)
+    inputs: list[str] = field(default_factory=list)  # what was fed: "input_ids int64[1,128] in [0, 30522)"
 
     @property
     def peak_memory_bytes(self) -> int | None:
@@ -88,7 +89,7 @@ class BenchResult:
         entry.memory, entry.peak_memory_bytes = self.memory, self.peak_memory_bytes
         entry.info.update(self.info, load_ms=self.load_ms, warm_load_ms=self.warm_load_ms,
                           first_inference_ms=self.first_inference_ms, noisy=self.latency.noisy,
-                          accelerator_coverage=self.coverage, manifest=self.manifest,
+                          accelerator_coverage=self.coverage, manifest=self.manifest, inputs=self.inputs,
                           call_latency=self.call_latency.to_dict() if self.call_latency else None)
 
     def to_dict(self) -> dict:
@@ -98,7 +99,8 @@ class BenchResult:
                 "first_inference_ms": self.first_inference_ms, "timed_seconds": self.timed_seconds,
                 "memory": self.memory, "coverage": self.coverage, "profile": self.profile,
                 "manifest": self.manifest, "info": self.info, "samples_ms": self.samples_ms,
-                "call_latency": self.call_latency.to_dict() if self.call_latency else None}
+                "call_latency": self.call_latency.to_dict() if self.call_latency else None,
+                "inputs": self.inputs}
 
 
 def _edgekd_version() -> str:
@@ -134,11 +136,19 @@ def _run_child(request: dict, threads: int, timeout: float, what: str) -> dict:
 
 def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
               settings: BenchSettings | None = None, options: dict | None = None,
-              timeout: float | None = None, profile: bool = False, ssh=None) -> BenchResult:
+              timeout: float | None = None, profile: bool = False, ssh=None,
+              shapes: dict[str, int] | None = None, value_ranges: dict[str, list] | None = None) -> BenchResult:
     """Benchmark ``path`` in ``runtime`` in a fresh child process (on the ``ssh`` host when given,
     an ``edgekd.bench.ssh.SshConfig``).
 
+    Inputs are made from the model's input specs (``edgekd.tasks.spec``): ``shapes`` binds its
+    dynamic axes by name (``{"sequence": 128}``, or ``{"input_ids:1": 128}`` for an unnamed one;
+    the batch is ``settings.batch``), ``value_ranges`` overrides integer ranges by input name
+    (``{"input_ids": [0, 30522]}``).
+
     Raises:
+        ConfigError: a dynamic axis other than the batch has no length in ``shapes``, or a
+            value range names no input.
         ModelLoadError: the artifact does not exist.
         RuntimeBackendError: the requested device or provider is not there (never a silent
             fallback to another one).
@@ -150,7 +160,8 @@ def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
         raise ModelLoadError(f"{path}: artifact not found")
     options = dict(options or {})
     request = {"path": str(path.resolve()), "runtime": runtime, "threads": threads, "options": options,
-               "profile": profile, **settings.to_dict()}
+               "profile": profile, "shapes": dict(shapes or {}), "value_ranges": dict(value_ranges or {}),
+               **settings.to_dict()}
     timeout = timeout or settings.max_seconds + 120
     where = f"{path}: benchmark in {runtime}" + (f" on {ssh.destination}" if ssh is not None else "")
     warm = None
@@ -182,13 +193,14 @@ def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
                        samples_ms=result["samples_ms"], warm_load_ms=warm["load_ms"] if warm and warm.get("ok") else None,
                        coverage=result.get("coverage"), profile=result.get("profile"), manifest=manifest,
                        call_latency=LatencyStats.from_samples(result["call_samples_ms"])
-                       if result.get("call_samples_ms") else None)
+                       if result.get("call_samples_ms") else None, inputs=result.get("inputs") or [])
 
 
 def benchmark_on_target(path: str | Path, target, runtime: str | None = None, *, threads: int | None = None,
-                        profile: bool = False) -> BenchResult:
+                        profile: bool = False, shapes: dict[str, int] | None = None) -> BenchResult:
     """Benchmark ``path`` on a target profile (``edgekd.targets.TargetProfile``): locally, over
     ssh, or with ``benchmark_model`` over adb, with the profile's runtime options and settings.
+    ``shapes`` (dynamic axis lengths) are laid over the profile's ``shapes``.
 
     Raises:
         ConfigError: the target cannot run artifacts (connection: none) or lacks the runtime.
@@ -201,11 +213,16 @@ def benchmark_on_target(path: str | Path, target, runtime: str | None = None, *,
     if runtime not in target.runtimes:
         raise ConfigError(f"target {target.name!r} has no runtime {runtime!r}; it lists {', '.join(target.runtimes)}")
     threads = threads or target.threads
+    axes = {**target.shapes, **(shapes or {})}
     if target.connection == "adb":
+        if axes:
+            raise ConfigError(f"target {target.name!r} runs LiteRT's benchmark_model over adb, which benchmarks "
+                              f"the model's stored input shapes; lengths for dynamic axes ({', '.join(axes)}) "
+                              f"cannot be passed there: export the model with those lengths fixed")
         return _benchmark_adb(Path(path), target, threads, profile)
     return benchmark(path, runtime, threads=threads, settings=target.benchmark,
                      options=target.runtime_options(runtime), profile=profile,
-                     ssh=target.ssh if target.connection == "ssh" else None)
+                     ssh=target.ssh if target.connection == "ssh" else None, shapes=axes)
 
 
 def _benchmark_adb(path: Path, target, threads: int, profile: bool) -> BenchResult:

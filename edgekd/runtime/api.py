@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgekd.errors import ConfigError, DataError, ModelLoadError
+from edgekd.errors import ConfigError, DataError, ModelLoadError, RuntimeBackendError
 from edgekd.registry import Registry
+from edgekd.tasks.spec import TensorSpec
 
 
 class Session(Protocol):
@@ -30,24 +31,53 @@ class Session(Protocol):
     """
 
     info: dict[str, Any]  # runtime, version, device, threads, precision hint, inference clock, ...
-    input_shape: list[int | None]
+    inputs: list[TensorSpec]  # every input: name, dtype, shape (named or None where dynamic)
+    outputs: list[TensorSpec]
+    input_shape: list[int | None]  # the first input's shape, None where dynamic
 
-    def feed(self, x: np.ndarray) -> None: ...  # x into the runtime's input buffers (quantized if need be)
+    def feed(self, x) -> None: ...  # x (one array, a tuple in input order, or {name: array}) into the runtime
 
     def infer(self) -> float | None: ...  # run on what was fed
 
-    def fetch(self) -> np.ndarray: ...  # float32 outputs of the last infer
+    def fetch(self) -> np.ndarray: ...  # float32 first output of the last infer
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
+    def fetch_all(self) -> list[np.ndarray]: ...  # every output of the last infer
+
+    def run(self, x) -> np.ndarray: ...
+
+
+Feed = np.ndarray | tuple | list | dict
 
 
 class PhasedSession:
     """Base of the runtime sessions: ``run(x)`` is ``feed(x)``, ``infer()``, ``fetch()``."""
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    inputs: list[TensorSpec]
+
+    def run(self, x: Feed) -> np.ndarray:
         self.feed(x)
         self.infer()
         return self.fetch()
+
+    def arrays(self, x: Feed) -> dict[str, np.ndarray]:
+        """``x`` as {input name: array}: one array for a one-input model, a tuple or list in
+        input order, or a dict by name.
+
+        Raises:
+            RuntimeBackendError: the inputs given do not match the model's (names or count).
+        """
+        names = [s.name for s in self.inputs]
+        if isinstance(x, dict):
+            missing, unknown = [n for n in names if n not in x], [n for n in x if n not in names]
+            if missing or unknown:
+                raise RuntimeBackendError(f"{getattr(self, 'path', 'model')}: inputs {sorted(x)} do not match the "
+                                          f"model's {names}")
+            return {n: x[n] for n in names}
+        values = list(x) if isinstance(x, (tuple, list)) else [x]
+        if len(values) != len(names):
+            raise RuntimeBackendError(f"{getattr(self, 'path', 'model')}: the model has {len(names)} input(s) "
+                                      f"{names}, got {len(values)} array(s)")
+        return dict(zip(names, values))
 
 
 @dataclass(frozen=True)
@@ -111,11 +141,13 @@ def open_session(path: str | Path, runtime: str | None = None, threads: int = 1,
 
 @dataclass
 class Evaluation:
-    """Accuracy of an artifact on labelled data, and top-1 agreement with reference predictions."""
+    """An artifact's outputs on a dataset: accuracy against labels (classes on ``class_axis``),
+    top-1 agreement with reference predictions, and the logits themselves (for other metrics)."""
 
-    accuracy: float
+    accuracy: float | None
     agreement: float | None
     predictions: np.ndarray = field(repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)
 
 
 def per_op_rows(total: dict[str, dict], runs: int) -> list[dict]:
@@ -126,28 +158,49 @@ def per_op_rows(total: dict[str, dict], runs: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["mean_ms"])
 
 
-def evaluate_session(session: Session, x: np.ndarray, y: np.ndarray,
-                     reference: np.ndarray | None = None, batch_size: int = 256) -> Evaluation:
-    """Run ``x`` (N, C, H, W) through ``session`` and score top-1 against ``y`` and ``reference``.
+def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference: np.ndarray | None = None,
+                     batch_size: int = 256, class_axis: int = -1) -> Evaluation:
+    """Run ``x`` through ``session`` in batches and score the first output's top-1 (classes on
+    ``class_axis``) against labels ``y`` (-1: no label) and ``reference`` predictions.
+
+    ``x`` is one array (N, ...) or a tuple of arrays in the model's input order (several inputs,
+    the same N); each is cast to its input's dtype (token ids stay integers).
 
     Raises:
-        DataError: the data's sample shape does not fit the artifact's input, or its dtype is
-            not numeric (integers and floats are cast to the input's type).
+        DataError: a sample shape does not fit the artifact's input, or a dtype is not numeric.
     """
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise DataError(f"data of dtype {x.dtype} cannot feed the artifact's numeric input; give integer "
-                        f"or floating-point samples")
-    expected = list(session.input_shape[1:])
-    if len(expected) != x.ndim - 1 or any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
-        raise DataError(f"data of shape {tuple(x.shape)} does not fit the artifact's input "
-                        f"{[None, *expected]} (batch first); export the model for this data or give "
-                        f"data of the shape it was trained on")
-    batch = session.input_shape[0]
-    step = batch_size if not isinstance(batch, int) else batch  # fixed-batch artifacts: their size
-    if len(x) % step and isinstance(batch, int):
-        raise ConfigError(f"artifact has a fixed batch size {batch} that does not divide {len(x)} samples")
-    logits = np.concatenate([session.run(np.ascontiguousarray(x[i:i + step], np.float32))
-                             for i in range(0, len(x), step)])
-    pred = logits.argmax(1)
+    arrays = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    specs = getattr(session, "inputs", None) or [TensorSpec("input", "float32", tuple(session.input_shape))]
+    if len(arrays) != len(specs):
+        raise DataError(f"the data has {len(arrays)} input array(s), the artifact takes {len(specs)}: "
+                        f"{', '.join(s.describe() for s in specs)}")
+    for a, spec in zip(arrays, specs):
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)
+                or a.dtype == np.bool_ and spec.dtype == "bool"):
+            raise DataError(f"data of dtype {a.dtype} cannot feed the artifact's input {spec.name!r}; give integer "
+                            f"or floating-point samples")
+        expected = list(spec.shape[1:])
+        if len(expected) != a.ndim - 1 or any(isinstance(e, int) and e >= 0 and e != d
+                                              for e, d in zip(expected, a.shape[1:])):
+            shown = [None if not isinstance(d, int) else d for d in spec.shape]
+            raise DataError(f"data of shape {tuple(a.shape)} does not fit the artifact's input {spec.name!r} "
+                            f"{shown} (batch first); export the model for this data or give "
+                            f"data of the shape it was trained on")
+    batch = specs[0].shape[0] if specs[0].shape else None
+    fixed = isinstance(batch, int) and batch > 0
+    step = batch if fixed else batch_size  # fixed-batch artifacts: their size
+    n = len(arrays[0])
+    if fixed and n % step:
+        raise ConfigError(f"artifact has a fixed batch size {batch} that does not divide {n} samples")
+    chunks = []
+    for i in range(0, n, step):
+        feed = [np.ascontiguousarray(a[i:i + step], np.dtype(spec.dtype)) for a, spec in zip(arrays, specs)]
+        chunks.append(session.run(feed[0] if len(feed) == 1 else tuple(feed)))
+    logits = np.concatenate(chunks)
+    pred = logits.argmax(class_axis)
+    accuracy = None
+    if y is not None:
+        keep = np.asarray(y) >= 0
+        accuracy = float((pred[keep] == np.asarray(y)[keep]).mean()) if keep.any() else None
     agreement = None if reference is None else float((pred == reference).mean())
-    return Evaluation(float((pred == y).mean()), agreement, pred)
+    return Evaluation(accuracy, agreement, pred, logits)

@@ -4,7 +4,7 @@ The API ``litert-benchmark`` times (``run_by_name`` on input/output TensorBuffer
 and the one that reaches GPU and NPU accelerators: the ``accelerator`` option is asked of LiteRT
 alone, without the CPU beside it, so a machine without that accelerator fails to load
 (RuntimeBackendError) instead of running on the CPU. The contract is that of every session
-(float32 in, float32 logits out; int8/uint8 interfaces quantized as in ``litert.py``); quantization
+(float32 in, float32 logits out; int8/uint8 interfaces quantized as in ``litert_common.py``); quantization
 parameters come from the flatbuffer, since CompiledModel's tensor details carry none.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError
-from edgekd.runtime.litert import (LiteRTBatching, LiteRTSession, check_options, first_line, from_model_output,
-                                   io_quantization, to_model_input)
+from edgekd.runtime.litert_common import (LiteRTBatching, ModelInput, check_options, first_line,
+                                          from_model_output, io_quantization, xnnpack_coverage)
 
 try:
     import ai_edge_litert as _package
@@ -65,27 +65,28 @@ class CompiledModelSession(LiteRTBatching):
         self._signature = next(iter(self._model.get_signature_list()), "serving_default")
         inputs = self._model.get_input_tensor_details(self._signature)
         outputs = self._model.get_output_tensor_details(self._signature)
-        if len(inputs) != 1:
-            raise ModelLoadError(f"{path}: the model has {len(inputs)} inputs; edgekd runs single-input models")
-        (self._in_name, in_detail), (self._out_name, out_detail) = next(iter(inputs.items())), next(iter(outputs.items()))
-        self._in_dtype, self._out_dtype = np.dtype(in_detail["dtype"]), np.dtype(out_detail["dtype"])
+        (self._out_name, out_detail) = next(iter(outputs.items()))
+        self._out_dtype = np.dtype(out_detail["dtype"])
         tensors = _tensor_quantization(path)
-        self._input_quant = io_quantization(path, _detail(in_detail, tensors), "input")
+        self._model_inputs = [ModelInput(name, np.dtype(d["dtype"]), io_quantization(path, _detail(d, tensors), "input"),
+                                         [int(n) for n in d["shape"]]) for name, d in inputs.items()]
+        self._input_order = list(inputs)  # signature input names, in the model's order
         self._output_quant = io_quantization(path, _detail(out_detail, tensors), "output")
-        shape = [int(d) for d in in_detail["shape"]]
-        self._batch = self._stored_batch = shape[0]
-        self._sample_shape = shape[1:]
+        self._batch = self._stored_batch = self._model_inputs[0].shape[0]
         self._allocate(self._batch)
-        self.input_shape: list[int | None] = [None if self._batch_is_resizable() else shape[0], *shape[1:]]
+        self._describe_inputs()
+        self.outputs = [ModelInput(name, np.dtype(d["dtype"]), None, [int(n) for n in d["shape"]]).spec(False)
+                        for name, d in outputs.items()]
         self.info = {"runtime": "litert", "runtime_version": _package.__version__,
                      "device": self._accelerator.upper(), "threads": threads, "xnnpack": self._xnnpack,
-                     "interpreter": _package.__name__, "input_dtype": self._in_dtype.name, "api": "compiled_model",
+                     "interpreter": _package.__name__, "input_dtype": self._model_inputs[0].dtype.name,
+                     "api": "compiled_model",
                      "fully_accelerated": bool(self._model.is_fully_accelerated()),
                      "inference_clock": "perf_counter around CompiledModel.run_by_name (as litert-benchmark)"}
 
-    def feed(self, x: np.ndarray) -> None:
-        self._fit_batch(x)
-        self._inputs[self._in_name].write(to_model_input(x, self._in_dtype, self._input_quant))
+    def feed(self, x) -> None:
+        for name, a in zip(self._input_order, self._model_arrays(x)):
+            self._inputs[name].write(a)
 
     def infer(self) -> None:
         self._model.run_by_name(self._signature, self._inputs, self._outputs)
@@ -102,7 +103,7 @@ class CompiledModelSession(LiteRTBatching):
             return 1.0
         if self._accelerator != "cpu":
             return None
-        return LiteRTSession(self.path, self._threads, {"xnnpack": True}).coverage(x)
+        return xnnpack_coverage(self.path, self._threads)
 
     def _allocate(self, batch: int) -> None:
         """Shape the model for ``batch`` and make its buffers (TensorBuffers follow the shape)."""
@@ -113,15 +114,17 @@ class CompiledModelSession(LiteRTBatching):
         try:
             if batch != self._batch:
                 self._batch = batch  # what the model is shaped for, even if its buffers fail below
-                self._model.resize_input_tensor(0, [batch, *self._sample_shape], strict=False)
-            inputs = {self._in_name: self._model.create_input_buffer_by_name(self._signature, self._in_name)}
+                for i, inp in enumerate(self._model_inputs):
+                    self._model.resize_input_tensor(i, [batch, *inp.shape[1:]], strict=False)
+            inputs = {name: self._model.create_input_buffer_by_name(self._signature, name) for name in self._input_order}
             outputs = {self._out_name: self._model.create_output_buffer_by_name(self._signature, self._out_name)}
         except (RuntimeError, ValueError) as err:  # the resize, or the kernels' reshape it triggers
             raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
                                  f"LiteRT cannot resize it to {batch} ({first_line(err)})") from None
         self._inputs, self._outputs = inputs, outputs
         # the first write into a buffer sets LiteRT up (and logs it): done here, held back
-        inputs[self._in_name].write(np.zeros([batch, *self._sample_shape], self._in_dtype))
+        for name, inp in zip(self._input_order, self._model_inputs):
+            inputs[name].write(np.zeros([batch, *inp.shape[1:]], inp.dtype))
         self._out_shape = [int(d) for d in self._model.get_output_tensor_details(self._signature)[self._out_name]["shape"]]
         self._out_size = int(np.prod(self._out_shape))
 

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
 from edgekd.runtime.api import PhasedSession, per_op_rows
+from edgekd.tasks.spec import METADATA_KEY, TensorSpec, merge_declared, specs_from_json
 
 
 class OnnxRuntimeSession(PhasedSession):
@@ -35,23 +36,31 @@ class OnnxRuntimeSession(PhasedSession):
         except Exception as err:  # ort raises its own Fail/InvalidGraph/... types
             raise ModelLoadError(f"{path}: onnxruntime cannot load it "
                                  f"({str(err).strip().splitlines()[0][:300]})") from None
-        inp = self._session.get_inputs()[0]
-        self._input = inp.name
-        self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
+        declared = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        self.inputs = merge_declared([_spec(i) for i in self._session.get_inputs()],
+                                     specs_from_json(declared) if declared else [])
+        self.outputs = [_spec(o) for o in self._session.get_outputs()]
+        self.path = path
+        self.input_shape = [d if isinstance(d, int) else None for d in self.inputs[0].shape]
         self.info = {"runtime": "onnxruntime", "runtime_version": ort.__version__, "device": "CPU",
                      "providers": self._session.get_providers(), "threads": threads,
                      "inference_clock": "perf_counter around InferenceSession.run"}
         self._feeds: dict[str, np.ndarray] = {}
         self._outputs: list = []
 
-    def feed(self, x: np.ndarray) -> None:
-        self._feeds = {self._input: x}  # onnxruntime reads a contiguous float32 array in place
+    def feed(self, x) -> None:
+        # onnxruntime reads contiguous arrays of the input's dtype in place
+        dtypes = {s.name: np.dtype(s.dtype) for s in self.inputs}
+        self._feeds = {name: np.ascontiguousarray(a, dtypes[name]) for name, a in self.arrays(x).items()}
 
     def infer(self) -> None:
         self._outputs = self._session.run(None, self._feeds)
 
     def fetch(self) -> np.ndarray:
         return self._outputs[0]
+
+    def fetch_all(self) -> list[np.ndarray]:
+        return list(self._outputs)
 
     def _node_events(self, x: np.ndarray, runs: int) -> list[dict]:
         """onnxruntime's own profiler: one event per node and run, with its provider and time."""
@@ -62,9 +71,11 @@ class OnnxRuntimeSession(PhasedSession):
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tmp) / "profile")
             session = ort.InferenceSession(str(self._path), so, providers=self._requested)
-            session.run(None, {self._input: x})  # warm-up, profiled too: dropped below
+            feeds = {name: np.ascontiguousarray(a, np.dtype(spec.dtype))
+                     for (name, a), spec in zip(self.arrays(x).items(), self.inputs)}
+            session.run(None, feeds)  # warm-up, profiled too: dropped below
             for _ in range(runs):
-                session.run(None, {self._input: x})
+                session.run(None, feeds)
             events = json.loads(Path(session.end_profiling()).read_text())
         nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
         per_run = len(nodes) // (runs + 1)
@@ -84,6 +95,20 @@ class OnnxRuntimeSession(PhasedSession):
                                           "provider": e["args"].get("provider"), "total_us": 0.0})
             row["total_us"] += float(e.get("dur", 0))
         return per_op_rows(total, runs)
+
+
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def _spec(arg) -> TensorSpec:
+    """onnxruntime's NodeArg as a TensorSpec (dim_param names kept, unnamed dynamic dims None)."""
+    dtype = ONNX_TYPES.get(arg.type)
+    if dtype is None:
+        raise ModelLoadError(f"input or output {arg.name!r} has type {arg.type}, which edgekd cannot feed or read")
+    return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, (int, str)) and d != "" else None
+                                             for d in (arg.shape or [])))
 
 
 def open_session(path: Path, threads: int, options: dict) -> OnnxRuntimeSession:

@@ -14,6 +14,7 @@ import openvino as ov
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
 from edgekd.runtime.api import PhasedSession, per_op_rows
+from edgekd.tasks.spec import IR_RT_INFO_KEY, METADATA_KEY, TensorSpec, merge_declared, specs_from_json
 
 
 class OpenVinoSession(PhasedSession):
@@ -37,10 +38,13 @@ class OpenVinoSession(PhasedSession):
             raise ModelLoadError(f"{path}: OpenVINO cannot load it "
                                  f"({str(err).strip().splitlines()[0][:300]})") from None
         self._request = self._compiled.create_infer_request()
-        self._input: np.ndarray | None = None  # the request's input buffer, once set
+        self._buffers: dict[str, np.ndarray] = {}  # each input's buffer in the request, once set
         self._result = None  # outputs of the last infer (copies)
-        shape = self._compiled.inputs[0].get_partial_shape()
-        self.input_shape = [d.get_length() if d.is_static else None for d in shape]
+        self.path = path
+        self.inputs = merge_declared([_spec(p, i) for i, p in enumerate(self._compiled.inputs)], _declared(core, path))
+        self.outputs = [_spec(p, i, "output") for i, p in enumerate(self._compiled.outputs)]
+        self._index = {s.name: i for i, s in enumerate(self.inputs)}
+        self.input_shape = [d if isinstance(d, int) else None for d in self.inputs[0].shape]
         self.info = {"runtime": "openvino", "runtime_version": ov.__version__, "device": device,
                      "device_name": core.get_property(device, "FULL_DEVICE_NAME"), "threads": threads,
                      "performance_hint": config["PERFORMANCE_HINT"],
@@ -48,15 +52,18 @@ class OpenVinoSession(PhasedSession):
                      "execution_devices": list(self._compiled.get_property("EXECUTION_DEVICES")),
                      "inference_clock": "OpenVINO's native clock around infer (InferRequest.latency)"}
 
-    def feed(self, x: np.ndarray) -> None:
-        # copy into the request's own input tensor when the shape is unchanged: handing OpenVINO
+    def feed(self, x) -> None:
+        # copy into the request's own input tensors when the shape is unchanged: handing OpenVINO
         # a new tensor per call (infer({0: x})) re-validates shapes and costs ~100 µs per call
         # on a dynamic-batch model (measured: 195 µs vs 93 µs for the demo student)
-        if self._input is None or self._input.shape != x.shape:
-            self._request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, np.float32)))
-            self._input = self._request.get_input_tensor().data
-        else:
-            np.copyto(self._input, x)
+        for spec, (name, a) in zip(self.inputs, self.arrays(x).items()):
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.shape != a.shape:
+                index = self._index[name]
+                self._request.set_input_tensor(index, ov.Tensor(np.ascontiguousarray(a, np.dtype(spec.dtype))))
+                self._buffers[name] = self._request.get_input_tensor(index).data
+            else:
+                np.copyto(self._buffers[name], a, casting="unsafe")
 
     def infer(self) -> float:
         """Run the request as benchmark_app (OpenVINO's Python tool) does, ``InferRequest.infer()``
@@ -71,6 +78,9 @@ class OpenVinoSession(PhasedSession):
         # looks the port up by name and costs 4.5 µs, a quarter of a tiny model's inference
         return self._result.to_tuple()[0]
 
+    def fetch_all(self) -> list[np.ndarray]:
+        return list(self._result.to_tuple())
+
     def coverage(self, x: np.ndarray) -> float | None:
         """1.0 when the compiled model runs on the requested device alone, 0.0 when not at all;
         None when OpenVINO split it over several devices (HETERO/AUTO: see execution_devices)."""
@@ -82,11 +92,13 @@ class OpenVinoSession(PhasedSession):
         """OpenVINO's performance counters (a second compile with PERF_COUNT), by mean time."""
         compiled = self._core.compile_model(str(self._path), self._device, {**self._config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
+        feeds = {self._index[name]: np.ascontiguousarray(a, np.dtype(self.inputs[self._index[name]].dtype))
+                 for name, a in self.arrays(x).items()}
         for _ in range(5):  # the first runs compile kernels and fill caches: not part of the profile
-            request.infer({0: x})
+            request.infer(feeds)
         total: dict[str, dict] = {}
         for _ in range(runs):
-            request.infer({0: x})
+            request.infer(feeds)
             for info in request.profiling_info:
                 if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
                     row = total.setdefault(info.node_name, {"name": info.node_name, "op": info.node_type,
@@ -101,6 +113,36 @@ class OpenVinoSession(PhasedSession):
             rt = op.get_rt_info()
             out[op.get_friendly_name()] = (rt["layerType"].astype(str), rt["runtimePrecision"].astype(str))
         return out
+
+
+def _spec(port, index: int, role: str = "input") -> TensorSpec:
+    """A compiled model's port as a TensorSpec (OpenVINO dims carry no names: dynamic is None)."""
+    try:
+        name = port.get_any_name()
+    except RuntimeError:  # a port without a tensor name
+        name = f"{role}{index}"
+    dtype = np.dtype(port.get_element_type().to_dtype()).name
+    shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+    return TensorSpec(name, dtype, shape)
+
+
+def _declared(core, path: Path) -> list[TensorSpec]:
+    """The input specs edgekd exported with the model: the IR's ``rt_info`` entry (written by
+    ``edgekd.export.openvino``), or the ONNX file's metadata; [] for other files."""
+    try:
+        if path.suffix == ".xml":
+            model = core.read_model(str(path))
+            if model.has_rt_info(IR_RT_INFO_KEY):
+                return specs_from_json(model.get_rt_info(IR_RT_INFO_KEY).astype(str))
+        elif path.suffix == ".onnx":
+            import onnx
+
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            if METADATA_KEY in meta:
+                return specs_from_json(meta[METADATA_KEY])
+    except Exception:  # no or unreadable declaration: the runtime's own view of the inputs stands
+        return []
+    return []
 
 
 def open_session(path: Path, threads: int, options: dict) -> OpenVinoSession:

@@ -98,11 +98,28 @@ def test_int8_classifier_matches_integer_reference(tmp_path, xnnpack, api):
     assert (out.argmax(1) == float_logits.argmax(1)).mean() >= 0.9
 
 
-def test_integer_input_without_quantization_is_refused(tmp_path):
-    path = tflite_models.identity(tmp_path / "ids.tflite", (1, 6), np.int8)
-    with pytest.raises(ModelLoadError, match=r"ids.tflite: the model's input 'input' is int8 with no "
-                                             r"quantization parameters"):
-        open_session(path)
+@pytest.mark.parametrize("api", ["interpreter", "compiled_model"])
+def test_integer_input_without_quantization_is_fed_as_it_is(tmp_path, api):
+    """Token ids and masks: an integer input with no scale is data, not a quantized float."""
+    path = tflite_models.identity(tmp_path / "ids.tflite", (1, 6), np.int32)
+    session = open_session(path, options={"api": api})
+    assert [(s.name, s.dtype) for s in session.inputs] == [("input", "int32")]
+    ids = np.array([[3, 1, 4, 1, 5, 9]], np.int32)
+    assert np.array_equal(session.run(ids), ids.astype(np.float32))
+
+
+@pytest.mark.parametrize("api", ["interpreter", "compiled_model"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_two_inputs_by_name_or_in_order(tmp_path, api, dtype):
+    path = tflite_models.add(tmp_path / "add.tflite", (1, 4), dtype)
+    session = open_session(path, options={"api": api})
+    assert [s.name for s in session.inputs] == ["a", "b"]
+    assert session.inputs[0].shape == (None, 4)  # the batch follows the input
+    a, b = np.arange(8).reshape(2, 4).astype(dtype), np.full((2, 4), 10, dtype)
+    assert np.array_equal(session.run({"b": b, "a": a}), (a + b).astype(np.float32))
+    assert np.array_equal(session.run((a[:1], b[:1])), (a[:1] + b[:1]).astype(np.float32))
+    with pytest.raises(RuntimeBackendError, match=r"inputs \['a'\] do not match the model's \['a', 'b'\]"):
+        session.run({"a": a})
 
 
 # --- options, threads, batch -------------------------------------------------------------------
@@ -170,8 +187,8 @@ def test_fixed_batch_is_reported_and_enforced(tmp_path, xnnpack, api):
 @pytest.mark.parametrize("api", litert.APIS)
 def test_wrong_input_layout_is_a_clear_error(float_fc, api):
     session = open_session(float_fc, options={"api": api})
-    with pytest.raises(RuntimeBackendError, match=r"input of shape \(1, 8, 8, 1\) does not fit the "
-                                                  r"model's input \[None, 1, 8, 8\]"):
+    with pytest.raises(RuntimeBackendError, match=r"input 'input' of shape \(1, 8, 8, 1\) does not fit "
+                                                  r"the model's \[None, 1, 8, 8\]"):
         session.run(np.zeros((1, 8, 8, 1), np.float32))
 
 
@@ -201,6 +218,7 @@ def test_falls_back_to_tflite_runtime(float_fc, monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake.interpreter)
     monkeypatch.delitem(sys.modules, "edgekd.runtime.litert")  # re-imported by open_session
+    monkeypatch.delitem(sys.modules, "edgekd.runtime.litert_common")  # (with the interpreter it found)
     session = open_session(float_fc)
     assert (session.info["interpreter"], session.info["runtime_version"]) == ("tflite_runtime", "2.14.0")
     x = rng.random((3, 1, 8, 8), dtype=np.float32)
@@ -211,6 +229,7 @@ def test_neither_interpreter_installed(float_fc, monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     monkeypatch.delitem(sys.modules, "edgekd.runtime.litert")
+    monkeypatch.delitem(sys.modules, "edgekd.runtime.litert_common")
     with pytest.raises(ConfigError, match=r"runtime 'litert' is not installed \(neither ai_edge_litert "
                                           r"nor tflite_runtime is installed\); pip install ai-edge-litert"):
         open_session(float_fc)

@@ -110,6 +110,15 @@ def identity(path: Path, shape: tuple[int, ...], dtype, quant: tuple[float, int]
     return b.write(path, [x], [y])
 
 
+def add(path: Path, shape: tuple[int, ...], dtype=np.float32) -> Path:
+    """ADD of two inputs ``a`` and ``b`` of one shape and dtype (float32 or int32): a two-input model."""
+    b = ModelBuilder()
+    x, y = b.tensor("a", shape, dtype), b.tensor("b", shape, dtype)
+    out = b.tensor("sum", shape, dtype)
+    b.op(schema.BuiltinOperator.ADD, [x, y], [out], schema.BuiltinOptions.AddOptions, schema.AddOptionsT())
+    return b.write(path, [x, y], [out])
+
+
 def random_int8_classifier(path: Path, input_shape: tuple[int, ...] = (1, 1, 8, 8), classes: int = 10,
                            seed: int = 0) -> dict:
     """An int8 FULLY_CONNECTED classifier with random weights, inputs expected in [0, 1].
