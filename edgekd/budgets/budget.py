@@ -9,8 +9,12 @@ A budget is a list of rules. Each rule selects artifacts by glob on the report's
         max_size: 64KB
         max_p90_latency: 2ms
         max_peak_memory: 200MB
-        min_accuracy: 95%
-        max_accuracy_drop: 1.5%     # vs the teacher's PyTorch accuracy in the same report
+        min_quality: 95%            # the task's quality metric (accuracy for classifiers)
+        max_quality_drop: 1.5%      # vs the teacher's PyTorch quality in the same report
+
+``min_accuracy``, ``max_accuracy_drop`` and ``max_accuracy_drop_vs_baseline`` are the same rules
+under their classification names; on a report whose task measures quality by another metric
+they fail and say to use the ``*_quality*`` names.
 
 The same rules may live in ``pyproject.toml`` as ``[[tool.edgekd.budgets]]`` tables. A limit on a
 metric the report lacks for a selected artifact fails ("not measured"), and a rule that selects
@@ -69,6 +73,9 @@ METRICS: dict[str, Metric] = {
     "max_p99_latency": Metric("latency.p99_ms", parse_time_ms, True, _ms, noisy=True),
     "max_peak_memory": Metric("peak_memory_bytes", parse_size, True, format_size),
     "max_model_memory": Metric("memory.model_peak_bytes", parse_size, True, format_size),
+    "min_quality": Metric("quality", parse_fraction, False, _pct),
+    "max_quality_drop": Metric("quality_drop", parse_fraction, True, _pct),
+    "max_quality_drop_vs_baseline": Metric("quality_drop_vs_baseline", parse_fraction, True, _pct),
     "min_accuracy": Metric("accuracy", parse_fraction, False, _pct),
     "max_accuracy_drop": Metric("accuracy_drop", parse_fraction, True, _pct),
     "max_accuracy_drop_vs_baseline": Metric("accuracy_drop_vs_baseline", parse_fraction, True, _pct),
@@ -114,6 +121,9 @@ class BudgetRule(Config):
     max_p99_latency: str | int | float | None = None
     max_peak_memory: str | int | None = None
     max_model_memory: str | int | None = None
+    min_quality: str | float | None = None
+    max_quality_drop: str | float | None = None
+    max_quality_drop_vs_baseline: str | float | None = None
     min_accuracy: str | float | None = None
     max_accuracy_drop: str | float | None = None
     max_accuracy_drop_vs_baseline: str | float | None = None
@@ -230,7 +240,20 @@ def _baseline_entry(baseline: Report | None, entry):
     return next((e for e in baseline.entries if e.name == entry.name and e.target == entry.target), None)
 
 
+ACCURACY_ALIASES = {"min_accuracy": "min_quality", "max_accuracy_drop": "max_quality_drop",
+                    "max_accuracy_drop_vs_baseline": "max_quality_drop_vs_baseline"}
+
+
 def _value(report: Report, entry, key: str, old):
+    metric = report.quality_metric
+    if key == "quality":
+        return entry.quality(metric)
+    if key == "quality_drop":
+        teacher, value = report.teacher_quality, entry.quality(metric)
+        return None if teacher is None or value is None else teacher - value
+    if key == "quality_drop_vs_baseline":
+        before, value = (old.quality(metric) if old is not None else None), entry.quality(metric)
+        return None if before is None or value is None else before - value
     if key == "accuracy_drop":
         teacher = report.teacher_accuracy
         return None if teacher is None or entry.accuracy is None else teacher - entry.accuracy
@@ -277,12 +300,18 @@ def _label(entry) -> str:
 def _verdict(report: Report, entry, name: str, limit: float, rule: BudgetRule, old) -> Verdict:
     metric = METRICS[name]
     raw = getattr(rule, name)
-    value = _value(report, entry, metric.key, old)
     op = "<=" if metric.upper else ">="
+    if name in ACCURACY_ALIASES and report.quality_metric != "accuracy":
+        return Verdict(_label(entry), name, f"{op} {raw}", "not applicable", "FAIL",
+                       f"task {report.task.get('name')!r} measures quality as {report.quality_metric!r}, not "
+                       f"accuracy: write {ACCURACY_ALIASES[name]}")
+    value = _value(report, entry, metric.key, old)
+    if metric.key.startswith("quality"):
+        name = f"{name} ({report.quality_metric})"
     estimated = bool(entry.info.get("estimated")) and metric.noisy  # sizes and counts are exact
     if value is None:
-        if "baseline" in metric.key and old is not None and old.accuracy is not None:
-            why = ("this entry has no accuracy (artifact files measured with --measure have none: "
+        if "baseline" in metric.key and old is not None and old.quality(report.quality_metric) is not None:
+            why = ("this entry has no quality figure (artifact files measured with --measure have none: "
                    "check the report of a pipeline run)")
         elif "baseline" in metric.key:
             why = "no baseline report entry to compare with (edgekd check --baseline)"
@@ -298,9 +327,10 @@ def _verdict(report: Report, entry, name: str, limit: float, rule: BudgetRule, o
     if not passed and metric.noisy and value <= limit * (1 + rule.tolerance):
         note = (f"within the noise: {100 * (value / limit - 1):.1f}% over the limit, latency_tolerance "
                 f"{100 * rule.tolerance:.0f}%; rerun or compare with a baseline measured in this job")
-    warn = rule.warnings.get(name)
+    key = name.split(" ")[0]
+    warn = rule.warnings.get(key)
     if passed and warn is not None and (value > warn + slack if metric.upper else value < warn - slack):
-        status, note = "WARN", f"past the warning threshold {rule.warn[name]}"
+        status, note = "WARN", f"past the warning threshold {rule.warn[key]}"
     return Verdict(_label(entry), name, f"{op} {raw}", metric.show(value), status, note, estimated)
 
 

@@ -18,7 +18,7 @@ import io
 from pathlib import Path
 
 from edgekd import atomic
-from edgekd.report import Report, _ms, _pct
+from edgekd.report.schema import Report, _ms, _pct
 from edgekd.units import format_size
 
 STYLE = """

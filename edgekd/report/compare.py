@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from edgekd.report import Report
+from edgekd.report.schema import Report
 
 METRICS = {  # dotted key -> (label, unit kind)
     "size_bytes": ("size", "bytes"),
@@ -54,13 +54,19 @@ def compare_reports(old: Report, new: Report) -> list[Delta]:
     for name, target in keys:
         a = next((e for e in old.entries if (e.name, e.target) == (name, target)), None)
         b = next((e for e in new.entries if (e.name, e.target) == (name, target)), None)
-        for metric in METRICS:
+        task_metrics = sorted({m for e in (a, b) if e is not None for m in e.metrics} - {"accuracy"})
+        for metric in [*METRICS, *(f"metrics.{m}" for m in task_metrics)]:
             va = a.metric(metric) if a is not None else None
             vb = b.metric(metric) if b is not None else None
             if va is None and vb is None:
                 continue
             deltas.append(Delta(name, target, metric, _number(va), _number(vb)))
     return deltas
+
+
+def describe(metric: str) -> tuple[str, str]:
+    """(label, unit kind) of a metric key; a task's own metrics (``metrics.<name>``) are fractions."""
+    return METRICS.get(metric) or (metric.partition(".")[2], "fraction")
 
 
 def _number(value) -> float | None:
@@ -70,7 +76,7 @@ def _number(value) -> float | None:
 def format_value(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    kind = METRICS[metric][1]
+    kind = describe(metric)[1]
     if kind == "bytes":
         from edgekd.units import format_size
 
@@ -87,7 +93,7 @@ def format_change(delta: Delta) -> str:
         return "added"
     if delta.new is None:
         return "removed"
-    kind = METRICS[delta.metric][1]
+    kind = describe(delta.metric)[1]
     if kind == "fraction":
         text = f"{100 * delta.change:+.2f} pt"
     elif kind == "ms":
@@ -103,7 +109,7 @@ def table(deltas: list[Delta], changed_only: bool = False) -> str:
     rows = [d for d in deltas if not changed_only or d.change != 0]
     lines = [f"{'artifact':32s} {'target':12s} {'metric':22s} {'old':>12s} {'new':>12s}  change"]
     for d in rows:
-        lines.append(f"{d.entry[:32]:32s} {(d.target or '-')[:12]:12s} {METRICS[d.metric][0]:22s} "
+        lines.append(f"{d.entry[:32]:32s} {(d.target or '-')[:12]:12s} {describe(d.metric)[0][:22]:22s} "
                      f"{format_value(d.metric, d.old):>12s} {format_value(d.metric, d.new):>12s}  {format_change(d)}")
     return "\n".join(lines)
 

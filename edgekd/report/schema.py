@@ -1,4 +1,9 @@
-"""``report.json``: every model and artifact of a run, with accuracy, size, latency and memory.
+"""``report.json``: every model and artifact of a run, with its quality metrics, size, latency and memory.
+
+Each entry holds every metric its task reports (``metrics``; ``accuracy`` is also a field of its
+own for classifiers); the report's ``task`` names the task and its quality metric, the one
+figure budgets (``min_quality``, ``max_quality_drop``) read. Reports written before tasks had
+neither: their quality metric is accuracy.
 
 The schema is versioned (``schema_version``); ``load_report`` refuses files it does not know.
 Entry names are ``<stage>.<format>`` (e.g. ``student-int8.onnx``), which budgets match by glob.
@@ -33,6 +38,7 @@ class Entry:
     params: int | None = None
     accuracy: float | None = None
     agreement: float | None = None  # top-1 agreement with this stage's PyTorch model
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric of the task, by name
     runtime: str | None = None
     target: str | None = None
     threads: int | None = None
@@ -40,6 +46,11 @@ class Entry:
     peak_memory_bytes: int | None = None  # resident high-water mark of the inference process
     memory: dict[str, int] | None = None  # baseline / after_load / peak / model_peak bytes
     info: dict[str, Any] = field(default_factory=dict)  # runtime versions, precision hint, ...
+
+    def quality(self, metric: str = "accuracy") -> float | None:
+        """The quality figure ``metric`` (older entries: ``accuracy``, which they kept as a field)."""
+        value = self.metrics.get(metric)
+        return self.accuracy if value is None and metric == "accuracy" else value
 
     def metric(self, key: str) -> float | None:
         """A metric by dotted key, e.g. ``latency.p90_ms`` or ``size_bytes``."""
@@ -59,11 +70,25 @@ class Report:
     recipe: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)  # name, quality_metric, inputs, outputs
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
     def entry(self, name: str, target: str | None = None) -> Entry | None:
         return next((e for e in self.entries if e.name == name and target in (None, e.target)), None)
+
+    @property
+    def quality_metric(self) -> str:
+        """The metric that is the quality figure of this report's task (accuracy for classifiers
+        and for reports written before tasks)."""
+        return self.task.get("quality_metric") or "accuracy"
+
+    @property
+    def teacher_quality(self) -> float | None:
+        """The teacher's quality figure: its PyTorch entry, or (an ONNX-only teacher) its first one."""
+        teachers = [e for e in self.entries if e.stage == "teacher" and e.quality(self.quality_metric) is not None]
+        teachers.sort(key=lambda e: e.format != "pytorch")
+        return teachers[0].quality(self.quality_metric) if teachers else None
 
     @property
     def teacher_accuracy(self) -> float | None:
@@ -81,7 +106,8 @@ class Report:
     def markdown(self) -> str:
         """The entries as a Markdown table: p50/p90 of inference on inputs in place (as the vendors'
         tools time it), call p50 of the whole call with the input and output copies."""
-        head = ("| artifact | runtime | target | size | params | accuracy | agreement | p50 | p90 | call p50 | peak mem |\n"
+        metric = self.quality_metric
+        head = (f"| artifact | runtime | target | size | params | {metric} | agreement | p50 | p90 | call p50 | peak mem |\n"
                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         rows = [head]
         for e in self.entries:
@@ -90,7 +116,7 @@ class Report:
             name = f"{e.name} (estimated)" if estimated else e.name
             runtime = "-" if estimated else e.runtime or "pytorch"
             rows.append(f"| {name} | {runtime} | {e.target or '-'} | {format_size(e.size_bytes)} | "
-                        f"{e.params if e.params is not None else '-'} | {_pct(e.accuracy)} | "
+                        f"{e.params if e.params is not None else '-'} | {_pct(e.quality(metric))} | "
                         f"{_pct(e.agreement)} | {_ms(lat.get('p50_ms'))} | {_ms(lat.get('p90_ms'))} | "
                         f"{_ms((e.info.get('call_latency') or {}).get('p50_ms'))} | {format_size(e.peak_memory_bytes)} |")
         return "\n".join(rows)
@@ -156,7 +182,7 @@ def load_report(path: str | Path) -> Report:
 
 
 _NUMBERS = ("size_bytes", "params", "accuracy", "agreement", "threads", "peak_memory_bytes")
-_TABLES = ("latency", "memory", "info")
+_TABLES = ("latency", "memory", "info", "metrics")
 
 
 def _check_entry(path: Path, i: int, entry: dict) -> None:
@@ -177,6 +203,9 @@ def _check_entry(path: Path, i: int, entry: dict) -> None:
             raise ConfigError(f"{where}.info: expected an object, got null")
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"{where}.{key}: expected an object or null, got {show(value)}")
+    for key, value in (entry.get("metrics") or {}).items():
+        if value is not None and not number(value):
+            raise ConfigError(f"{where}.metrics.{key}: expected a number or null, got {show(value)}")
     for key, value in (entry.get("latency") or {}).items():
         ok = (isinstance(value, list) and all(map(number, value))) if key == "samples_ms" else number(value)
         if key.endswith("_ms") and not ok:
