@@ -1,6 +1,7 @@
 """edgekd: distil, quantize, export and benchmark PyTorch models for edge devices.
 
-The pipeline, stage by stage: ``data -> models -> distill -> quant -> export -> bench -> budgets``.
+The pipeline, stage by stage: ``data -> models -> distill -> quant -> export -> bench -> budgets``;
+a task (``edgekd.tasks``) says what the model takes and gives.
 ``import edgekd`` is light: torch and the runtimes load only when an API that needs them is used.
 """
 
@@ -44,7 +45,9 @@ _LAZY = {
     "load_budget": "edgekd.budgets", "check": "edgekd.budgets",
     "Report": "edgekd.report", "load_report": "edgekd.report",
     "Recipe": "edgekd.recipe", "load_recipe": "edgekd.recipe", "demo_recipe": "edgekd.recipe",
-    "run": "edgekd.pipeline",
+    "run": "edgekd.pipeline", "list_stages": "edgekd.pipeline",
+    "create_task": "edgekd.tasks", "list_tasks": "edgekd.tasks", "register_task": "edgekd.tasks",
+    "TensorSpec": "edgekd.tasks.spec",
 }
 
 
