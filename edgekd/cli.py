@@ -160,47 +160,23 @@ def ptq(model: str, source: str, observer: str, batches: int, percentile: float,
     checkpoint and its exports are written, the ONNX export is validated against the scheme, and
     float vs int8 test accuracy is printed.
     """
-    from edgekd.data.datasets import DataConfig, load_data
-    from edgekd.distill.trainer import evaluate
-    from edgekd.export import export
-    from edgekd.models import load_checkpoint, save_checkpoint
-    from edgekd.quant import PTQConfig, post_training_quantize
+    from edgekd.data.datasets import DataConfig
+    from edgekd.quant import PTQConfig
+    from edgekd.quant.ptq import quantize_checkpoint
     from edgekd.units import format_size
-
-    from edgekd.quant import QATConfig
 
     config = PTQConfig.from_dict({"enabled": True, "observer": observer, "calibration_batches": batches,
                                   "percentile": percentile})
-    simulation = QATConfig(target=target).resolved()
-    float_model, meta = load_checkpoint(model)
-    if meta.get("qat"):
-        raise click.UsageError(f"{model} is already an int8 checkpoint; give a float one")
-    data = load_data(DataConfig(source=source))
-    if meta.get("input_shape") and tuple(data.input_shape) != tuple(meta["input_shape"]):
-        from edgekd.errors import DataError
-
-        raise DataError(f"{source}: samples of shape {tuple(data.input_shape)} do not fit {model}, trained on "
-                        f"{tuple(meta['input_shape'])} (C, H, W); calibrate on data like the training data")
-    calibration = data.calibration_batches(64, batches)
-    int8 = post_training_quantize(float_model, calibration, config, simulation)
-    name = f"{Path(model).stem}-ptq"
-    from edgekd.models.factory import checkpoint_spec
-
-    spec, in_channels, num_classes = checkpoint_spec(meta)
-    path = save_checkpoint(Path(out) / f"{name}.pt", int8, spec, in_channels=in_channels,
-                           num_classes=num_classes, input_shape=tuple(meta["input_shape"]),
-                           qat=config.qat_config(simulation).to_dict(), extra={"ptq": config.to_dict()})
-    before = evaluate(float_model, data.x_test, data.y_test)
-    after = evaluate(int8, data.x_test, data.y_test)
-    click.echo(f"PTQ ({observer}, {len(calibration)} batches): test accuracy float {100 * before:.2f}% -> "
-               f"int8 {100 * after:.2f}% ({100 * (after - before):+.2f} points)")
-    click.echo(f"int8 checkpoint {path}")
-    from edgekd.quant.validate import validate_onnx
-
-    for a in export(int8, list(formats), out, name, tuple(meta["input_shape"])):
+    result = quantize_checkpoint(model, DataConfig(source=source), config, target=target, formats=list(formats),
+                                 out_dir=out)
+    before, after = result.float_quality, result.int8_quality
+    click.echo(f"PTQ ({observer}, {result.calibration_batches} batches): test {result.metric} float "
+               f"{100 * before:.2f}% -> int8 {100 * after:.2f}% ({100 * (after - before):+.2f} points)")
+    click.echo(f"int8 checkpoint {result.checkpoint}")
+    for a in result.artifacts:
         click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
-        if a.format == "onnx":
-            click.echo(validate_onnx(a.path, simulation.scheme).summary())
+        if a.path in result.validations:
+            click.echo(result.validations[a.path].summary())
 
 
 @main.command()
@@ -271,8 +247,13 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
     else:
         from edgekd.models import load_checkpoint
 
+        from edgekd.tasks.spec import TensorSpec
+
         module, meta = load_checkpoint(path)
-        artifacts = export(module, list(formats), out, name or path.stem, tuple(meta["input_shape"]),
+        task = meta.get("task") or {}  # input/output specs; older checkpoints: one image input
+        inputs = [TensorSpec.from_dict(s) for s in task.get("inputs", [])] or tuple(meta["input_shape"])
+        outputs = [TensorSpec.from_dict(s) for s in task.get("outputs", [])] or None
+        artifacts = export(module, list(formats), out, name or path.stem, inputs, outputs=outputs,
                            options=options)
     for a in artifacts:
         click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
@@ -291,27 +272,34 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
 @click.option("--allow-missing", is_flag=True,
               help="A requested device or provider that is not there prints a 'not available' row "
                    "(exit 0) instead of failing (exit 3). Never a silent fallback either way.")
+@click.option("--shape", "shapes", multiple=True, metavar="AXIS=LENGTH",
+              help="Length of a dynamic input axis, e.g. --shape sequence=128 (INPUT:AXIS=LENGTH for an "
+                   "unnamed one); repeatable, over the target's `shapes:`. A dynamic axis other than the "
+                   "batch with no length is refused, never run at length 1.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Write the full result (raw samples, memory phases, manifest, profile) to this JSON file.")
 def bench(artifact: str, target: str, runtime: str | None, threads: int | None, per_op: bool,
-          allow_missing: bool, json_out: str | None) -> None:
+          allow_missing: bool, shapes: tuple[str, ...], json_out: str | None) -> None:
     """Benchmark ARTIFACT (.onnx, OpenVINO .xml or .tflite) in a fresh process on a target:
     latency (p50/p90/p99, CV), load and first-inference time, memory by phase, accelerator
     coverage, and a manifest of where and how it was measured.
 
     Latency is inference on inputs already in the runtime's buffers, as benchmark_app and
     litert-benchmark time it; the whole Python call (input copied in, output copied out) is
-    reported beside it."""
+    reported beside it. Inputs follow the model's input specs: several inputs, integer token ids
+    within the vocabulary edgekd recorded at export, masks, dynamic axes from --shape."""
     import json
 
     from edgekd import atomic
     from edgekd.bench import benchmark_on_target
     from edgekd.errors import BenchmarkError, RuntimeBackendError
     from edgekd.targets import load_target
+    from edgekd.tasks.spec import parse_shape_bindings
 
     profile = load_target(target)
+    axes = parse_shape_bindings(shapes)
     try:
-        result = benchmark_on_target(artifact, profile, runtime, threads=threads, profile=per_op)
+        result = benchmark_on_target(artifact, profile, runtime, threads=threads, profile=per_op, shapes=axes)
     except RuntimeBackendError as err:
         if not allow_missing or isinstance(err, BenchmarkError):
             raise
@@ -332,6 +320,8 @@ def _print_bench(artifact: str, target: str, result) -> None:
     lat, mem, man = result.latency, result.memory, result.manifest
     click.echo(f"{artifact}  runtime={result.runtime} target={target} threads={result.threads} "
                f"device={man.get('device') or result.info.get('device')}")
+    if result.inputs:
+        click.echo(f"  inputs: {'; '.join(result.inputs)}")
     pct = (f"p50 {lat.p50_ms:.4f}  p90 {lat.p90_ms:.4f}  p99 {lat.p99_ms:.4f}  " if lat.p50_ms is not None
            else "percentiles not reported by the tool  ")
     click.echo(f"  latency ms: {pct}mean {lat.mean_ms:.4f}  std {lat.std_ms:.4f}  cv {lat.cv:.2f}  (n={lat.n})")
@@ -461,7 +451,7 @@ def check(inputs: tuple[str, ...], budget_file: str, baseline: str | None, measu
     click.echo(result.table())
     deltas = ""
     if old is not None:
-        from edgekd.compare import compare_reports, table
+        from edgekd.report.compare import compare_reports, table
 
         changed = [d for d in compare_reports(old, current) if d.change != 0]
         deltas = "```\n" + table(changed) + "\n```" if changed else "no metric changed"
@@ -504,7 +494,7 @@ def compare(old: str, new: str, changed: bool, json_out: str | None) -> None:
     import json
 
     from edgekd import atomic
-    from edgekd.compare import compare_reports, table
+    from edgekd.report.compare import compare_reports, table
     from edgekd.report import load_report
 
     deltas = compare_reports(load_report(old), load_report(new))
@@ -523,7 +513,7 @@ def report(report_file: str, html_out: str, title: str | None) -> None:
     """Render REPORT (report.json) as one self-contained HTML page: the artifact table, latency
     distributions, accuracy vs latency vs size, and per-op breakdowns (from `--profile` runs)."""
     from edgekd.report import load_report
-    from edgekd.report_html import write_html
+    from edgekd.report.html import write_html
 
     path = write_html(load_report(report_file), html_out, title or f"edgekd report: {Path(report_file).name}")
     click.echo(f"wrote {path}")
@@ -544,10 +534,12 @@ def targets() -> None:
 
 
 @main.command("list")
-@click.argument("kind", type=click.Choice(["models", "losses", "formats", "runtimes", "observers"]))
+@click.argument("kind", type=click.Choice(["models", "losses", "formats", "runtimes", "observers", "tasks"]))
 def list_cmd(kind: str) -> None:
-    """List registered models, losses, export formats, runtimes or calibration observers."""
-    if kind == "observers":
+    """List registered models, losses, export formats, runtimes, calibration observers or tasks."""
+    if kind == "tasks":
+        from edgekd.tasks import list_tasks as names
+    elif kind == "observers":
         from edgekd.quant.observers import list_observers as names
     elif kind == "models":
         from edgekd.models import list_models as names

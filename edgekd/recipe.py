@@ -20,6 +20,7 @@ from edgekd.models.factory import ModelSpec
 from edgekd.quant.ptq import PTQConfig
 from edgekd.quant.qat import QATConfig
 from edgekd.targets import target_file
+from edgekd.tasks import TASKS
 
 SCHEMA_VERSION = 1
 
@@ -63,10 +64,17 @@ class ExportConfig(Config):
 
 @dataclass
 class Recipe(Config):
-    """A complete edgekd run."""
+    """A complete edgekd run.
+
+    Attributes (besides the stage sections):
+        task: the task (``edgekd list tasks``): inputs, data, metrics and the quality figure.
+        shapes: lengths of the artifacts' dynamic axes in benchmarks, e.g. ``{sequence: 128}``
+            (over the target profiles' ``shapes``; the batch comes from the benchmark settings).
+    """
 
     name: str = "edgekd-run"
     seed: int = 0
+    task: str = "image-classification"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(arch="cnn-teacher"))
     teacher_training: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30))
@@ -79,12 +87,17 @@ class Recipe(Config):
     targets: list[str] = field(default_factory=lambda: ["x86-cpu"])
     benchmark: bool = True
     budgets: list[BudgetRule] = field(default_factory=list)
+    shapes: dict[str, int] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
             raise FieldError("version", f"recipe schema {self.version} is not supported "
                                         f"(this edgekd reads version {SCHEMA_VERSION})")
+        check_name(TASKS, self.task, "task")
+        for axis, length in self.shapes.items():
+            if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+                raise FieldError(f"shapes.{axis}", f"expected a positive integer length, got {length!r}")
         if not self.targets:
             raise FieldError("targets", "name at least one target (see `edgekd targets`)")
         for i, name in enumerate(self.targets):

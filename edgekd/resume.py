@@ -20,7 +20,7 @@ from edgekd import atomic
 from edgekd.errors import ConfigError
 
 
-TRAINING_FIELDS = ("seed", "data", "teacher", "teacher_training", "student", "student_training",
+TRAINING_FIELDS = ("seed", "task", "data", "teacher", "teacher_training", "student", "student_training",
                    "distill", "qat")
 
 

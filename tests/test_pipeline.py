@@ -61,8 +61,9 @@ def test_report_json_is_versioned_and_readable(result):
     data = json.loads((out / "report.json").read_text())
     assert data["schema_version"] == 1
     assert data["data"]["fingerprint"] == res.report.data["fingerprint"]
-    assert set(data["timings_s"]) >= {"teacher", "student_scratch", "student_kd", "qat", "export",
-                                      "benchmark", "total"}
+    assert set(data["timings_s"]) >= {"data", "teacher", "student-scratch", "student-kd", "student-int8",
+                                      "student-ptq", "export", "parity", "benchmark", "total"}  # one per stage
+    assert data["task"]["name"] == "image-classification" and data["task"]["quality_metric"] == "accuracy"
     assert load_report(out / "report.json").entries == res.report.entries
     assert (out / "report.md").read_text().count("\n") == len(res.report.entries) + 2
 

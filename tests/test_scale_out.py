@@ -26,7 +26,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
     recipe, cache = _small_recipe(), tmp_path / "cache"
     whole = pipeline.run(recipe, tmp_path / "whole", cache_dir=cache)
 
-    real_distill = pipeline.distill
+    real_distill = pipeline.stages.distill
 
     class Killed(Exception):
         pass
@@ -39,12 +39,12 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
             kwargs["on_epoch_start"] = stop
         return real_distill(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "distill", dies_in_kd_epoch_3)
+    monkeypatch.setattr(pipeline.stages, "distill", dies_in_kd_epoch_3)
     with pytest.raises(Killed):
         pipeline.run(recipe, tmp_path / "resumed", cache_dir=cache)
     assert (tmp_path / "resumed/models/student-scratch.pt").is_file()  # a finished stage
     assert (tmp_path / "resumed/checkpoints/student-kd.state").is_file()  # 2 epochs of the next
-    monkeypatch.setattr(pipeline, "distill", real_distill)
+    monkeypatch.setattr(pipeline.stages, "distill", real_distill)
     resumed = pipeline.run(recipe, tmp_path / "resumed", cache_dir=cache, resume=True)
     assert _accuracies(resumed.report) == _accuracies(whole.report)
     kd = next(e for e in resumed.report.entries if e.name == "student-kd.pytorch")

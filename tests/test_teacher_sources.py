@@ -51,13 +51,13 @@ def test_onnx_teacher_refuses_feature_losses(tmp_path, onnx_teacher):
 @pytest.mark.parametrize("output", ["topk", "labels"])
 def test_black_box_teacher_only_shows_topk_or_labels(tmp_path, output, monkeypatch):
     seen = []
-    real = pipeline.distill
+    real = pipeline.stages.distill
 
     def spy(student, provider, *args, **kwargs):
         seen.append(provider.kind)
         return real(student, provider, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "distill", spy)
+    monkeypatch.setattr(pipeline.stages, "distill", spy)
     result = pipeline.run(_recipe(teacher_output=output, top_k=3), tmp_path / "out",
                           cache_dir=tmp_path / "cache")
     assert seen == [output]
@@ -95,6 +95,6 @@ def test_kd_student_starts_from_every_other_teacher_block(tmp_path):
 def test_objective_the_teacher_cannot_feed_fails_before_any_training(tmp_path, distill, message, monkeypatch):
     from edgekd.errors import ConfigError
 
-    monkeypatch.setattr(pipeline, "train_scratch", lambda *a, **k: pytest.fail("trained first"))
+    monkeypatch.setattr(pipeline.stages, "train_scratch", lambda *a, **k: pytest.fail("trained first"))
     with pytest.raises(ConfigError, match=message):
         pipeline.run(_recipe(**distill), tmp_path / "out", cache_dir=tmp_path / "cache")

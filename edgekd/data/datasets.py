@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from edgekd.config import Config, FieldError
+from edgekd.data import inputs as model_inputs
 from edgekd.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -73,7 +74,9 @@ class DataConfig(Config):
 
 @dataclass
 class DataSplits:
-    """Train/val/test tensors: x is float32 (N, C, H, W), y is int64 (N,)."""
+    """Train/val/test tensors. x is the model's input: one tensor, float32 (N, C, H, W) for images,
+    or a tuple of tensors in the task's input order (``edgekd.data.inputs``); y holds int64 labels,
+    (N,) per sample or (N, L) per position, -1 where there is none."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -86,10 +89,10 @@ class DataSplits:
     fingerprint: str  # sha256 of the data and split: changes when either changes
     train_labelled: torch.Tensor | None = None  # (N_train,) bool; None: every label is usable
 
-    def calibration_batches(self, batch_size: int, count: int) -> list[torch.Tensor]:
+    def calibration_batches(self, batch_size: int, count: int) -> list:
         """The first ``count`` training batches, un-augmented, for quantization observers."""
-        end = min(len(self.x_train), count * batch_size)
-        return [self.x_train[i:i + batch_size] for i in range(0, end, batch_size)]
+        end = min(model_inputs.num_samples(self.x_train), count * batch_size)
+        return model_inputs.batches(model_inputs.take(self.x_train, slice(0, end)), batch_size)
 
     def with_label_fraction(self, fraction: float, seed: int) -> DataSplits:
         """A copy whose training may use only ``fraction`` of the train labels (see
@@ -107,8 +110,9 @@ class DataSplits:
         return len(self.class_names)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # (C, H, W)
+    def input_shape(self) -> tuple[int, ...]:
+        """The sample shape of the (first) input, e.g. (C, H, W)."""
+        return tuple(model_inputs.as_tuple(self.x_train)[0].shape[1:])
 
 
 def load_data(config: DataConfig) -> DataSplits:

@@ -22,6 +22,7 @@ Only rank 0 writes checkpoints and artifacts. Without a process group everything
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -44,6 +45,18 @@ def shutdown() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group():
+    """The process group of a torchrun launch for the duration of a run (a no-op in a single
+    process): started from torchrun's variables, destroyed when the block ends or fails."""
+    started = init_from_env()
+    try:
+        yield Distributed.current()
+    finally:
+        if started:
+            shutdown()
 
 
 @dataclass(frozen=True)

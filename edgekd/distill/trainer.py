@@ -20,7 +20,8 @@ from torch import nn
 
 from edgekd import atomic
 from edgekd.config import Config, FieldError
-from edgekd.data.datasets import DataSplits, random_shift, view_shift
+from edgekd.data import inputs as model_inputs
+from edgekd.data.datasets import DataSplits
 from edgekd.distill.distributed import Distributed
 from edgekd.distill.hooks import FeatureTaps
 from edgekd.distill.losses import Batch
@@ -93,18 +94,21 @@ class TrainResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_accuracy: float = 0.0
+    best_val_accuracy: float = 0.0  # the task's quality metric on val (accuracy for classifiers)
     seconds: float = 0.0
+    metric: str = "accuracy"  # which metric best_val_accuracy holds
 
 
 def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[Term], *,
-          teacher=None, augment_shift: int = 0, batch_size: int = 64, desc: str = "train",
+          task=None, teacher=None, augment_shift: int = 0, batch_size: int = 64, desc: str = "train",
           on_epoch_start: Callable[[int], None] | None = None, cache_views: int = 0,
           checkpoint: str | Path | None = None, resume: bool = False, run_key: str = "") -> TrainResult:
     """Train ``model`` in place on ``data.train`` with the weighted ``terms``; keep the best val epoch.
 
-    ``teacher`` is a teacher provider (``edgekd.distill.teachers``) or a plain PyTorch model
-    (wrapped as a ``LiveTeacher``). Terms that need labels only see labelled samples; when every
+    ``task`` (``edgekd.tasks``; default image classification) says how a batch is augmented, how
+    the model is called, where the class axis of the logits is, and which validation metric picks
+    the kept epoch. ``teacher`` is a teacher provider (``edgekd.distill.teachers``) or a plain
+    PyTorch model (wrapped as a ``LiveTeacher``). Terms that need labels only see labelled samples; when every
     term needs labels, only labelled samples are visited. With ``cache_views`` > 0 augmentation
     is one of that many fixed views per sample (epoch e uses view e mod views), so a teacher
     cache keyed by (sample, view) can serve it.
@@ -115,7 +119,8 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
         TrainingError: a loss term became NaN/inf (names epoch and term), a feature hook never
             fired, or a feature loss stayed exactly zero through the first epoch.
     """
-    provider = _provider(teacher, terms)
+    task = task if task is not None else default_task()
+    provider = _provider(teacher, terms, task)
     _check_needs(terms, provider)
     if find_cache(provider) is not None and augment_shift and not cache_views:
         raise ConfigError("a cached teacher needs fixed augmentation views (cache_views > 0): with "
@@ -129,8 +134,8 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     if len(visit) == 0:
         raise TrainingError(f"{desc}: no labelled training samples and no teacher to learn from")
     if student_paths:
-        _prepare_feature_losses(model, terms, taps, provider, data.x_train[visit[:batch_size]],
-                                visit[:batch_size])
+        _prepare_feature_losses(model, terms, taps, provider, task,
+                                model_inputs.take(data.x_train, visit[:batch_size]), visit[:batch_size])
     term_params = [p for t in terms for p in t.parameters() if p.requires_grad]
     optimizer = _optimizer([p for p in model.parameters() if p.requires_grad] + term_params, config)
     dist = Distributed.current()
@@ -140,7 +145,7 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15,
         anneal_strategy="cos")
     generator = torch.Generator().manual_seed(config.seed)
-    result, best_state = TrainResult(), None
+    result, best_state = TrainResult(metric=task.quality_metric), None
     first = 0
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         first, best_state = _resume(Path(checkpoint), model, terms, optimizer, scheduler, generator,
@@ -162,13 +167,16 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
                 if len(order[i:i + batch_size]) < dist.world:
                     break  # every rank needs a sample (DDP steps in lockstep)
                 idx = order[i:i + batch_size]
-                x = data.x_train[idx]
-                x = (view_shift(x, idx, view, augment_shift, config.seed) if cache_views
-                     else random_shift(x, augment_shift, generator))  # the global batch: every
-                x, idx = dist.shard(x), dist.shard(idx)  # rank draws the same random numbers
+                x = task.augment(model_inputs.take(data.x_train, idx), idx, shift=augment_shift,
+                                 seed=config.seed, generator=generator,
+                                 view=view if cache_views else None)  # the global batch: every rank
+                if dist.active:  # draws the same random numbers; this rank takes its share
+                    rows = dist.shard(torch.arange(len(idx)))
+                    x, idx = model_inputs.take(x, rows), idx[rows]
                 t_out, t_feats = provider(x, idx, view) if provider is not None else (None, {})
-                logits = net(x)
-                batch = Batch(logits, labels[idx], t_out, taps.collect() if taps else {}, t_feats)
+                logits = task.forward(net, x)
+                batch = Batch(logits, labels[idx], t_out, taps.collect() if taps else {}, t_feats,
+                              class_dim=task.class_dim)
                 values = torch.stack([term.loss(batch) for term in terms])  # (terms,)
                 if not torch.isfinite(values).all():  # one check per batch; name the culprit
                     bad = next(i for i, v in enumerate(values) if not torch.isfinite(v))
@@ -185,8 +193,8 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
             sums = dist.sum_dict(dict(zip([t.name for t in terms], term_sums.tolist())))
             if epoch == 0:
                 _check_feature_losses_moved(terms, sums, desc)
-            val_acc = evaluate(model, data.x_val, data.y_val)
-            row = {"epoch": epoch + 1, "val_accuracy": val_acc}
+            val_acc = validation_score(model, task, data)
+            row = {"epoch": epoch + 1, f"val_{task.quality_metric}": val_acc}
             row.update({f"loss_{k}": v / len(order) for k, v in sums.items()})
             row.update({f"weight_{t.name}": t.weight for t in terms if hasattr(t._weight, "value_at")})
             result.history.append(row)
@@ -245,12 +253,12 @@ def _resume(path: Path, model, terms, optimizer, scheduler, generator, result, r
     return int(state["epochs_done"]), state["best_state"]
 
 
-def _provider(teacher, terms: list[Term]):
+def _provider(teacher, terms: list[Term], task):
     """A teacher provider for ``teacher`` (None, a provider, or a PyTorch model)."""
     if teacher is None or not isinstance(teacher, nn.Module):
         return teacher
     paths = [t.loss.teacher_path for t in terms if getattr(t.loss, "needs", "") == "features"]
-    return LiveTeacher(teacher, paths)
+    return LiveTeacher(teacher, paths, forward=task.forward)
 
 
 def _check_needs(terms: list[Term], provider) -> None:
@@ -267,11 +275,11 @@ def _check_needs(terms: list[Term], provider) -> None:
 
 
 @torch.no_grad()
-def _prepare_feature_losses(model, terms, taps, provider, x, idx) -> None:
+def _prepare_feature_losses(model, terms, taps, provider, task, x, idx) -> None:
     """One forward pass to learn feature shapes; feature losses build their adapters from it."""
     was_training = model.training
     model.eval()
-    model(x)
+    task.forward(model, x)
     s_feats = taps.collect()
     _, t_feats = provider(x, idx, 0)
     for term in terms:
@@ -295,16 +303,31 @@ def _optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def default_task():
+    """The task of callers that name none: image classification."""
+    from edgekd.tasks import create_task
+
+    return create_task("image-classification")
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` in eval mode, batched.  # (N, C, H, W) -> (N, K)"""
+def predict(model: nn.Module, x, batch_size: int = 512, task=None) -> torch.Tensor:
+    """Logits of ``model`` in eval mode, batched; ``x`` one tensor or a tuple (several inputs).
+    # (N, C, H, W) -> (N, K)"""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    forward = task.forward if task is not None else model_inputs.call
+    out = torch.cat([forward(model, b) for b in model_inputs.batches(x, batch_size)])
     model.train(was_training)
     return out
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy in [0, 1]."""
-    return (predict(model, x).argmax(1) == y).float().mean().item()
+def validation_score(model: nn.Module, task, data: DataSplits) -> float:
+    """The task's quality metric on the validation split (the best-epoch rule)."""
+    logits = predict(model, data.x_val, task=task)
+    return task.metrics(logits.numpy(), data.y_val.numpy())[task.quality_metric]
+
+
+def evaluate(model: nn.Module, x, y: torch.Tensor) -> float:
+    """Top-1 accuracy in [0, 1] (classes on the last axis of the logits)."""
+    return (predict(model, x).argmax(-1) == y).float().mean().item()

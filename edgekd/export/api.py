@@ -53,9 +53,12 @@ class Artifact:
         return sum(f.stat().st_size for f in files if f.exists())
 
 
-def export(model, formats: list[str], out_dir: str | Path, name: str, input_shape: tuple[int, ...],
-           *, opset: int = 17, options: dict[str, dict] | None = None) -> list[Artifact]:
+def export(model, formats: list[str], out_dir: str | Path, name: str, inputs, *, outputs=None,
+           opset: int = 17, options: dict[str, dict] | None = None) -> list[Artifact]:
     """Export a torch model (float or frozen QAT) to each format in ``formats``.
+
+    ``inputs``/``outputs``: the task's specs (``Task.input_spec``/``output_spec``: names, dtypes,
+    named dynamic axes), or for a one-image model its sample shape (C, H, W).
 
     The ONNX file is always written (``out_dir/name.onnx``): the other formats are converted from
     it. ``options`` holds keyword options per format (e.g. ``{"tflite": {"io": "int8"}}``).
@@ -69,7 +72,7 @@ def export(model, formats: list[str], out_dir: str | Path, name: str, input_shap
     from edgekd.export.onnx import export_onnx
 
     out_dir = Path(out_dir)
-    onnx_path = export_onnx(model, out_dir / f"{name}.onnx", input_shape, opset=opset)
+    onnx_path = export_onnx(model, out_dir / f"{name}.onnx", inputs, outputs=outputs, opset=opset)
     return [_convert(entry, onnx_path, out_dir / f"{name}{entry.suffix}", (options or {}).get(entry.name))
             for entry in entries]
 

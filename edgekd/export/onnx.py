@@ -15,6 +15,7 @@ QNN HTP's uint16) become int16/uint16 QuantizeLinear/DequantizeLinear pairs at o
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 import shutil
 import warnings
 from pathlib import Path
@@ -26,24 +27,39 @@ from onnx import numpy_helper
 
 from edgekd import atomic
 from edgekd.errors import ExportError, ModelLoadError
+from edgekd.tasks.spec import METADATA_KEY, TensorSpec, specs_to_json
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int, ...], *,
+def export_onnx(model: torch.nn.Module, path: str | Path,
+                inputs: tuple[int, ...] | Sequence[TensorSpec], *, outputs: Sequence[TensorSpec] | None = None,
                 opset: int = 17) -> Path:
-    """Write ``model`` (eval mode) to ``path`` with a dynamic batch axis; check it loads.
+    """Write ``model`` (eval mode) to ``path`` with its inputs' named dynamic axes; check it loads.
+
+    Args:
+        inputs: the task's input specs (``Task.input_spec``: names, dtypes, named dynamic axes),
+            or the sample shape (C, H, W) of a one-image model (input ``input``, batch dynamic).
+        outputs: the output specs (default: one output ``logits`` with a dynamic batch).
+
+    The specs are also written to the file's metadata (``edgekd.inputs``), so a benchmark of the
+    file knows its axis names and value ranges (token ids within the vocabulary).
 
     Raises:
         ExportError: PyTorch could not export an operator (named in the message).
     """
+    specs = _input_specs(inputs)
+    outputs = list(outputs) if outputs else [TensorSpec("logits", "float32", ("batch", None))]
     model = model.eval()
-    example = torch.zeros((1, *input_shape))
+    trace_axes = {axis: TRACE_LENGTH for spec in specs for i, axis in spec.dynamic_axes().items() if i > 0}
+    example = tuple(torch.from_numpy(np.zeros(spec.bind(trace_axes, batch=1), np.dtype(spec.dtype)))
+                    for spec in specs)
+    dynamic = {s.name: s.dynamic_axes() for s in [*specs, *outputs] if s.dynamic_axes()}
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            torch.onnx.export(model, example, buffer, dynamo=False, opset_version=opset,
+                              input_names=[s.name for s in specs], output_names=[s.name for s in outputs],
+                              dynamic_axes=dynamic,
                               custom_opsets={CUSTOM_DOMAIN: 1} if _has_16bit_activations(model) else None)
     except Exception as err:  # torch raises several types; all mean "this op did not export"
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
@@ -56,8 +72,23 @@ def export_onnx(model: torch.nn.Module, path: str | Path, input_shape: tuple[int
     if four_bit:
         graph = pack_4bit_weights(graph, four_bit)
     requantize_scale_keeping_outputs(graph)
+    onnx.helper.set_model_props(graph, {METADATA_KEY: specs_to_json(specs)})
     onnx.checker.check_model(graph)
     return atomic.write_bytes(path, graph.SerializeToString())
+
+
+TRACE_LENGTH = 8  # length of the non-batch dynamic axes in the example the exporter traces
+
+
+def _input_specs(inputs) -> list[TensorSpec]:
+    """Input specs from a task's specs, or from the (C, H, W) of a one-image model."""
+    inputs = list(inputs)
+    if inputs and all(isinstance(d, int) for d in inputs):
+        return [TensorSpec("input", "float32", ("batch", *inputs), 0.0, 1.0)]
+    if not inputs or not all(isinstance(s, TensorSpec) for s in inputs):
+        raise ExportError(f"export needs the model's input specs (Task.input_spec) or a sample shape "
+                          f"(C, H, W); got {inputs!r}")
+    return inputs
 
 
 def inline_constant_identities(model: onnx.ModelProto) -> int:

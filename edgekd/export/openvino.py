@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgekd.errors import ExportError
 from edgekd.export.onnx import check_onnx_file
+from edgekd.tasks.spec import IR_RT_INFO_KEY, METADATA_KEY
 
 
 def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
@@ -30,6 +31,9 @@ def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
         check_onnx_file(onnx_path)  # a corrupt file gets the precise ModelLoadError, naming it
         raise ExportError(f"{onnx_path}: OpenVINO could not convert the model: "
                           f"{str(err).strip().splitlines()[-1][:300]}") from None
+    declared = _declared_inputs(onnx_path)
+    if declared:  # IR dims lose their names: keep edgekd's input specs beside the graph
+        model.set_rt_info(declared, IR_RT_INFO_KEY)
     tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.xml")
     try:
         ov.save_model(model, str(tmp), compress_to_fp16=False)
@@ -39,6 +43,12 @@ def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     return out_path
+
+
+def _declared_inputs(onnx_path: Path) -> str | None:
+    """The input specs edgekd wrote into the ONNX file's metadata (JSON), if any."""
+    model = check_onnx_file(onnx_path)
+    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
 
 
 def _refuse_16bit_activations(onnx_path: Path) -> None:

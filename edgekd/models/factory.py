@@ -33,7 +33,9 @@ CHECKPOINT_VERSION = 1
 
 
 def register_model(name: str):
-    """Decorator registering ``fn(in_channels, num_classes, **kwargs) -> nn.Module`` as ``name``."""
+    """Decorator registering ``fn(**kwargs) -> nn.Module`` as ``name``. The factory passes the
+    task's model arguments the function accepts (``in_channels``, ``num_classes`` for images;
+    ``vocab_size`` for token inputs: ``Task.model_args``) besides the spec's own ``kwargs``."""
     return MODELS.register(name)
 
 
@@ -60,8 +62,10 @@ class ModelSpec(Config):
             check_name(MODELS, self.arch, "arch")
 
 
-def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
-    """Build a model from a spec or a name.
+def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int = 10,
+                 **model_args: Any) -> nn.Module:
+    """Build a model from a spec or a name; ``in_channels``, ``num_classes`` and any other
+    ``model_args`` (``Task.model_args``) are passed where the architecture accepts them.
 
     Raises:
         ConfigError: unknown architecture, unimportable user callable, or a callable that does
@@ -72,7 +76,7 @@ def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int =
     kwargs = dict(spec.kwargs)
     params = inspect.signature(fn).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+    for key, value in {"in_channels": in_channels, "num_classes": num_classes, **model_args}.items():
         if key in params or accepts_any:
             kwargs.setdefault(key, value)
     try:
@@ -108,15 +112,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, *, in_channels: int,
-                    num_classes: int, input_shape: tuple[int, ...], qat: dict | None = None,
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, *, in_channels: int | None = None,
+                    num_classes: int | None = None, input_shape: tuple[int, ...] | None = None,
+                    model_args: dict | None = None, task: dict | None = None, qat: dict | None = None,
                     extra: dict | None = None) -> Path:
-    """Write an edgekd checkpoint atomically; ``qat`` is the QATConfig dict of an int8 model."""
+    """Write an edgekd checkpoint atomically; ``qat`` is the QATConfig dict of an int8 model.
+
+    ``model_args`` (``Task.model_args``; ``in_channels``/``num_classes`` are two of them) rebuild
+    the architecture; ``task`` (``Task.to_dict(data)``) records the input and output specs the
+    exporter uses, ``input_shape`` the (C, H, W) of an image model.
+    """
+    args = dict(model_args or {})
+    for key, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if value is not None:
+            args[key] = value
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "model": spec.to_dict() | {"in_channels": in_channels, "num_classes": num_classes},
-        "input_shape": list(input_shape),
+        "model": spec.to_dict() | args,
+        "input_shape": list(input_shape) if input_shape is not None else None,
+        "task": task,
         "qat": qat,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
@@ -163,15 +178,16 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def checkpoint_spec(payload: dict) -> tuple[ModelSpec, int, int]:
-    """(ModelSpec, in_channels, num_classes) recorded in a checkpoint dict.
+def checkpoint_spec(payload: dict) -> tuple[ModelSpec, dict[str, Any]]:
+    """(ModelSpec, model arguments) recorded in a checkpoint dict.
 
     Raises:
         KeyError, ConfigError: the record is incomplete or invalid.
     """
     info = dict(payload["model"])
-    in_channels, num_classes = info.pop("in_channels"), info.pop("num_classes")
-    return ModelSpec.from_dict(info), in_channels, num_classes
+    fields = set(ModelSpec.__dataclass_fields__)
+    args = {k: info.pop(k) for k in list(info) if k not in fields}
+    return ModelSpec.from_dict(info), args
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
@@ -185,8 +201,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """
     payload = read_checkpoint(path)
     try:
-        spec, in_channels, num_classes = checkpoint_spec(payload)
-        model = create_model(spec, in_channels, num_classes)
+        spec, args = checkpoint_spec(payload)
+        model = create_model(spec, **args)
     except (KeyError, ConfigError) as err:
         raise ModelLoadError(f"{path}: the checkpoint's model cannot be rebuilt ({err})") from None
     if payload.get("qat"):

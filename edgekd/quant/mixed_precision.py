@@ -67,7 +67,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(1) == y).float().mean().item()
+    return (logits.argmax(-1) == y).float().mean().item()
 
 
 def layer_sensitivity(model: nn.Module, config: QATConfig, batches: Sequence[torch.Tensor],
@@ -79,14 +79,14 @@ def layer_sensitivity(model: nn.Module, config: QATConfig, batches: Sequence[tor
     """
     reference = _logits(model, x_val) if reference is None else reference  # (N, K)
     float_acc = _accuracy(reference, y_val)
-    p_ref = reference.log_softmax(1)
+    p_ref = reference.log_softmax(-1)
     layers = quantizable_layers(model)
     fixed = _fixed(model, config)
     result = []
     for layer in progress([p for p in layers if p not in fixed], desc="sensitivity", unit="layer", leave=False):
         alone = {p: "float" for p in layers if p != layer}
         logits = _logits(calibrated_copy(model, _with_layers(config, alone), batches), x_val)
-        kl = torch.sum(p_ref.exp() * (p_ref - logits.log_softmax(1)), dim=1).mean().item()
+        kl = torch.sum(p_ref.exp() * (p_ref - logits.log_softmax(-1)), dim=-1).mean().item()
         result.append(LayerSensitivity(layer, kl, float_acc - _accuracy(logits, y_val)))
     return sorted(result, key=lambda s: (s.kl, s.accuracy_drop), reverse=True)
 

@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from edgekd.config import Config, FieldError, check_name, parse_field
+from edgekd.data import inputs as model_inputs
 from edgekd.errors import QuantizationError, did_you_mean
 from edgekd.quant.fake_quant import (
     QUANT_LAYERS,
@@ -255,7 +256,7 @@ def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor], observer: 
         q.observer = factory(qmin=q.qmin, qmax=q.qmax, symmetric=q.symmetric, **observer_options)
     count = 0
     for x in batches:
-        model(x)
+        model_inputs.call(model, x)  # one tensor, or a tuple for several inputs
         count += 1
     for _, q in quantizers:
         seen = q.observer.range()

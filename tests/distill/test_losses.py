@@ -109,3 +109,37 @@ def test_unknown_loss_suggests():
 
     with pytest.raises(ConfigError, match="unknown loss 'kld'; did you mean 'kd'"):
         DistillConfig.from_dict({"loss": "kld"})
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "mse", "ce"])
+def test_per_token_logits_read_the_class_axis_from_the_task(name):
+    """(N, L, V) logits are N*L predictions over V classes: the same value as the flattened
+    (N*L, V) batch, never a softmax over the sequence axis."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)  # (N, L, V)
+    labels = torch.randint(0, 7, (2, 5), generator=g)
+    labels[1, 3:] = -1  # unlabelled (padding) positions
+    loss = LOSSES.get(name)(temperature=2.0) if name in ("kd", "dkd") else LOSSES.get(name)()
+    per_token = loss(Batch(s, labels, TeacherOutput("logits", logits=t), class_dim=-1))
+    flat = loss(Batch(s.reshape(10, 7), labels.reshape(10), TeacherOutput("logits", logits=t.reshape(10, 7))))
+    assert per_token.item() == pytest.approx(flat.item(), rel=1e-6)
+    if name in ("kd", "dkd"):  # the old softmax over dim=1 (the sequence) gives another number
+        wrong = F_kl_over_sequence(s, t, 2.0)
+        assert abs(per_token.item() - wrong) > 1e-3
+
+
+def F_kl_over_sequence(s, t, T):
+    import torch.nn.functional as F
+
+    return (F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), log_target=True,
+                     reduction="batchmean") * T * T).item()
+
+
+def test_class_axis_one_of_a_channels_first_output():
+    """A task whose logits are (N, K, L) (classes on axis 1) gets the same loss as (N, L, K)."""
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(3, 4, 6, generator=g), torch.randn(3, 4, 6, generator=g)  # (N, L, K)
+    kd = LOSSES.get("kd")(temperature=3.0)
+    last = kd(Batch(s, None, TeacherOutput("logits", logits=t), class_dim=-1))
+    first = kd(Batch(s.transpose(1, 2), None, TeacherOutput("logits", logits=t.transpose(1, 2)), class_dim=1))
+    assert last.item() == pytest.approx(first.item(), rel=1e-6)

@@ -38,11 +38,11 @@ class TeacherOutput:
     probs: torch.Tensor | None = None         # (N, k) top-k probabilities, descending
     indices: torch.Tensor | None = None       # (N, k) their classes; (N,) labels for "labels"
 
-    def hard_labels(self) -> torch.Tensor:
+    def hard_labels(self, class_dim: int = -1) -> torch.Tensor:
         """The teacher's top-1 class per sample, whatever it provided.  # (N,)"""
         if self.kind == "logits":
-            return self.logits.argmax(1)
-        return self.indices[:, 0] if self.kind == "topk" else self.indices
+            return self.logits.argmax(class_dim)
+        return self.indices[..., 0] if self.kind == "topk" else self.indices
 
 
 @dataclass
@@ -54,6 +54,17 @@ class Batch:
     teacher: TeacherOutput | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)          # student, by path
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher, by path
+    class_dim: int = -1  # the task's class axis: logits (N, K) or per-token (N, L, V)
+
+    def classes_last(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` with the class axis last and every other axis flattened: one row per
+        prediction, so a logit loss reads (N, K) and (N, L, V) alike.  # (..., K) -> (M, K)"""
+        t = t.movedim(self.class_dim, -1)
+        return t.reshape(-1, t.shape[-1])
+
+    def flat_labels(self) -> torch.Tensor | None:
+        """Labels with one entry per row of ``classes_last``.  # (M,)"""
+        return None if self.labels is None else self.labels.reshape(-1)
 
     def labelled(self) -> torch.Tensor:
         """Boolean mask of samples that carry a ground-truth label.  # (N,)"""

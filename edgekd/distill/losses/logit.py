@@ -14,6 +14,9 @@
   (TCKD + NCKD). The target is the label, or the teacher's top-1 class for unlabelled samples.
 - ``mse``: mean squared error between student and teacher logits (Ba & Caruana 2014).
 - ``ce``: cross-entropy with the ground-truth labels over the labelled samples of the batch.
+
+The class axis comes from the task (``Batch.class_dim``): per-token logits (N, L, V) are read as
+N*L rows of V classes (``Batch.classes_last``), so "batchmean" averages over every prediction.
 """
 
 from __future__ import annotations
@@ -36,14 +39,15 @@ class HintonKDLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        teacher, s = batch.teacher, batch.logits
+        teacher, s = batch.teacher, batch.classes_last(batch.logits)  # (M, K)
         if teacher.kind == "labels":
-            return F.cross_entropy(s, teacher.indices)
+            return F.cross_entropy(s, teacher.indices.reshape(-1))
         if teacher.kind == "topk":
-            return _topk_kl(s, teacher.probs, teacher.indices)
+            k = teacher.probs.shape[-1]
+            return _topk_kl(s, teacher.probs.reshape(-1, k), teacher.indices.reshape(-1, k))
         t = self.temperature
-        log_p_student = F.log_softmax(s / t, dim=1)              # (N, K)
-        log_p_teacher = F.log_softmax(teacher.logits / t, dim=1)  # (N, K)
+        log_p_student = F.log_softmax(s / t, dim=1)                                     # (M, K)
+        log_p_teacher = F.log_softmax(batch.classes_last(teacher.logits) / t, dim=1)   # (M, K)
         kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
         return kl * t * t
 
@@ -70,10 +74,12 @@ class DecoupledKDLoss(nn.Module):
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        s, t_logits, T = batch.logits, batch.teacher.logits, self.temperature
+        s, t_logits = batch.classes_last(batch.logits), batch.classes_last(batch.teacher.logits)  # (M, K)
+        T = self.temperature
         target = t_logits.argmax(1)  # unlabelled samples: the teacher's top-1 class
-        if batch.labels is not None:
-            target = torch.where(batch.labelled(), batch.labels.clamp_min(0), target)
+        labels = batch.flat_labels()
+        if labels is not None:
+            target = torch.where(labels >= 0, labels.clamp_min(0), target)
         gt = F.one_hot(target, s.shape[1]).bool()                                  # (N, K)
         p_s, p_t = F.softmax(s / T, dim=1), F.softmax(t_logits / T, dim=1)
         b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], 1).clamp_min(1e-8)  # (N, 2)
@@ -96,7 +102,7 @@ class LogitMSELoss(nn.Module):
         super().__init__()
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return F.mse_loss(batch.logits, batch.teacher.logits)
+        return F.mse_loss(batch.logits, batch.teacher.logits)  # elementwise: any class axis
 
 
 @LOSSES.register("ce")
@@ -111,6 +117,7 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         if batch.labels is None:
             return batch.logits.sum() * 0.0
+        labels = batch.flat_labels()  # (M,)
         # ignore_index skips unlabelled (-1) samples; a batch without labels gives 0, not NaN
-        loss = F.cross_entropy(batch.logits, batch.labels, ignore_index=-1, reduction="sum")
-        return loss / (batch.labels >= 0).sum().clamp_min(1)
+        loss = F.cross_entropy(batch.classes_last(batch.logits), labels, ignore_index=-1, reduction="sum")
+        return loss / (labels >= 0).sum().clamp_min(1)

@@ -11,6 +11,8 @@ the teacher features requested by feature losses (live PyTorch teachers only):
   probabilities or its labels, as a model behind an API would;
 - ``CachedTeacher`` (``cache.py``): runs a provider once per (sample, view) and stores the
   outputs in a memory-mapped file keyed by dataset, teacher and augmentation.
+
+``build_teacher_provider`` (``provider.py``) stacks them as a recipe's ``distill`` section says.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ class TeacherProvider(Protocol):
     kind: str                      # "logits" | "topk" | "labels": what ``__call__`` returns
     feature_paths: list[str]       # teacher features it can return (empty: none)
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor, view: int) -> tuple[TeacherOutput, dict]:
-        """Outputs for batch ``x`` (N, C, H, W) holding samples ``index`` (N,) in augmentation
-        ``view``; returns (TeacherOutput, {path: feature})."""
+    def __call__(self, x, index: torch.Tensor, view: int) -> tuple[TeacherOutput, dict]:
+        """Outputs for batch ``x`` (the task's inputs: one tensor such as (N, C, H, W), or a tuple)
+        holding samples ``index`` (N,) in augmentation ``view``; returns (TeacherOutput,
+        {path: feature})."""
         ...
 
 

@@ -72,11 +72,11 @@ class BlackBoxTeacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, index: torch.Tensor, view: int) -> tuple[TeacherOutput, dict]:
         out, _ = self.inner(x, index, view)  # the inner features are never revealed
-        logits = out.logits.float()  # (N, K)
+        logits = out.logits.float()  # (N, K); per token (N, L, V): classes on the last axis
         if self.kind == "labels":
-            return TeacherOutput("labels", indices=logits.argmax(1)), {}  # (N,)
-        if self.k > logits.shape[1]:
+            return TeacherOutput("labels", indices=logits.argmax(-1)), {}  # (N,) / (N, L)
+        if self.k > logits.shape[-1]:
             raise ConfigError(f"black-box top-k: k={self.k} is more than the teacher's "
-                              f"{logits.shape[1]} classes")
-        probs, indices = F.softmax(logits, dim=1).topk(self.k, dim=1)  # (N, k) each, descending
+                              f"{logits.shape[-1]} classes")
+        probs, indices = F.softmax(logits, dim=-1).topk(self.k, dim=-1)  # (N, k) each, descending
         return TeacherOutput("topk", probs=probs, indices=indices), {}

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from edgekd import atomic
+from edgekd.data import inputs as model_inputs
 from edgekd.distill.losses import TeacherOutput
 from edgekd.distill.teachers.live import LiveTeacher
 from edgekd.errors import ConfigError
@@ -198,8 +199,8 @@ class CachedTeacher:
                 self._complete.add(view)
         miss = np.flatnonzero(missing)
         if len(miss):
-            sel = torch.from_numpy(miss).to(x.device)
-            fresh = self._encode(self.inner(x[sel], index[sel], view)[0])  # (M, width)
+            sel = torch.from_numpy(miss).to(index.device)
+            fresh = self._encode(self.inner(model_inputs.take(x, sel), index[sel], view)[0])  # (M, width)
             if self._outputs is None or fresh.shape[1] != self.width:
                 # first write, or a teacher whose width changed under the same fingerprint: the
                 # stored rows cannot be its outputs, so start over
@@ -213,7 +214,7 @@ class CachedTeacher:
                 self.commit()
         if not len(miss):  # the common case once filled: one gather from the memory map
             self.hits += len(idx)
-            return self._decode(torch.from_numpy(self._outputs[view, idx]).to(x.device)), {}
+            return self._decode(torch.from_numpy(self._outputs[view, idx]).to(index.device)), {}
         rows = np.empty((len(idx), self.width), np.float32)  # (N, width)
         hit = np.flatnonzero(~missing)
         if len(hit):
@@ -221,7 +222,7 @@ class CachedTeacher:
         rows[miss] = fresh
         self.hits += len(hit)
         self.misses += len(miss)
-        return self._decode(torch.from_numpy(rows).to(x.device)), {}
+        return self._decode(torch.from_numpy(rows).to(index.device)), {}
 
     def fill(self, x_all: torch.Tensor, views: int | None = None, augment_fn=None, *,
              batch_size: int = 256, desc: str = "teacher cache") -> dict[str, float]:
@@ -237,8 +238,8 @@ class CachedTeacher:
         Returns:
             ``stats`` after filling.
         """
-        if len(x_all) != self.num_samples:
-            raise ConfigError(f"teacher cache: fill got {len(x_all)} samples, the cache holds {self.num_samples}")
+        if model_inputs.num_samples(x_all) != self.num_samples:
+            raise ConfigError(f"teacher cache: fill got {model_inputs.num_samples(x_all)} samples, the cache holds {self.num_samples}")
         views = self.views if views is None else min(views, self.views)
         chunks = math.ceil(self.num_samples / batch_size)
         with progress(total=views * chunks, desc=desc, unit="batch") as bar:
@@ -247,7 +248,7 @@ class CachedTeacher:
                     stop = min(start + batch_size, self.num_samples)
                     if self._flags is None or not self._flags[view, start:stop].all():
                         idx = torch.arange(start, stop)
-                        x = x_all[idx]
+                        x = model_inputs.take(x_all, idx)
                         self(augment_fn(x, idx, view) if augment_fn is not None else x, idx, view)
                     bar.update(1)
         self.commit()

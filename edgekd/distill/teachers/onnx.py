@@ -56,36 +56,44 @@ class OnnxTeacher:
         return self._fingerprint
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, index: torch.Tensor, view: int) -> tuple[TeacherOutput, dict]:
-        expected = self.sample_shape
-        if len(expected) != x.dim() - 1 or any(d is not None and d != s for d, s in zip(expected, x.shape[1:])):
-            raise ConfigError(f"{self.path}: the teacher expects samples shaped "
-                              f"{tuple('?' if d is None else d for d in expected)}, got {tuple(x.shape[1:])}")
-        logits = self.run(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))  # (N, K)
-        return TeacherOutput("logits", logits=torch.from_numpy(logits).to(x.device)), {}
+    def __call__(self, x, index: torch.Tensor, view: int) -> tuple[TeacherOutput, dict]:
+        if isinstance(x, tuple):  # several inputs (token ids, mask): each keeps its own dtype
+            arrays = tuple(np.ascontiguousarray(t.detach().cpu().numpy()) for t in x)
+        else:
+            expected = self.sample_shape
+            if len(expected) != x.dim() - 1 or any(d is not None and d != s for d, s in zip(expected, x.shape[1:])):
+                raise ConfigError(f"{self.path}: the teacher expects samples shaped "
+                                  f"{tuple('?' if d is None else d for d in expected)}, got {tuple(x.shape[1:])}")
+            arrays = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        logits = self.run(arrays)  # (N, K)
+        return TeacherOutput("logits", logits=torch.from_numpy(logits).to(index.device)), {}
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits of ``x``, in chunks of the model's fixed batch size when it has one.  # (N, K)"""
-        if self.batch_size is None or len(x) == self.batch_size:
+    def run(self, x) -> np.ndarray:
+        """Logits of ``x`` (one array, or a tuple for several inputs), in chunks of the model's
+        fixed batch size when it has one.  # (N, K)"""
+        arrays = x if isinstance(x, tuple) else (x,)
+        n = len(arrays[0])
+        if self.batch_size is None or n == self.batch_size:
             return self._run(x)
         b, chunks = self.batch_size, []
-        for start in range(0, len(x), b):
-            chunk = x[start:start + b]
-            if len(chunk) < b:
-                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), np.float32)])
-            chunks.append(self._run(chunk)[:min(b, len(x) - start)])
+        for start in range(0, n, b):
+            chunk = tuple(a[start:start + b] for a in arrays)
+            if len(chunk[0]) < b:
+                chunk = tuple(np.concatenate([c, np.zeros((b - len(c), *c.shape[1:]), c.dtype)]) for c in chunk)
+            chunks.append(self._run(chunk if isinstance(x, tuple) else chunk[0])[:min(b, n - start)])
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x) -> np.ndarray:
+        first_input = x[0] if isinstance(x, tuple) else x
         try:
             out = self._session.run(x)
         except Exception as err:  # onnxruntime raises its own InvalidArgument/Fail/... types
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise RuntimeBackendError(f"{self.path}: onnxruntime failed on a batch shaped "
-                                      f"{tuple(x.shape)} ({first})") from None
-        if out.ndim != 2 or len(out) != len(x):
+                                      f"{tuple(first_input.shape)} ({first})") from None
+        if out.ndim < 2 or len(out) != len(first_input):
             raise ModelLoadError(f"{self.path}: expected the first output to be logits shaped "
-                                 f"(N, classes) = ({len(x)}, K), got {tuple(out.shape)}")
+                                 f"(N, classes) = ({len(first_input)}, K), got {tuple(out.shape)}")
         return np.ascontiguousarray(out, dtype=np.float32)
 
 

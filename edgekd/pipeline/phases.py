@@ -1,0 +1,173 @@
+"""After training: what a run does with the stages' products, whatever stages produced them.
+
+- ``model_entries``: each product scored in PyTorch on the test split (the task's metrics);
+- ``export_products``: each exported product written to every recipe format, quantized ones with
+  their integer interface, and their ONNX files validated against the target's scheme;
+- ``artifact_entries``: each artifact run in each target's runtime on the test split (parity
+  with PyTorch), or estimated from its ONNX file on a target edgekd cannot reach;
+- ``benchmark_entries``: each runnable artifact benchmarked on its target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd import atomic
+from edgekd.bench.estimate import Estimate, analyze
+from edgekd.bench.harness import benchmark_on_target
+from edgekd.budgets.budget import compressed_size
+from edgekd.data import inputs as model_inputs
+from edgekd.distill.trainer import predict
+from edgekd.errors import EstimateError
+from edgekd.export.api import Artifact, export
+from edgekd.models.factory import count_parameters
+from edgekd.pipeline.context import Product, RunContext, fit_summary
+from edgekd.progress import progress
+from edgekd.quant.qat import layer_precisions
+from edgekd.quant.validate import validate_onnx
+from edgekd.report import Entry
+from edgekd.runtime.api import evaluate_session, open_session
+from edgekd.targets import TargetProfile
+
+
+@dataclass
+class Exported:
+    """One artifact of one product, with its validation against the target scheme (int8 ONNX)."""
+
+    product: Product
+    artifact: Artifact
+    validation: object | None = None
+
+
+def _scored(ctx: RunContext, logits: np.ndarray) -> dict:
+    """The task's metrics on the test split, as report fields."""
+    metrics = ctx.task.metrics(logits, ctx.data.y_test.numpy())
+    return {"accuracy": metrics.get("accuracy"), "metrics": metrics}
+
+
+def model_entries(ctx: RunContext) -> tuple[list[Entry], dict[str, np.ndarray]]:
+    """One entry per product, scored in PyTorch; and each model's test predictions (the
+    reference its artifacts are compared with)."""
+    entries, references = [], {}
+    for product in ctx.products.values():
+        if product.model is None:  # a teacher given as ONNX: scored in onnxruntime
+            entries.append(_onnx_teacher_entry(ctx, product))
+            continue
+        path = ctx.store.model_path(product.stage)
+        logits = predict(product.model, ctx.data.x_test, task=ctx.task).numpy()
+        references[product.stage] = ctx.task.predictions(logits)
+        info = {"training": fit_summary(product.fit)} if product.fit is not None else {}
+        entries.append(Entry(name=f"{product.stage}.pytorch", stage=product.stage, format="pytorch", path=str(path),
+                             size_bytes=path.stat().st_size, params=count_parameters(product.model),
+                             info={**info, **product.info}, **_scored(ctx, logits)))
+    return entries, references
+
+
+def _onnx_teacher_entry(ctx: RunContext, product: Product) -> Entry:
+    session = open_session(product.onnx_path, "onnxruntime", threads=os.cpu_count() or 1)
+    result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy())
+    return Entry(name=f"{product.stage}.onnx", stage=product.stage, format="onnx", path=str(product.onnx_path),
+                 size_bytes=Path(product.onnx_path).stat().st_size, runtime="onnxruntime",
+                 info={"source": "recipe teacher.checkpoint (ONNX)", **session.info},
+                 **_scored(ctx, result.logits))
+
+
+def export_products(ctx: RunContext) -> list[Exported]:
+    """Every exported product in every format of the recipe; int8 ONNX files validated."""
+    recipe, scheme = ctx.recipe, ctx.qat_config.scheme
+    products = [p for p in ctx.products.values() if p.exported and p.model is not None]
+    inputs, outputs = ctx.task.input_spec(ctx.data), ctx.task.output_spec(ctx.data)
+    done: list[Exported] = []
+    for product in progress(products, desc="export", unit="model"):
+        for artifact in export(product.model, recipe.export.formats, ctx.out / "artifacts", product.stage,
+                               inputs, outputs=outputs, opset=recipe.export.opset,
+                               options=recipe.export.options(quantized=product.quantized)):
+            validation = None
+            if product.quantized and artifact.format == "onnx":
+                precisions = layer_precisions(product.base, ctx.qat_config.layers, scheme)
+                validation = validate_onnx(artifact.path, scheme, precisions)
+                ctx.log(validation.summary())
+            done.append(Exported(product, artifact, validation))
+    return done
+
+
+def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[TargetProfile],
+                     references: dict[str, np.ndarray]) -> list[Entry]:
+    """Each artifact on each target: run in the target's runtime on the test split (parity), or
+    estimated from its ONNX file where edgekd cannot reach the device."""
+    params = {e.product.stage: count_parameters(e.product.model) for e in exported}
+    analyses = {e.artifact.path: _analysis_or_none(e.artifact.path) for e in exported
+                if e.artifact.format == "onnx"}  # each file parsed once
+    compressed = {e.artifact.path: compressed_size(e.artifact.path) for e in exported}
+    entries = []
+    for target in targets:
+        for item in exported:
+            stage, artifact = item.product.stage, item.artifact
+            if not target.reachable:  # a device edgekd cannot run on: estimated from the ONNX file
+                if artifact.format != "onnx":
+                    continue
+                entry = _estimated_entry(stage, artifact, target, params[stage], analyses[artifact.path])
+            elif artifact.runtime in target.runtimes:
+                entry = _parity_entry(ctx, stage, artifact, target, references[stage], params[stage])
+                if artifact.path in analyses:
+                    analysis = analyses[artifact.path]
+                    entry.info["macs"] = analysis.macs if analysis else None
+                if item.validation is not None:
+                    entry.info["quantization"] = {"target": ctx.qat_config.target, **item.validation.to_dict()}
+            else:
+                continue
+            entry.info["compressed_size_bytes"] = compressed[artifact.path]
+            entries.append(entry)
+    return entries
+
+
+def _parity_entry(ctx: RunContext, stage: str, artifact: Artifact, target: TargetProfile,
+                  reference: np.ndarray, params: int) -> Entry:
+    """``artifact`` in its runtime on the test split, scored and compared with PyTorch's predictions."""
+    options = target.runtime_options(artifact.runtime)
+    session = open_session(artifact.path, artifact.runtime, threads=os.cpu_count() or 1, options=options)
+    result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy(),
+                              reference)
+    return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
+                 path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
+                 agreement=result.agreement, runtime=artifact.runtime, target=target.name,
+                 threads=target.threads, info=dict(session.info), **_scored(ctx, result.logits))
+
+
+def _analysis_or_none(path) -> Estimate | None:
+    """The estimator's analysis of an ONNX artifact (MACs, and the roofline on targets with no
+    device); None (a MACs budget then says "not measured") when its shapes cannot be inferred,
+    which must not stop a run whose training is done."""
+    try:
+        return analyze(path)
+    except EstimateError:
+        return None
+
+
+def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, params: int,
+                     analysis: Estimate | None) -> Entry:
+    """An ONNX artifact on a target edgekd cannot run on: the estimator's figures, labelled.
+    Without an ``analysis`` the file is analysed again, which raises the EstimateError."""
+    entry = Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
+                  size_bytes=artifact.size_bytes, params=params, target=target.name)
+    (analysis or analyze(artifact.path)).on(target.compute, target.name).record_into(entry)
+    return entry
+
+
+def benchmark_entries(entries: list[Entry], targets: list[TargetProfile], bench_dir: Path,
+                      shapes: dict[str, int] | None = None) -> None:
+    """Benchmark every runnable artifact entry on its target and record the result into it."""
+    by_name = {t.name: t for t in targets}
+    jobs = [e for e in entries if e.runtime is not None and e.target in by_name and not e.info.get("estimated")]
+    bar = progress(jobs, desc="benchmark", unit="artifact")
+    for entry in bar:
+        bar.set_postfix_str(f"{entry.name} ({entry.runtime}, {entry.target})")
+        result = benchmark_on_target(entry.path, by_name[entry.target], entry.runtime, shapes=shapes or None)
+        result.record_into(entry)
+        atomic.write_text(bench_dir / f"{entry.name}.{entry.runtime}.{entry.target}.json",
+                          json.dumps(result.to_dict()) + "\n")
