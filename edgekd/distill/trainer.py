@@ -130,7 +130,7 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     labels = data.visible_train_labels()
     visit = torch.arange(len(labels))
     if all(getattr(t.loss, "needs", "") == "labels" for t in terms):
-        visit = visit[labels >= 0]  # label-only objective: unlabelled samples teach nothing
+        visit = visit[(labels >= 0).reshape(len(labels), -1).any(1)]  # label-only: unlabelled samples teach nothing
     if len(visit) == 0:
         raise TrainingError(f"{desc}: no labelled training samples and no teacher to learn from")
     if student_paths:

@@ -76,6 +76,27 @@ def test_ptq_command_writes_int8_checkpoint_and_export(tmp_path, float_student, 
     assert bad.exit_code == 2 and "did you mean 'minmax'" in bad.output
 
 
+def test_ptq_workflow_is_a_python_api(tmp_path, float_student, digits):
+    """``edgekd ptq`` is ``quantize_checkpoint``: the same files and figures from Python."""
+    from edgekd.data import DataConfig
+    from edgekd.distill import evaluate
+    from edgekd.errors import ConfigError
+    from edgekd.models import ModelSpec, save_checkpoint
+    from edgekd.quant import PTQConfig, quantize_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", float_student, ModelSpec(arch="cnn-student-s"),
+                           in_channels=1, num_classes=10, input_shape=(1, 8, 8))
+    run = quantize_checkpoint(ckpt, DataConfig(), PTQConfig(observer="minmax", calibration_batches=2),
+                              formats=["onnx", "openvino"], out_dir=tmp_path)
+    assert run.metric == "accuracy" and run.calibration_batches == 2
+    assert run.float_quality == pytest.approx(evaluate(float_student, digits.x_test, digits.y_test))
+    assert run.int8_quality >= run.float_quality - 0.03
+    assert [a.format for a in run.artifacts] == ["onnx", "openvino"]
+    assert list(run.validations) == [tmp_path / "m-ptq.onnx"] and run.validations[tmp_path / "m-ptq.onnx"].passed
+    with pytest.raises(ConfigError, match="already an int8 checkpoint"):
+        quantize_checkpoint(run.checkpoint, DataConfig(), PTQConfig())
+
+
 def test_pipeline_ptq_stage_is_reported_next_to_qat(tmp_path):
     import edgekd.pipeline as pipeline
     from tests.recipes import short_recipe
