@@ -67,7 +67,8 @@ class Recipe(Config):
     """A complete edgekd run.
 
     Attributes (besides the stage sections):
-        task: the task (``edgekd list tasks``): inputs, data, metrics and the quality figure.
+        task: the task (``edgekd list tasks``, or your ``package.module:Class``, a subclass of
+            ``edgekd.tasks.base.Task``): inputs, data, metrics and the quality figure.
         shapes: lengths of the artifacts' dynamic axes in benchmarks, e.g. ``{sequence: 128}``
             (over the target profiles' ``shapes``; the batch comes from the benchmark settings).
     """
@@ -94,7 +95,8 @@ class Recipe(Config):
         if self.version != SCHEMA_VERSION:
             raise FieldError("version", f"recipe schema {self.version} is not supported "
                                         f"(this edgekd reads version {SCHEMA_VERSION})")
-        check_name(TASKS, self.task, "task")
+        if ":" not in self.task:
+            check_name(TASKS, self.task, "task")
         for axis, length in self.shapes.items():
             if not isinstance(length, int) or isinstance(length, bool) or length < 1:
                 raise FieldError(f"shapes.{axis}", f"expected a positive integer length, got {length!r}")

@@ -70,7 +70,8 @@ def model_entries(ctx: RunContext) -> tuple[list[Entry], dict[str, np.ndarray]]:
 
 def _onnx_teacher_entry(ctx: RunContext, product: Product) -> Entry:
     session = open_session(product.onnx_path, "onnxruntime", threads=os.cpu_count() or 1)
-    result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy())
+    result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy(),
+                              class_axis=ctx.task.class_dim)
     return Entry(name=f"{product.stage}.onnx", stage=product.stage, format="onnx", path=str(product.onnx_path),
                  size_bytes=Path(product.onnx_path).stat().st_size, runtime="onnxruntime",
                  info={"source": "recipe teacher.checkpoint (ONNX)", **session.info},
@@ -132,7 +133,7 @@ def _parity_entry(ctx: RunContext, stage: str, artifact: Artifact, target: Targe
     options = target.runtime_options(artifact.runtime)
     session = open_session(artifact.path, artifact.runtime, threads=os.cpu_count() or 1, options=options)
     result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy(),
-                              reference)
+                              reference, class_axis=ctx.task.class_dim)
     return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
                  path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
                  agreement=result.agreement, runtime=artifact.runtime, target=target.name,

@@ -135,7 +135,8 @@ def _distilled(ctx: RunContext, name: str) -> Product:
 def _mixed_precision(ctx: RunContext, name: str) -> None:
     """Per-layer precisions from a sensitivity pass; explicit ``qat.layers`` entries still win."""
     batches = ctx.data.calibration_batches(ctx.recipe.data.batch_size, ctx.qat_config.calibration_batches)
-    ctx.mixed = choose_mixed_precision(ctx.student, ctx.qat_config, batches, ctx.data.x_val, ctx.data.y_val)
+    ctx.mixed = choose_mixed_precision(ctx.student, ctx.qat_config, batches, ctx.data.x_val, ctx.data.y_val,
+                                       task=ctx.task)
     ctx.log(ctx.mixed.summary())
     ctx.qat_config = QATConfig.from_dict({**ctx.qat_config.to_dict(),
                                           "layers": {**ctx.mixed.layers, **ctx.qat_config.layers}})

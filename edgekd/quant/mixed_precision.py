@@ -14,7 +14,8 @@ Which layers can take the low precision, and which must stay higher? Measured, n
    higher precision (``float``, or ``int8`` under W4A8) and measure again.
 
 The result is a ``QATConfig.layers`` mapping that QAT and PTQ then simulate and export. The
-accuracy checked is the calibrated (PTQ) one: QAT usually recovers more, never less.
+accuracy checked is the calibrated (PTQ) one: QAT usually recovers more, never less. Given a
+``task``, models are called the task's way and "accuracy" is the task's quality metric.
 """
 
 from __future__ import annotations
@@ -62,37 +63,40 @@ class MixedPrecisionResult:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return predict(model, x)
+def _logits(model: nn.Module, x, task=None) -> torch.Tensor:
+    return predict(model, x, task=task)
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+def _accuracy(logits: torch.Tensor, y: torch.Tensor, task=None) -> float:
+    """Top-1 accuracy; with a ``task``, its quality metric (what "accuracy" means in this module)."""
+    if task is not None:
+        return task.metrics(logits.numpy(), y.numpy())[task.quality_metric]
     return (logits.argmax(-1) == y).float().mean().item()
 
 
 def layer_sensitivity(model: nn.Module, config: QATConfig, batches: Sequence[torch.Tensor],
                       x_val: torch.Tensor, y_val: torch.Tensor,
-                      reference: torch.Tensor | None = None) -> list[LayerSensitivity]:
+                      reference: torch.Tensor | None = None, task=None) -> list[LayerSensitivity]:
     """Each layer quantized alone (``config``'s base precision), most sensitive first.
 
     ``reference``: the float model's logits on ``x_val``, when the caller has them already.
     """
-    reference = _logits(model, x_val) if reference is None else reference  # (N, K)
-    float_acc = _accuracy(reference, y_val)
+    reference = _logits(model, x_val, task) if reference is None else reference  # (N, K)
+    float_acc = _accuracy(reference, y_val, task)
     p_ref = reference.log_softmax(-1)
     layers = quantizable_layers(model)
     fixed = _fixed(model, config)
     result = []
     for layer in progress([p for p in layers if p not in fixed], desc="sensitivity", unit="layer", leave=False):
         alone = {p: "float" for p in layers if p != layer}
-        logits = _logits(calibrated_copy(model, _with_layers(config, alone), batches), x_val)
+        logits = _logits(calibrated_copy(model, _with_layers(config, alone), batches), x_val, task)
         kl = torch.sum(p_ref.exp() * (p_ref - logits.log_softmax(-1)), dim=-1).mean().item()
-        result.append(LayerSensitivity(layer, kl, float_acc - _accuracy(logits, y_val)))
+        result.append(LayerSensitivity(layer, kl, float_acc - _accuracy(logits, y_val, task)))
     return sorted(result, key=lambda s: (s.kl, s.accuracy_drop), reverse=True)
 
 
 def choose_mixed_precision(model: nn.Module, config: QATConfig, batches: Sequence[torch.Tensor],
-                           x_val: torch.Tensor, y_val: torch.Tensor) -> MixedPrecisionResult:
+                           x_val: torch.Tensor, y_val: torch.Tensor, task=None) -> MixedPrecisionResult:
     """Per-layer precisions that keep the calibrated model within
     ``config.mixed_precision.max_accuracy_drop`` of ``model`` (see the module docstring).
 
@@ -100,12 +104,13 @@ def choose_mixed_precision(model: nn.Module, config: QATConfig, batches: Sequenc
     """
     options = config.mixed_precision
     model = copy.deepcopy(model).eval()
-    reference = _logits(model, x_val)
-    float_acc = _accuracy(reference, y_val)
-    sensitivity = layer_sensitivity(model, config, batches, x_val, y_val, reference)
+    reference = _logits(model, x_val, task)
+    float_acc = _accuracy(reference, y_val, task)
+    sensitivity = layer_sensitivity(model, config, batches, x_val, y_val, reference, task)
 
     def accuracy(layers: dict[str, str]) -> float:
-        return _accuracy(_logits(calibrated_copy(model, _with_layers(config, layers), batches), x_val), y_val)
+        return _accuracy(_logits(calibrated_copy(model, _with_layers(config, layers), batches), x_val, task),
+                         y_val, task)
 
     fixed = _fixed(model, config)
     raised: dict[str, str] = {}

@@ -119,3 +119,14 @@ def test_metrics_follow_the_class_axis_and_skip_unlabelled_positions():
     logits = np.array([[[0.1, 0.9], [0.8, 0.2]], [[0.3, 0.7], [0.6, 0.4]]], np.float32)  # (N=2, L=2, K=2)
     labels = np.array([[1, 1], [1, -1]])
     assert task.metrics(logits, labels)["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_task_can_be_named_by_module_and_class_in_a_recipe():
+    from edgekd.errors import ConfigError
+
+    task = create_task("tests.tasks.toy_sequence:ToySequenceClassification")
+    assert [s.name for s in task.input_spec(None)] == ["input_ids", "attention_mask"]
+    with pytest.raises(ConfigError, match="no 'Nope'"):
+        create_task("tests.tasks.toy_sequence:Nope")
+    with pytest.raises(ConfigError, match="not a subclass of edgekd.tasks.base.Task"):
+        create_task("tests.tasks.toy_sequence:BagOfTokens")
