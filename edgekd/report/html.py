@@ -3,7 +3,7 @@
 The page needs nothing but a browser: plots are PNGs made with matplotlib (Agg backend) and
 embedded as data URIs, styles are inline. Sections:
 
-1. the artifact table (size, params, accuracy, agreement, latency, memory, accelerator
+1. the artifact table (size, params, the task's quality metric, agreement, latency, memory, accelerator
    coverage), estimated rows labelled "estimated";
 2. latency distribution per artifact (box plots of the raw samples kept in the report);
 3. accuracy vs p50 latency across artifacts and targets, marker area proportional to file size;
@@ -47,9 +47,10 @@ def render_html(report: Report, title: str = "edgekd report") -> str:
         parts += ["<h2>Latency distribution</h2>", _img(latency, "latency distribution per artifact")]
     tradeoff = _tradeoff_plot(report)
     if tradeoff:
-        parts += ["<h2>Accuracy vs latency vs size</h2>",
+        metric = html.escape(report.quality_metric)
+        parts += [f"<h2>{metric.capitalize()} vs latency vs size</h2>",
                   "<p class='note'>marker area is proportional to the artifact's file size</p>",
-                  _img(tradeoff, "accuracy vs latency")]
+                  _img(tradeoff, f"{metric} vs latency")]
     ops = _ops_plot(report)
     if ops:
         parts += ["<h2>Per-op breakdown</h2>", _img(ops, "slowest ops per artifact")]
@@ -63,7 +64,7 @@ def write_html(report: Report, path: str | Path, title: str = "edgekd report") -
 
 def _table(report: Report) -> str:
     head = ("<table><tr><th>artifact</th><th>runtime</th><th>target</th><th>size</th><th>params</th>"
-            "<th>accuracy</th><th>agreement</th><th>p50</th><th>p90</th><th>peak memory</th>"
+            f"<th>{html.escape(report.quality_metric)}</th><th>agreement</th><th>p50</th><th>p90</th><th>peak memory</th>"
             "<th>accelerator coverage</th></tr>")
     rows = [head]
     for e in report.entries:
@@ -73,7 +74,8 @@ def _table(report: Report) -> str:
         coverage = e.info.get("accelerator_coverage")
         cells = [e.name + (" (estimated)" if estimated else ""), e.runtime or ("-" if estimated else "pytorch"),
                  e.target or "-",
-                 format_size(e.size_bytes), "-" if e.params is None else f"{e.params:,}", _pct(e.accuracy),
+                 format_size(e.size_bytes), "-" if e.params is None else f"{e.params:,}",
+                 _pct(e.quality(report.quality_metric)),
                  _pct(e.agreement), _ms(lat.get("p50_ms")), _ms(lat.get("p90_ms")),
                  format_size(e.peak_memory_bytes), _pct(coverage)]
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -121,7 +123,8 @@ def _latency_plot(report: Report) -> bytes | None:
 
 
 def _tradeoff_plot(report: Report) -> bytes | None:
-    points = [e for e in report.entries if e.accuracy is not None and (e.latency or {}).get("p50_ms")]
+    metric = report.quality_metric
+    points = [e for e in report.entries if e.quality(metric) is not None and (e.latency or {}).get("p50_ms")]
     if not points:
         return None
     fig, ax = _figure(5.5)
@@ -130,16 +133,16 @@ def _tradeoff_plot(report: Report) -> bytes | None:
     colors = {t: c for t, c in zip(sorted({e.target or "-" for e in points}), ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"] * 10)}
     for e, size in zip(points, sizes):
         marker = "^" if e.info.get("estimated") else "o"
-        ax.scatter(e.latency["p50_ms"], 100 * e.accuracy, s=40 + 900 * size / biggest, marker=marker,
+        ax.scatter(e.latency["p50_ms"], 100 * e.quality(metric), s=40 + 900 * size / biggest, marker=marker,
                    color=colors[e.target or "-"], alpha=0.6, edgecolors="black", linewidths=0.5)
-        ax.annotate(e.name, (e.latency["p50_ms"], 100 * e.accuracy), fontsize=8, xytext=(4, 4),
+        ax.annotate(e.name, (e.latency["p50_ms"], 100 * e.quality(metric)), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
     for target, color in colors.items():
         ax.scatter([], [], color=color, label=target)
     ax.legend(title="target", loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency (ms, log scale); triangles: estimated")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if metric == "accuracy" else f"{metric} (%)")
     return _png(fig)
 
 
