@@ -6,7 +6,8 @@ embedded as data URIs, styles are inline. Sections:
 1. the artifact table (size, params, the task's quality metric, agreement, latency, memory, accelerator
    coverage), estimated rows labelled "estimated";
 2. latency distribution per artifact (box plots of the raw samples kept in the report);
-3. accuracy vs p50 latency across artifacts and targets, marker area proportional to file size;
+3. quality (accuracy for classifiers) vs p50 latency across artifacts and targets, marker area
+   proportional to file size;
 4. per-op breakdown: the slowest ops of each artifact profiled with ``--profile``.
 """
 
