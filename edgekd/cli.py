@@ -55,14 +55,16 @@ def _print_run(result) -> None:
 
     report = result.report
     click.echo("\n" + report.markdown())
-    acc = {e.stage: e.accuracy for e in report.entries if e.format == "pytorch"}
+    metric = report.quality_metric
+    quality = {e.stage: e.quality(metric) for e in report.entries if e.format == "pytorch"}
     teacher_onnx = report.entry("teacher.onnx")
     int8_onnx = report.entry("student-int8.onnx")
     click.echo("")
-    if "student-scratch" in acc and "student-kd" in acc:
-        gain = 100 * (acc["student-kd"] - acc["student-scratch"])
-        click.echo(f"distillation: KD student {100 * acc['student-kd']:.2f}% vs scratch "
-                   f"{100 * acc['student-scratch']:.2f}% ({gain:+.2f} points), same epochs and init")
+    kd, scratch = quality.get("student-kd"), quality.get("student-scratch")
+    if kd is not None and scratch is not None:
+        label = "" if metric == "accuracy" else f" {metric}"
+        click.echo(f"distillation: KD student{label} {100 * kd:.2f}% vs scratch {100 * scratch:.2f}% "
+                   f"({100 * (kd - scratch):+.2f} points), same epochs and init")
     if teacher_onnx and int8_onnx:
         click.echo(f"size: int8 student {format_size(int8_onnx.size_bytes)} vs teacher "
                    f"{format_size(teacher_onnx.size_bytes)} "
