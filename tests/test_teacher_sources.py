@@ -48,6 +48,12 @@ def test_onnx_teacher_refuses_feature_losses(tmp_path, onnx_teacher):
         pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
 
 
+def _stages(recipe, out, names, log=None, cache=None):
+    """Only the stages a test is about (no scratch baseline, export or report)."""
+    ctx = pipeline.prepare(recipe, out, cache_dir=cache or out / "cache", log=log or (lambda m: None))
+    return pipeline.run_stages(ctx, names)
+
+
 @pytest.mark.parametrize("output", ["topk", "labels"])
 def test_black_box_teacher_only_shows_topk_or_labels(tmp_path, output, monkeypatch):
     seen = []
@@ -58,33 +64,35 @@ def test_black_box_teacher_only_shows_topk_or_labels(tmp_path, output, monkeypat
         return real(student, provider, *args, **kwargs)
 
     monkeypatch.setattr(pipeline.stages, "distill", spy)
-    result = pipeline.run(_recipe(teacher_output=output, top_k=3), tmp_path / "out",
-                          cache_dir=tmp_path / "cache")
+    ctx = _stages(_recipe(teacher_output=output, top_k=3), tmp_path, ["teacher", "student-kd"])
     assert seen == [output]
-    assert result.report.entry("student-kd.pytorch").accuracy > 0.5  # learnt (chance is 0.1)
+    assert ctx.products["student-kd"].fit.best_val_accuracy > 0.5  # learnt (chance is 0.1)
 
 
 def test_teacher_cache_is_filled_once_and_reused_by_the_next_run(tmp_path):
     logs = []
     recipe = _recipe(cache=True, cache_views=2)
-    pipeline.run(recipe, tmp_path / "a", cache_dir=tmp_path / "cache", log=logs.append)
+    _stages(recipe, tmp_path / "a", ["teacher", "student-kd"], logs.append, tmp_path / "cache")
     first = next(m for m in logs if m.startswith("teacher cache"))
     assert "'misses': " in first and "'hits': " in first
     logs.clear()
     recipe.name = "another-student-same-teacher"
-    pipeline.run(recipe, tmp_path / "b", cache_dir=tmp_path / "cache", log=logs.append)
+    _stages(recipe, tmp_path / "b", ["teacher", "student-kd"], logs.append, tmp_path / "cache")
     second = next(m for m in logs if m.startswith("teacher cache"))
     assert "'misses': 0," in second  # every (sample, view) served from the memory-mapped file
 
 
 def test_kd_student_starts_from_every_other_teacher_block(tmp_path):
+    from edgekd.distill import evaluate
+
     logs = []
     recipe = _recipe(init_from_teacher=True)
     recipe.student.arch = "cnn-teacher-half"
     recipe.student_training.epochs = 1
-    result = pipeline.run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache", log=logs.append)
+    ctx = _stages(recipe, tmp_path, ["teacher", "student-scratch", "student-kd"], logs.append)
     assert any("tensors initialised from the teacher's blocks" in m for m in logs)
-    kd, scratch = (result.report.entry(f"student-{s}.pytorch").accuracy for s in ("kd", "scratch"))
+    kd, scratch = (evaluate(ctx.products[s].model, ctx.data.x_test, ctx.data.y_test)
+                   for s in ("student-kd", "student-scratch"))
     assert kd > scratch  # one epoch from the teacher's filters vs one from random ones
 
 

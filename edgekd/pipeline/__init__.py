@@ -57,17 +57,24 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
                     resume, lead=ranks.rank == 0)
 
 
-def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lead: bool) -> RunResult | None:
-    start = time.perf_counter()
-    targets = [load_target(t) for t in recipe.targets]  # fail on a bad target before training
+def prepare(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = None,
+            log: Log = lambda msg: None, resume: bool = False, lead: bool = True) -> RunContext:
+    """Everything a run checks and loads before its first stage: the targets (a bad one fails
+    before any training), the resolved quantization scheme, the task and its data, the resume store.
+
+    Raises:
+        ConfigError: a target, format or objective the run cannot serve (before any training).
+        DataError: the data cannot be loaded.
+    """
+    out = Path(out_dir)
+    targets = [load_target(t) for t in recipe.targets]
     for target in targets:
         if not target.reachable and target.compute is None:
             target.require_reachable("run the recipe's artifacts, and states no compute figures to "
                                      "estimate them (recipe targets)")
     qat_config = recipe.qat.resolved(recipe.targets[0])  # the arithmetic QAT and PTQ simulate
-    _check_formats_hold(recipe, qat_config.scheme)  # before any training
+    _check_formats_hold(recipe, qat_config.scheme)
     task = create_task(recipe.task)
-
     tick = time.perf_counter()
     data = task.load_data(recipe.data)
     check_distill_setup(recipe.distill, onnx_teacher=onnx_teacher(recipe), num_classes=data.num_classes)
@@ -78,11 +85,20 @@ def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lea
     log(f"data: {data.source}, {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} train/val/test, "
         f"task {task.name}: {task.describe(data)}"
         + (f", {int(data.train_labelled.sum())} train labels used" if data.train_labelled is not None else ""))
-    ctx = RunContext(recipe, out, task, data, store, qat_config, log=log, cache_dir=cache_dir, resume=resume,
-                     timings={"data": time.perf_counter() - tick})
+    return RunContext(recipe, out, task, data, store, qat_config, targets=targets, log=log,
+                      cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), resume=resume,
+                      timings={"data": time.perf_counter() - tick})
 
+
+def run_stages(ctx: RunContext, names: list[str] | None = None) -> RunContext:
+    """Build the recipe's enabled stages in order (only ``names``, when given: e.g. the teacher and
+    the KD student alone), each over what the ones before it produced; returns ``ctx`` with
+    ``products`` and per-stage ``timings``. A teacher cache is committed and closed at the end."""
+    unknown = sorted(set(names or []) - set(list_stages()))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(map(repr, unknown))}; stages: {', '.join(list_stages())}")
     for stage in STAGES:
-        if not stage.enabled(recipe):
+        if not stage.enabled(ctx.recipe) or (names is not None and stage.name not in names):
             continue
         tick = time.perf_counter()
         product = stage.build(ctx, stage.name)
@@ -92,7 +108,14 @@ def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lea
     cache = find_cache(ctx.teacher_provider)
     if cache is not None:
         cache.close()
-        log(f"teacher cache {cache.path}: {cache.stats}")
+        ctx.log(f"teacher cache {cache.path}: {cache.stats}")
+    return ctx
+
+
+def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lead: bool) -> RunResult | None:
+    start = time.perf_counter()
+    ctx = run_stages(prepare(recipe, out, cache_dir=cache_dir, log=log, resume=resume, lead=lead))
+    targets, task, data = ctx.targets, ctx.task, ctx.data
     if not lead:  # rank 0 exports and reports; wait for it, then leave the group together
         Distributed.current().barrier()
         return None
@@ -136,5 +159,5 @@ def _check_formats_hold(recipe: Recipe, scheme) -> None:
                           f"the TFLite writer has no 16x8 mode); export onnx only, or use 8-bit activations")
 
 
-__all__ = ["STAGES", "Product", "RunContext", "RunResult", "Stage", "default_cache_dir", "list_stages", "run",
-           "stage_shift"]
+__all__ = ["STAGES", "Product", "RunContext", "RunResult", "Stage", "default_cache_dir", "list_stages", "prepare",
+           "run", "run_stages", "stage_shift"]

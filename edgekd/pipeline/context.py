@@ -66,6 +66,7 @@ class RunContext:
     data: Any  # edgekd.data.DataSplits
     store: RunStore
     qat_config: Any  # the resolved QATConfig (mixed precision may add per-layer precisions)
+    targets: list = field(default_factory=list)  # the recipe's TargetProfiles
     log: Log = lambda msg: None
     cache_dir: Path = field(default_factory=default_cache_dir)
     resume: bool = False

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 import edgekd.pipeline as pipeline
-from edgekd.pipeline import STAGES, RunContext, Stage, list_stages
+from edgekd.pipeline import STAGES, RunContext, list_stages
 from edgekd.pipeline.context import Product
 from edgekd.pipeline.phases import artifact_entries, export_products, model_entries
-from edgekd.resume import RunStore
+from edgekd.errors import ConfigError
 from edgekd.targets import load_target
-from edgekd.tasks import create_task
 from tests.recipes import short_recipe
 
 PIPELINE = Path(pipeline.__file__).parent
@@ -44,20 +43,21 @@ def test_stage_conditions_follow_the_recipe():
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory, digits):
+def ctx(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stages")
     recipe = short_recipe(epochs=2, qat_epochs=1)
     recipe.ptq.calibration_batches = 2
-    task = create_task(recipe.task)
-    store = RunStore(tmp, recipe.to_dict(), digits.fingerprint, resume=False, lead=True)
-    context = RunContext(recipe, tmp, task, digits, store, recipe.qat.resolved(recipe.targets[0]),
-                         cache_dir=tmp / "cache")
-    for stage in STAGES:  # each stage over the products of the ones before it
-        if stage.enabled(recipe):
-            product = stage.build(context, stage.name)
-            if product is not None:
-                context.products[stage.name] = product
-    return context
+    return pipeline.run_stages(pipeline.prepare(recipe, tmp, cache_dir=tmp / "cache"))
+
+
+def test_stages_can_be_run_alone(tmp_path):
+    """The teacher and the KD student without the scratch baseline or quantization."""
+    recipe = short_recipe(epochs=1, qat_epochs=1)
+    ctx = pipeline.run_stages(pipeline.prepare(recipe, tmp_path, cache_dir=tmp_path / "c"),
+                              ["teacher", "student-kd"])
+    assert list(ctx.products) == ["teacher", "student-kd"] and set(ctx.timings) == {"data", "teacher", "student-kd"}
+    with pytest.raises(ConfigError, match="unknown stage.*'student-kdd'"):
+        pipeline.run_stages(ctx, ["student-kdd"])
 
 
 def test_each_stage_leaves_its_product(ctx):
