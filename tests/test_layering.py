@@ -53,6 +53,28 @@ def test_check_of_a_report_imports_no_framework(tmp_path):
     assert _modules_after(code) == set()
 
 
+def test_entry_point_targets_imports_no_framework():
+    """``python -m edgekd targets``, through ``__main__``: ``-X importtime`` lists every module it loaded."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "edgekd", "targets"], capture_output=True,
+                         text=True, check=True, stdin=subprocess.DEVNULL)
+    loaded = {line.rpartition("|")[2].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "x86-cpu" in run.stdout and loaded & set(HEAVY) == set()
+
+
+def test_bench_of_an_onnx_file_imports_no_framework_in_the_parent(tmp_path):
+    """The runtime loads in the benchmark's child process only."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "relu.onnx")
+    code = ("from edgekd.cli import main\n"
+            f"main(['bench', {str(tmp_path / 'relu.onnx')!r}, '--target', 'x86-cpu'], standalone_mode=False)")
+    assert _modules_after(code) == set()
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

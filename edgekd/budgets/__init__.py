@@ -1,4 +1,4 @@
-"""Budgets: limits on size, latency, memory and accuracy, checked against a report."""
+"""Budgets: limits on size, latency, memory and the task's quality metric, checked against a report."""
 
 from edgekd.budgets.budget import Budget, BudgetRule, check, load_budget
 from edgekd.budgets.verdict import CheckResult, Verdict

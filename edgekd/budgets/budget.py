@@ -210,7 +210,8 @@ def check(report: Report, budget: Budget, baseline: Report | None = None,
           baseline_measured_here: bool = False) -> CheckResult:
     """Check every rule against the matching entries of ``report``.
 
-    ``baseline``: an earlier report, for ``max_growth`` and ``max_accuracy_drop_vs_baseline``.
+    ``baseline``: an earlier report, for ``max_growth`` and ``max_quality_drop_vs_baseline``
+    (``max_accuracy_drop_vs_baseline``).
     Timings can only be compared with a baseline measured in the same job
     (``baseline_measured_here``, as ``edgekd check --measure --baseline`` does); a latency
     growth against a stored baseline from another job is a WARN that says so, never gated.
