@@ -87,6 +87,9 @@ class TargetProfile(Config):
         for axis, length in self.shapes.items():
             if not isinstance(length, int) or isinstance(length, bool) or length < 1:
                 raise FieldError(f"shapes.{axis}", f"expected a positive integer length, got {length!r}")
+        if self.shapes and self.connection == "adb":
+            raise FieldError("shapes", "adb targets run benchmark_model on the model's stored input shapes; "
+                                       "remove shapes and export the model with those lengths fixed")
         if self.threads < 1:
             raise FieldError("threads", f"must be >= 1, got {self.threads}")
         if not self.runtimes:

@@ -118,6 +118,22 @@ def test_threads_must_be_positive(tmp_path):
     assert load_error(path) == f"{path}:4: threads: must be >= 1, got 0"
 
 
+def test_shapes_are_positive_axis_lengths(tmp_path):
+    path = write(tmp_path / "s.yaml", PROFILE + "shapes: {sequence: 128, batch: 4}\n")
+    assert load_target(path).shapes == {"sequence": 128, "batch": 4}
+    path = write(tmp_path / "b.yaml", PROFILE + "shapes: {sequence: 0}\n")
+    assert "shapes.sequence: expected a positive integer length, got 0" in load_error(path)
+    path = write(tmp_path / "c.yaml", PROFILE + "shapes: {sequence: long}\n")
+    assert "shapes" in load_error(path) and "long" in load_error(path)
+
+
+def test_adb_targets_refuse_shapes(tmp_path):
+    """benchmark_model runs a TFLite model's stored shapes: a length there would be ignored."""
+    path = write(tmp_path / "a.yaml", "name: phone\nconnection: adb\nadb: {benchmark_model: ./bm}\n"
+                                      "runtimes: {litert: {}}\nshapes: {sequence: 128}\n")
+    assert "shapes: adb targets run benchmark_model on the model's stored input shapes" in load_error(path)
+
+
 def test_newer_schema_version(tmp_path):
     path = write(tmp_path / "b.yaml", PROFILE.replace("version: 1", "version: 2"))
     assert load_error(path) == f"{path}:1: version: profile schema 2 is newer than this edgekd supports (1)"

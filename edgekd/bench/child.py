@@ -178,6 +178,11 @@ def with_value_ranges(specs: list, ranges: dict) -> list:
     if unknown:
         raise ConfigError(f"value range for {', '.join(map(repr, unknown))}: the model has no such input "
                           f"(its inputs: {', '.join(s.name for s in specs)})")
+    for name, bounds in ranges.items():
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bounds)):
+            raise ConfigError(f"value range for {name!r}: expected [low, high) as two numbers, e.g. "
+                              f"{{{name}: [0, 30522]}}, got {bounds!r}")
     return [TensorSpec(s.name, s.dtype, s.shape, *ranges[s.name]) if s.name in ranges else s for s in specs]
 
 

@@ -72,12 +72,12 @@ class PhasedSession:
             if missing or unknown:
                 raise RuntimeBackendError(f"{getattr(self, 'path', 'model')}: inputs {sorted(x)} do not match the "
                                           f"model's {names}")
-            return {n: x[n] for n in names}
+            return {n: np.asarray(x[n]) for n in names}
         values = list(x) if isinstance(x, (tuple, list)) else [x]
         if len(values) != len(names):
             raise RuntimeBackendError(f"{getattr(self, 'path', 'model')}: the model has {len(names)} input(s) "
                                       f"{names}, got {len(values)} array(s)")
-        return dict(zip(names, values))
+        return {n: np.asarray(v) for n, v in zip(names, values)}
 
 
 @dataclass(frozen=True)

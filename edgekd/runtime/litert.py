@@ -61,12 +61,12 @@ class LiteRTSession(LiteRTBatching):
         self._details = self._interpreter.get_input_details()
         self._model_inputs = [ModelInput(d["name"], np.dtype(d["dtype"]), io_quantization(path, d, "input"),
                                          [int(n) for n in d["shape"]]) for d in self._details]
-        self._output = self._interpreter.get_output_details()[0]
-        self._output_quant = io_quantization(path, self._output, "output")
+        self._output_details = self._interpreter.get_output_details()
+        self._output_quants = [io_quantization(path, d, "output") for d in self._output_details]
         self._batch = self._stored_batch = self._model_inputs[0].shape[0]  # what the interpreter is allocated for
         self._describe_inputs()
-        self.outputs = [ModelInput(d["name"], np.dtype(d["dtype"]), None, [int(n) for n in d["shape"]]).spec(False)
-                        for d in self._interpreter.get_output_details()]
+        self.outputs = [ModelInput(d["name"], np.dtype(d["dtype"]), q, [int(n) for n in d["shape"]]).spec(False)
+                        for d, q in zip(self._output_details, self._output_quants)]
         self.info = {"runtime": "litert", "runtime_version": _package.__version__, "device": "CPU",
                      "threads": threads, "xnnpack": xnnpack, "interpreter": _package.__name__,
                      "input_dtype": self._model_inputs[0].dtype.name, "api": "interpreter",
@@ -82,13 +82,13 @@ class LiteRTSession(LiteRTBatching):
         self._interpreter.invoke()
 
     def fetch(self) -> np.ndarray:
-        return from_model_output(self._interpreter.get_tensor(self._output["index"]), self._output_quant)
+        return from_model_output(self._interpreter.get_tensor(self._output_details[0]["index"]), self._output_quants[0])
 
     def fetch_all(self) -> list[np.ndarray]:
-        return [from_model_output(self._interpreter.get_tensor(d["index"]), io_quantization(self.path, d, "output"))
-                for d in self._interpreter.get_output_details()]
+        return [from_model_output(self._interpreter.get_tensor(d["index"]), q)
+                for d, q in zip(self._output_details, self._output_quants)]
 
-    def coverage(self, x) -> float:
+    def coverage(self, x=None) -> float:
         """Share of the model's ops the XNNPACK delegate took (1.0 when built-in kernels were
         asked for: they run every op); see ``litert_common.delegated_share``."""
         return delegated_share(self._interpreter) if self.info["xnnpack"] else 1.0

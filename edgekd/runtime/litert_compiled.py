@@ -4,7 +4,8 @@ The API ``litert-benchmark`` times (``run_by_name`` on input/output TensorBuffer
 and the one that reaches GPU and NPU accelerators: the ``accelerator`` option is asked of LiteRT
 alone, without the CPU beside it, so a machine without that accelerator fails to load
 (RuntimeBackendError) instead of running on the CPU. The contract is that of every session
-(float32 in, float32 logits out; int8/uint8 interfaces quantized as in ``litert_common.py``); quantization
+(float inputs in float32, integer ones such as token ids as they are, float32 first output;
+int8/uint8 interfaces quantized as in ``litert_common.py``); quantization
 parameters come from the flatbuffer, since CompiledModel's tensor details carry none.
 """
 
@@ -39,7 +40,8 @@ ACCELERATORS = {"cpu": HardwareAccelerator.CPU, "gpu": HardwareAccelerator.GPU, 
 
 
 class CompiledModelSession(LiteRTBatching):
-    """A .tflite model compiled by LiteRT for one accelerator: ``info``, ``input_shape``, ``run(x)``."""
+    """A .tflite model compiled by LiteRT for one accelerator: ``info``, ``inputs``, ``outputs``,
+    ``input_shape``, ``run(x)`` (x: one array, a tuple in input order or {name: array})."""
 
     def __init__(self, path: Path, threads: int, options: dict):
         merged = check_options(options)
@@ -65,18 +67,19 @@ class CompiledModelSession(LiteRTBatching):
         self._signature = next(iter(self._model.get_signature_list()), "serving_default")
         inputs = self._model.get_input_tensor_details(self._signature)
         outputs = self._model.get_output_tensor_details(self._signature)
-        (self._out_name, out_detail) = next(iter(outputs.items()))
-        self._out_dtype = np.dtype(out_detail["dtype"])
+        self._output_order = list(outputs)  # signature output names; fetch() reads the first
+        self._out_dtypes = {name: np.dtype(d["dtype"]) for name, d in outputs.items()}
         tensors = _tensor_quantization(path)
         self._model_inputs = [ModelInput(name, np.dtype(d["dtype"]), io_quantization(path, _detail(d, tensors), "input"),
                                          [int(n) for n in d["shape"]]) for name, d in inputs.items()]
         self._input_order = list(inputs)  # signature input names, in the model's order
-        self._output_quant = io_quantization(path, _detail(out_detail, tensors), "output")
+        self._output_quants = {name: io_quantization(path, _detail(d, tensors), "output")
+                               for name, d in outputs.items()}
         self._batch = self._stored_batch = self._model_inputs[0].shape[0]
         self._allocate(self._batch)
         self._describe_inputs()
-        self.outputs = [ModelInput(name, np.dtype(d["dtype"]), None, [int(n) for n in d["shape"]]).spec(False)
-                        for name, d in outputs.items()]
+        self.outputs = [ModelInput(name, np.dtype(d["dtype"]), self._output_quants[name],
+                                   [int(n) for n in d["shape"]]).spec(False) for name, d in outputs.items()]
         self.info = {"runtime": "litert", "runtime_version": _package.__version__,
                      "device": self._accelerator.upper(), "threads": threads, "xnnpack": self._xnnpack,
                      "interpreter": _package.__name__, "input_dtype": self._model_inputs[0].dtype.name,
@@ -92,10 +95,18 @@ class CompiledModelSession(LiteRTBatching):
         self._model.run_by_name(self._signature, self._inputs, self._outputs)
 
     def fetch(self) -> np.ndarray:
-        out = self._outputs[self._out_name].read(self._out_size, self._out_dtype).reshape(self._out_shape)
-        return from_model_output(out, self._output_quant)
+        return self._read(self._output_order[0])
 
-    def coverage(self, x: np.ndarray) -> float | None:
+    def fetch_all(self) -> list[np.ndarray]:
+        return [self._read(name) for name in self._output_order]
+
+    def _read(self, name: str) -> np.ndarray:
+        """Output ``name`` of the last run, float32 where the model quantizes it."""
+        shape = self._out_shapes[name]
+        out = self._outputs[name].read(int(np.prod(shape)), self._out_dtypes[name]).reshape(shape)
+        return from_model_output(out, self._output_quants[name])
+
+    def coverage(self, x=None) -> float | None:
         """1.0 when LiteRT reports the model fully accelerated; on the CPU otherwise the share of
         ops the XNNPACK delegate takes (the Interpreter's partitions of the same file); None for a
         GPU/NPU model LiteRT split with ops it could not place (it does not say how many)."""
@@ -117,7 +128,8 @@ class CompiledModelSession(LiteRTBatching):
                 for i, inp in enumerate(self._model_inputs):
                     self._model.resize_input_tensor(i, [batch, *inp.shape[1:]], strict=False)
             inputs = {name: self._model.create_input_buffer_by_name(self._signature, name) for name in self._input_order}
-            outputs = {self._out_name: self._model.create_output_buffer_by_name(self._signature, self._out_name)}
+            outputs = {name: self._model.create_output_buffer_by_name(self._signature, name)
+                       for name in self._output_order}
         except (RuntimeError, ValueError) as err:  # the resize, or the kernels' reshape it triggers
             raise ModelLoadError(f"{self.path}: the model's batch size is fixed at {self._stored_batch}; "
                                  f"LiteRT cannot resize it to {batch} ({first_line(err)})") from None
@@ -125,11 +137,11 @@ class CompiledModelSession(LiteRTBatching):
         # the first write into a buffer sets LiteRT up (and logs it): done here, held back
         for name, inp in zip(self._input_order, self._model_inputs):
             inputs[name].write(np.zeros([batch, *inp.shape[1:]], inp.dtype))
-        self._out_shape = [int(d) for d in self._model.get_output_tensor_details(self._signature)[self._out_name]["shape"]]
-        self._out_size = int(np.prod(self._out_shape))
+        details = self._model.get_output_tensor_details(self._signature)
+        self._out_shapes = {name: [int(d) for d in details[name]["shape"]] for name in self._output_order}
 
     def _output_batch(self) -> int:
-        return self._out_shape[0]
+        return self._out_shapes[self._output_order[0]][0]
 
 
 _ENVIRONMENT = None

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
-from edgekd.runtime.api import PhasedSession, per_op_rows
+from edgekd.runtime.api import Feed, PhasedSession, per_op_rows
 from edgekd.tasks.spec import METADATA_KEY, TensorSpec, merge_declared, specs_from_json
 
 
@@ -57,12 +57,12 @@ class OnnxRuntimeSession(PhasedSession):
         self._outputs = self._session.run(None, self._feeds)
 
     def fetch(self) -> np.ndarray:
-        return self._outputs[0]
+        return self._outputs[0].astype(np.float32, copy=False)
 
     def fetch_all(self) -> list[np.ndarray]:
         return list(self._outputs)
 
-    def _node_events(self, x: np.ndarray, runs: int) -> list[dict]:
+    def _node_events(self, x: Feed, runs: int) -> list[dict]:
         """onnxruntime's own profiler: one event per node and run, with its provider and time."""
         with tempfile.TemporaryDirectory() as tmp:
             so = ort.SessionOptions()
@@ -81,12 +81,12 @@ class OnnxRuntimeSession(PhasedSession):
         per_run = len(nodes) // (runs + 1)
         return nodes[per_run:]  # without the warm-up run
 
-    def coverage(self, x: np.ndarray) -> float:
+    def coverage(self, x: Feed) -> float:
         """Share of the executed nodes assigned to the first requested provider."""
         nodes = {e["name"]: e["args"].get("provider") for e in self._node_events(x, 1)}
         return sum(p == self._requested[0] for p in nodes.values()) / len(nodes) if nodes else 1.0
 
-    def profile(self, x: np.ndarray, runs: int) -> list[dict]:
+    def profile(self, x: Feed, runs: int) -> list[dict]:
         """Nodes by mean time per inference (ms), slowest first."""
         total: dict[str, dict] = {}
         for e in self._node_events(x, runs):

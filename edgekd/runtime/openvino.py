@@ -13,7 +13,7 @@ import numpy as np
 import openvino as ov
 
 from edgekd.errors import ModelLoadError, RuntimeBackendError
-from edgekd.runtime.api import PhasedSession, per_op_rows
+from edgekd.runtime.api import Feed, PhasedSession, per_op_rows
 from edgekd.tasks.spec import IR_RT_INFO_KEY, METADATA_KEY, TensorSpec, merge_declared, specs_from_json
 
 
@@ -76,19 +76,19 @@ class OpenVinoSession(PhasedSession):
     def fetch(self) -> np.ndarray:
         # already a copy (the request's buffers are reused by the next call); to_tuple: OVDict[0]
         # looks the port up by name and costs 4.5 µs, a quarter of a tiny model's inference
-        return self._result.to_tuple()[0]
+        return self._result.to_tuple()[0].astype(np.float32, copy=False)
 
     def fetch_all(self) -> list[np.ndarray]:
         return list(self._result.to_tuple())
 
-    def coverage(self, x: np.ndarray) -> float | None:
+    def coverage(self, x: Feed) -> float | None:
         """1.0 when the compiled model runs on the requested device alone, 0.0 when not at all;
         None when OpenVINO split it over several devices (HETERO/AUTO: see execution_devices)."""
         devices = {d.split(".")[0] for d in self.info["execution_devices"]}
         wanted = self._device.split(".")[0]
         return 1.0 if devices == {wanted} else 0.0 if wanted not in devices else None
 
-    def profile(self, x: np.ndarray, runs: int) -> list[dict]:
+    def profile(self, x: Feed, runs: int) -> list[dict]:
         """OpenVINO's performance counters (a second compile with PERF_COUNT), by mean time."""
         compiled = self._core.compile_model(str(self._path), self._device, {**self._config, "PERF_COUNT": True})
         request = compiled.create_infer_request()

@@ -143,3 +143,17 @@ def test_the_whole_adb_flow_against_a_stand_in_adb(tmp_path, exported):
     run = next(c for c in calls if "benchmark_model --graph=" in c[-1])
     assert "--num_threads=4" in run[-1] and "--use_xnnpack=true" in run[-1]
     assert os.path.basename(str(exported[("int8", "tflite")].path)) not in " ".join(run)  # hash name on device
+
+
+def test_shapes_are_refused_on_adb_targets(tmp_path, exported):
+    """benchmark_model runs the model's stored input shapes: a --shape is an error, not ignored."""
+    from edgekd.bench import benchmark_on_target
+    from edgekd.errors import ConfigError
+    from edgekd.targets import load_target
+
+    profile = tmp_path / "pixel.yaml"
+    profile.write_text(f"name: pixel\nconnection: adb\nadb: {{adb: {tmp_path / 'adb'}, benchmark_model: "
+                       f"{tmp_path / 'bm'}}}\nruntimes: {{litert: {{}}}}\n")
+    with pytest.raises(ConfigError, match=r"target 'pixel' runs LiteRT's benchmark_model over adb.*"
+                                          r"\(sequence\) cannot be passed there"):
+        benchmark_on_target(exported[("int8", "tflite")].path, load_target(profile), shapes={"sequence": 16})

@@ -122,6 +122,38 @@ def test_two_inputs_by_name_or_in_order(tmp_path, api, dtype):
         session.run({"a": a})
 
 
+@pytest.mark.parametrize("api", ["interpreter", "compiled_model"])
+def test_fetch_all_gives_every_output(tmp_path, api):
+    path = tflite_models.add_and_mul(tmp_path / "add_mul.tflite", (1, 4), np.int32)
+    session = open_session(path, options={"api": api})
+    assert [(s.name, s.dtype) for s in session.outputs] == [("sum", "int32"), ("product", "int32")]
+    a, b = np.arange(12).reshape(3, 4).astype(np.int32), np.full((3, 4), 3, np.int32)
+    first = session.run({"a": a, "b": b})
+    assert first.dtype == np.float32 and np.array_equal(first, (a + b).astype(np.float32))
+    total, product = session.fetch_all()
+    assert np.array_equal(total, a + b) and np.array_equal(product, a * b)
+
+
+@pytest.mark.parametrize("api", ["interpreter", "compiled_model"])
+def test_quantized_output_is_described_as_float32(tmp_path, api):
+    """The interface edgekd presents: an int8 output is dequantized, so its spec says float32."""
+    path = tflite_models.identity(tmp_path / "q.tflite", (1, 6), np.int8, quant=(0.5, 3))
+    session = open_session(path, options={"api": api})
+    assert [s.dtype for s in session.inputs] == ["float32"] and [s.dtype for s in session.outputs] == ["float32"]
+
+
+@pytest.mark.parametrize("api", ["interpreter", "compiled_model"])
+def test_benchmark_child_feeds_two_integer_inputs_by_name(tmp_path, api):
+    path = tflite_models.add(tmp_path / "add.tflite", (1, 4), np.int32)
+    result = benchmark(path, "litert", settings=QUICK, options={"api": api}, value_ranges={"a": [0, 100]})
+    assert result.inputs == ["a int32[1,4] in [0, 100)", "b int32[1,4]"]  # b: the default [0, 2)
+    assert result.latency.n >= QUICK.min_runs and result.info["api"] == api
+    with pytest.raises(ConfigError, match=r"value range for 'c': the model has no such input \(its inputs: a, b\)"):
+        benchmark(path, "litert", settings=QUICK, value_ranges={"c": [0, 10]})
+    with pytest.raises(ConfigError, match=r"value range for 'a': expected \[low, high\) as two numbers"):
+        benchmark(path, "litert", settings=QUICK, value_ranges={"a": [10]})
+
+
 # --- options, threads, batch -------------------------------------------------------------------
 
 def test_threads_and_xnnpack_are_recorded(float_fc):

@@ -29,7 +29,9 @@ def reference(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (EMBED[ids] * mask[..., None].astype(np.float32)).mean(1) @ HEAD
 
 
-def two_input_model(path, *, named: bool = True, declared: bool = True):
+def two_input_model(path, *, named: bool = True, declared: bool = True, pooled: bool = False):
+    """``input_ids`` and ``attention_mask`` (int64, [batch, sequence]) -> ``logits`` [batch, 3]
+    (and ``pooled`` [batch, 8] with ``pooled``), with edgekd's declaration in the metadata."""
     seq = "sequence" if named else None
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq]) for n in ("input_ids", "attention_mask")]
     nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["emb"], axis=0),  # (N, L, D)
@@ -38,8 +40,10 @@ def two_input_model(path, *, named: bool = True, declared: bool = True):
              helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
              helper.make_node("ReduceMean", ["masked", "axis1"], ["pooled"], keepdims=0),  # (N, D)
              helper.make_node("MatMul", ["pooled", "head"], ["logits"])]
-    graph = helper.make_graph(nodes, "bag", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                                                  ["batch", CLASSES])],
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])]
+    if pooled:
+        outputs.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", DIM]))
+    graph = helper.make_graph(nodes, "bag", inputs, outputs,
                               [numpy_helper.from_array(EMBED, "embed"), numpy_helper.from_array(HEAD, "head"),
                                numpy_helper.from_array(np.array([2], np.int64), "axis2"),
                                numpy_helper.from_array(np.array([1], np.int64), "axis1")])
@@ -136,3 +140,35 @@ def test_cli_bench_refuses_then_takes_a_shape(files, tmp_path):
     assert "inputs: input_ids int64[1,16]" in ok.output
     bad = runner.invoke(main, ["bench", str(files["onnxruntime"]), "--target", str(profile), "--shape", "sequence"])
     assert bad.exit_code == 2 and "expected NAME=LENGTH" in bad.output
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_fetch_all_gives_every_output_and_fetch_the_first(tmp_path, runtime):
+    session = open_session(two_input_model(tmp_path / "two_out.onnx", pooled=True), runtime)
+    assert [s.name for s in session.outputs] == ["logits", "pooled"]
+    ids, mask = _data()
+    logits = session.run({"input_ids": ids, "attention_mask": mask})
+    assert logits.dtype == np.float32 and np.allclose(logits, reference(ids, mask), atol=1e-5)
+    first, pooled = session.fetch_all()
+    assert np.array_equal(first, logits)
+    assert np.allclose(pooled, (EMBED[ids] * mask[..., None]).mean(1), atol=1e-5)  # (N, D)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_coverage_and_profile_take_the_feed_of_every_input(files, runtime):
+    result = benchmark(files[runtime], runtime, settings=QUICK, shapes={"sequence": 16}, profile=True)
+    assert result.coverage == 1.0
+    assert result.profile and all(row["mean_ms"] >= 0 for row in result.profile)
+
+
+def test_target_shapes_are_the_defaults_and_shape_overrides_them(files, tmp_path):
+    from edgekd.bench import benchmark_on_target
+    from edgekd.targets import load_target
+
+    profile = tmp_path / "seq.yaml"
+    profile.write_text("name: seq\nruntimes: {onnxruntime: {}}\nshapes: {sequence: 8}\n"
+                       "benchmark: {warmup_runs: 2, min_runs: 5, min_seconds: 0.0, max_seconds: 2.0}\n")
+    target = load_target(profile)
+    assert benchmark_on_target(files["onnxruntime"], target).inputs[0] == f"input_ids int64[1,8] in [0, {VOCAB})"
+    wider = benchmark_on_target(files["onnxruntime"], target, shapes={"sequence": 12})
+    assert wider.inputs[1] == "attention_mask int64[1,12] in [0, 2)"

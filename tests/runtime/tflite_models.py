@@ -119,6 +119,16 @@ def add(path: Path, shape: tuple[int, ...], dtype=np.float32) -> Path:
     return b.write(path, [x, y], [out])
 
 
+def add_and_mul(path: Path, shape: tuple[int, ...], dtype=np.float32) -> Path:
+    """``a + b`` (output ``sum``) and ``a * b`` (output ``product``): two inputs, two outputs."""
+    b = ModelBuilder()
+    x, y = b.tensor("a", shape, dtype), b.tensor("b", shape, dtype)
+    total, product = b.tensor("sum", shape, dtype), b.tensor("product", shape, dtype)
+    b.op(schema.BuiltinOperator.ADD, [x, y], [total], schema.BuiltinOptions.AddOptions, schema.AddOptionsT())
+    b.op(schema.BuiltinOperator.MUL, [x, y], [product], schema.BuiltinOptions.MulOptions, schema.MulOptionsT())
+    return b.write(path, [x, y], [total, product])
+
+
 def random_int8_classifier(path: Path, input_shape: tuple[int, ...] = (1, 1, 8, 8), classes: int = 10,
                            seed: int = 0) -> dict:
     """An int8 FULLY_CONNECTED classifier with random weights, inputs expected in [0, 1].
