@@ -78,6 +78,15 @@ def prepare(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None
     tick = time.perf_counter()
     data = task.load_data(recipe.data)
     check_distill_setup(recipe.distill, onnx_teacher=onnx_teacher(recipe), num_classes=data.num_classes)
+    if recipe.benchmark:  # every dynamic axis has a length on every target, or refuse before training
+        for target in (t for t in targets if t.reachable):
+            axes = {**target.shapes, **recipe.shapes}
+            for spec in task.input_spec(data):
+                try:
+                    spec.bind(axes)
+                except ConfigError as err:
+                    raise ConfigError(f"target {target.name!r}: {err}; in a recipe, set `shapes:` "
+                                      f"(e.g. shapes: {{sequence: 128}})") from None
     store = RunStore(out, recipe.to_dict(), data.fingerprint, resume=resume, lead=lead)
     Distributed.current().barrier()  # rank 0 has cleared old checkpoints before anyone trains
     if lead:

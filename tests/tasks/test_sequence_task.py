@@ -114,6 +114,12 @@ def test_a_benchmark_without_a_declared_sequence_length_is_refused(tmp_path):
         benchmark_on_target(path, load_target(str(tmp_path / "tiny-x86.yaml")))
 
 
+def test_a_recipe_without_a_sequence_length_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline.stages, "train_scratch", lambda *a, **k: pytest.fail("trained first"))
+    with pytest.raises(ConfigError, match=r"target 'tiny-x86': input 'input_ids' axis 1 \('sequence'\).*set `shapes:`"):
+        pipeline.run(_recipe(tmp_path, shapes={}), tmp_path / "out", cache_dir=tmp_path / "cache")
+
+
 def test_metrics_follow_the_class_axis_and_skip_unlabelled_positions():
     task = create_task("toy-sequence-classification")
     logits = np.array([[[0.1, 0.9], [0.8, 0.2]], [[0.3, 0.7], [0.6, 0.4]]], np.float32)  # (N=2, L=2, K=2)
