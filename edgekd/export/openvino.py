@@ -24,14 +24,15 @@ def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
         raise ExportError(f"{onnx_path}: ONNX file not found")
     out_path = Path(out_path).with_suffix(".xml")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _refuse_16bit_activations(onnx_path)
+    onnx_model = check_onnx_file(onnx_path)  # parsed once: the 16-bit check and the declared inputs
+    _refuse_16bit_activations(onnx_path, onnx_model)
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as err:
         check_onnx_file(onnx_path)  # a corrupt file gets the precise ModelLoadError, naming it
         raise ExportError(f"{onnx_path}: OpenVINO could not convert the model: "
                           f"{str(err).strip().splitlines()[-1][:300]}") from None
-    declared = _declared_inputs(onnx_path)
+    declared = next((p.value for p in onnx_model.metadata_props if p.key == METADATA_KEY), None)
     if declared:  # IR dims lose their names: keep edgekd's input specs beside the graph
         model.set_rt_info(declared, IR_RT_INFO_KEY)
     tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.xml")
@@ -45,20 +46,13 @@ def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _declared_inputs(onnx_path: Path) -> str | None:
-    """The input specs edgekd wrote into the ONNX file's metadata (JSON), if any."""
-    model = check_onnx_file(onnx_path)
-    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
-
-
-def _refuse_16bit_activations(onnx_path: Path) -> None:
+def _refuse_16bit_activations(onnx_path: Path, model) -> None:
     """OpenVINO (2026.4) mis-runs 16-bit QuantizeLinear/DequantizeLinear: measured here, a
     uint16-activation CNN that onnxruntime runs exactly came out of OpenVINO at 10% accuracy, and
     a lone uint16 QDQ pair fails to compile ("FQ stripping failed"). Refuse, rather than write an
     IR that computes something else."""
     import onnx
 
-    model = check_onnx_file(onnx_path)
     types = {i.name: i.data_type for i in model.graph.initializer}
     wide = {onnx.TensorProto.INT16: "int16", onnx.TensorProto.UINT16: "uint16"}
     for node in model.graph.node:

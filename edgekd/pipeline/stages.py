@@ -33,7 +33,7 @@ from edgekd.recipe import Recipe
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a run: ``build(ctx)`` when ``enabled(recipe)``."""
+    """One step of a run: ``build(ctx, name)`` when ``enabled(recipe)``."""
 
     name: str
     build: Callable[[RunContext, str], Product | None]

@@ -23,7 +23,6 @@ from edgekd.errors import ConfigError
 from edgekd.units import format_size
 
 SCHEMA_VERSION = 1
-STAGES = ("teacher", "student-scratch", "student-kd", "student-int8")
 
 
 @dataclass

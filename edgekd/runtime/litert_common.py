@@ -10,6 +10,7 @@ TFLite's QUANTIZE kernel does, and its output dequantized, ``x = (q - z) * s`` (
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class ModelInput:
         return TensorSpec(self.name, dtype, (None if resizable else self.shape[0], *self.shape[1:]))
 
 
-class LiteRTBatching(PhasedSession):
+class LiteRTBatching(PhasedSession, abc.ABC):
     """A TFLite input shape is static, so a session probes once whether the model follows another
     batch size (``input_shape[0]`` None) and resizes every input to each new batch; otherwise the
     batch is fixed. Subclasses give ``_allocate(batch)`` (shape the model for ``batch``,
@@ -96,11 +97,13 @@ class LiteRTBatching(PhasedSession):
         self._allocate(batch)
         return follows
 
+    @abc.abstractmethod
     def _allocate(self, batch: int) -> None:
-        raise NotImplementedError
+        """Shape the model for ``batch``; ModelLoadError when it cannot."""
 
+    @abc.abstractmethod
     def _output_batch(self) -> int:
-        raise NotImplementedError
+        """The first output's batch size as the model is shaped now."""
 
 
 def to_model_input(x: np.ndarray, dtype, quant: tuple[float, int] | None) -> np.ndarray:
@@ -173,8 +176,6 @@ def check_options(options: dict) -> dict:
 def first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
-
-
 
 
 def delegated_share(interpreter) -> float:

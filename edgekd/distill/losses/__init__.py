@@ -38,12 +38,6 @@ class TeacherOutput:
     probs: torch.Tensor | None = None         # (N, k) top-k probabilities, descending
     indices: torch.Tensor | None = None       # (N, k) their classes; (N,) labels for "labels"
 
-    def hard_labels(self, class_dim: int = -1) -> torch.Tensor:
-        """The teacher's top-1 class per sample, whatever it provided.  # (N,)"""
-        if self.kind == "logits":
-            return self.logits.argmax(class_dim)
-        return self.indices[..., 0] if self.kind == "topk" else self.indices
-
 
 @dataclass
 class Batch:
@@ -65,12 +59,6 @@ class Batch:
     def flat_labels(self) -> torch.Tensor | None:
         """Labels with one entry per row of ``classes_last``.  # (M,)"""
         return None if self.labels is None else self.labels.reshape(-1)
-
-    def labelled(self) -> torch.Tensor:
-        """Boolean mask of samples that carry a ground-truth label.  # (N,)"""
-        if self.labels is None:
-            return torch.zeros(len(self.logits), dtype=torch.bool, device=self.logits.device)
-        return self.labels >= 0
 
 
 from edgekd.distill.losses import feature, logit  # noqa: F401  (register the losses)
