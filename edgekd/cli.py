@@ -15,6 +15,11 @@ import click
 from edgekd.errors import EdgeKDError
 
 
+# the registries' names, spelled here so `--help` imports no framework (a test checks they match)
+OBSERVERS = ["minmax", "moving_average", "percentile", "mse"]
+RUNTIMES = ["litert", "onnxruntime", "openvino"]
+
+
 class EdgeKDGroup(click.Group):
     """Turns edgekd's typed errors into clean messages and exit codes."""
 
@@ -42,12 +47,16 @@ class EdgeKDGroup(click.Group):
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """edgekd: distil a small student from a teacher, train it in int8, export it to ONNX and
-    OpenVINO, benchmark every artifact and check it against budgets.
+    """edgekd: distil a small student from a teacher, train it in int8, export it to ONNX,
+    OpenVINO IR and TFLite (LiteRT), benchmark every artifact and check it against budgets.
 
     Start with `edgekd demo`; `edgekd demo --show-recipe` prints the recipe it runs.
     """
     ctx.obj = {"debug": debug}
+    if debug:  # child processes and native logs (LiteRT's fd-2 lines) follow the flag
+        import os
+
+        os.environ["EDGEKD_DEBUG"] = "1"
 
 
 def _print_run(result) -> None:
@@ -75,15 +84,20 @@ def _print_run(result) -> None:
     click.echo(f"\nreport: {result.report_path}  (total {report.timings_s['total']:.1f} s)")
 
 
-def _run(recipe, out: str, cache: str | None, resume: bool = False) -> None:
+def _run(recipe, out: str, cache: str | None, resume: bool = False, overwrite: bool = False) -> None:
     from edgekd.pipeline import run
 
-    result = run(recipe, out, cache_dir=cache, log=lambda m: click.echo(m, err=True), resume=resume)
+    result = run(recipe, out, cache_dir=cache, log=lambda m: click.echo(m, err=True), resume=resume,
+                 overwrite=overwrite)
     if result is None:  # a non-lead process under torchrun: rank 0 reports
         return
     _print_run(result)
     if result.budget is not None and not result.budget.passed:
         sys.exit(1)
+
+
+_OVERWRITE_HELP = ("Write into an --out folder that is not empty and was not made by edgekd (files are "
+                   "written beside yours; edgekd never deletes a file it did not write).")
 
 
 @main.command()
@@ -95,12 +109,14 @@ def _run(recipe, out: str, cache: str | None, resume: bool = False) -> None:
 @click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
                                              "are loaded, the interrupted one resumes from its last epoch.")
-def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool, resume: bool) -> None:
+@click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
+def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool, resume: bool, overwrite: bool) -> None:
     """Run the whole pipeline on the built-in 8x8 digits.
 
     Trains (or reuses from the cache) a teacher CNN, distils a ~24x smaller student and a scratch
-    baseline, fine-tunes the student in int8 with the teacher guiding, exports ONNX and OpenVINO
-    IR, checks accuracy in each runtime, benchmarks each artifact and checks the demo budget.
+    baseline, fine-tunes the student in int8 with the teacher guiding, exports ONNX, OpenVINO IR
+    and TFLite (the formats of the recipe: `--show-recipe`), checks accuracy in each runtime,
+    benchmarks each artifact and checks the demo budget.
     Exits 1 if a budget fails.
     """
     from edgekd.recipe import demo_recipe, demo_recipe_text
@@ -110,7 +126,7 @@ def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool, resume:
         return
     recipe = demo_recipe()
     recipe.benchmark = recipe.benchmark and not no_bench
-    _run(recipe, out, cache, resume)
+    _run(recipe, out, cache, resume, overwrite)
 
 
 @main.command("run")
@@ -121,26 +137,30 @@ def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool, resume:
               help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
                                              "are loaded, the interrupted one resumes from its last epoch.")
-def run_cmd(recipe: str, out: str | None, cache: str | None, resume: bool) -> None:
+@click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
+@click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail as not measured).")
+def run_cmd(recipe: str, out: str | None, cache: str | None, resume: bool, overwrite: bool, no_bench: bool) -> None:
     """Run the pipeline described by RECIPE (YAML; see `edgekd demo --show-recipe`).
 
-    Every epoch is checkpointed; `--resume` continues an interrupted run (at most one epoch is
-    lost). Multi-process: `torchrun --nproc_per_node=N $(which edgekd) run RECIPE` trains with
+    The --out folder is locked while the run writes it (a second run there is refused), and
+    only files a previous edgekd run recorded there are replaced. Every epoch is checkpointed;
+    `--resume` continues an interrupted run (at most one epoch is lost). Multi-process: `torchrun --nproc_per_node=N $(which edgekd) run RECIPE` trains with
     DistributedDataParallel (gloo on CPU); rank 0 exports, benchmarks and reports.
     Exits 1 if a budget in the recipe fails, 2 on a bad recipe.
     """
     from edgekd.recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    _run(parsed, out or f"edgekd-out/{parsed.name}", cache, resume)
+    parsed.benchmark = parsed.benchmark and not no_bench
+    _run(parsed, out or f"edgekd-out/{parsed.name}", cache, resume, overwrite)
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", "source", default="digits", show_default=True,
               help="Calibration and test data: 'digits', a .npz with x/y, or an image folder.")
-@click.option("--observer", default="mse", show_default=True,
-              help="Activation range observer: minmax, moving_average, percentile, mse.")
+@click.option("--observer", type=click.Choice(OBSERVERS), default="mse", show_default=True,
+              help="Activation range observer.")
 @click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True,
               help="Calibration batches (of the train split, batch size 64).")
 @click.option("--percentile", type=float, default=99.99, show_default=True,
@@ -265,7 +285,8 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--target", default="x86-cpu", show_default=True,
               help="Target profile name or YAML path (see `edgekd targets`): local, ssh or adb.")
-@click.option("--runtime", default=None, help="Runtime [default: the artifact's native runtime].")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Runtime [default: the artifact's native runtime].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Inference threads [default: the target's].")
 @click.option("--profile", "per_op", is_flag=True,
@@ -360,20 +381,21 @@ def _print_bench(artifact: str, target: str, result) -> None:
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--target", default="x86-cpu", show_default=True,
               help="Target profile whose compute figures (peak int8/fp32 throughput, memory bandwidth) to use.")
-@click.option("--runtime", default="onnxruntime", show_default=True,
-              help="Whose per-call overhead (the profile's compute.overhead_us) to add.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Whose per-call overhead (the profile's compute.overhead_us) to add "
+                   "[default: the target's first runtime].")
 @click.option("--top", type=click.IntRange(min=1), default=None,
               help="Show only the N slowest layers [default: every layer, in execution order].")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Write the estimate (per layer) to this JSON file.")
-def estimate(artifact: str, target: str, runtime: str, top: int | None, json_out: str | None) -> None:
+def estimate(artifact: str, target: str, runtime: str | None, top: int | None, json_out: str | None) -> None:
     """ESTIMATE an ONNX ARTIFACT on a target without running it: per-layer MACs, parameters,
     weight bytes, peak activation memory and a roofline latency. Every figure is an estimate."""
     import json
 
     from edgekd import atomic
-    from edgekd.bench.estimate import estimate_onnx
-    from edgekd.errors import ConfigError
+    from edgekd.bench.estimate import analyze
+    from edgekd.errors import ConfigError, EstimateError
     from edgekd.targets import load_target
 
     profile = load_target(target)
@@ -383,11 +405,16 @@ def estimate(artifact: str, target: str, runtime: str, top: int | None, json_out
     if Path(artifact).suffix.lower() != ".onnx":
         raise ConfigError(f"{artifact}: the estimator reads ONNX; pass the .onnx file this artifact was "
                           f"converted from (edgekd exports every format from one ONNX file)")
-    result = estimate_onnx(artifact, profile.compute, profile.name, runtime)
+    if runtime is not None and runtime not in profile.runtimes:
+        raise ConfigError(f"--runtime {runtime}: target {profile.name!r} lists runtimes "
+                          f"{', '.join(profile.runtimes)}; estimate with one of those")
+    result = profile.estimate(analyze(artifact), runtime)
     click.echo(result.table(top))
     if json_out:
         atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
         click.echo(f"wrote {json_out}")
+    if result.not_runnable():
+        raise EstimateError(f"{artifact}: {result.not_runnable()}")
 
 
 @main.command()
@@ -496,10 +523,13 @@ def compare(old: str, new: str, changed: bool, json_out: str | None) -> None:
     import json
 
     from edgekd import atomic
-    from edgekd.report.compare import compare_reports, table
     from edgekd.report import load_report
+    from edgekd.report.compare import compare_reports, different_inputs, table
 
-    deltas = compare_reports(load_report(old), load_report(new))
+    before, after = load_report(old), load_report(new)
+    for warning in different_inputs(before, after):
+        click.echo(f"warning: {warning}", err=True)
+    deltas = compare_reports(before, after)
     click.echo(table(deltas, changed_only=changed))
     if json_out:
         atomic.write_text(json_out, json.dumps([d.to_dict() for d in deltas], indent=2) + "\n")

@@ -26,8 +26,9 @@ class UnknownNameError(ConfigError, KeyError):
     def __init__(self, kind: str, name: str, valid: Iterable[str]):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         hint = " (or write package.module:callable)" if kind == "model" else ""
+        plural = f"{kind}es" if kind.endswith(("s", "x", "sh", "ch")) else f"{kind}s"  # "losses", not "losss"
         super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.valid)}; "
-                         f"valid {kind}s: {', '.join(self.valid) or '(none registered)'}{hint}")
+                         f"valid {plural}: {', '.join(self.valid) or '(none registered)'}{hint}")
 
     def __str__(self) -> str:  # KeyError would add quotes around the message
         return self.args[0]
@@ -35,6 +36,13 @@ class UnknownNameError(ConfigError, KeyError):
 
 class DataError(EdgeKDError):
     """A dataset file or folder cannot be used (missing, wrong format, wrong shapes or labels)."""
+
+
+class WriteError(EdgeKDError, OSError):
+    """A file could not be written (full disk, no permission); names the file and the free space."""
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class ModelLoadError(EdgeKDError):

@@ -14,11 +14,12 @@ from edgekd.config import Config, FieldError, check_name, load_yaml, parse_yaml
 from edgekd.data.datasets import DataConfig
 from edgekd.distill.api import DistillConfig
 from edgekd.distill.trainer import TrainConfig
-from edgekd.errors import UnknownNameError
+from edgekd.errors import ConfigError, UnknownNameError
 from edgekd.export.api import EXPORTERS
 from edgekd.models.factory import ModelSpec
 from edgekd.quant.ptq import PTQConfig
 from edgekd.quant.qat import QATConfig
+from edgekd.runfolder import check_run_name
 from edgekd.targets import target_file
 from edgekd.tasks import TASKS
 
@@ -95,6 +96,10 @@ class Recipe(Config):
         if self.version != SCHEMA_VERSION:
             raise FieldError("version", f"recipe schema {self.version} is not supported "
                                         f"(this edgekd reads version {SCHEMA_VERSION})")
+        try:
+            check_run_name(self.name)
+        except ConfigError as err:
+            raise FieldError("name", str(err).removeprefix("name: ")) from None
         if ":" not in self.task:
             check_name(TASKS, self.task, "task")
         for axis, length in self.shapes.items():
@@ -116,6 +121,9 @@ def load_recipe(path: str | Path) -> Recipe:
         ConfigError: missing file, bad YAML, unknown keys, wrong types, bad values (file:line named).
     """
     data, source = load_yaml(path)
+    if not data:  # an empty or comment-only file would otherwise run every default
+        raise ConfigError(f"{path}: the recipe is empty (no settings, only comments or blank lines); "
+                          f"start from `edgekd demo --show-recipe > {Path(path).name}` and edit it")
     return Recipe.from_dict(data, source)
 
 

@@ -6,14 +6,14 @@ its model to ``out/models/<stage>.pt``. A resumed run loads finished stages from
 continues an interrupted one from its ``.state`` file. Both carry the run's key (a hash of the
 recipe's training sections and the data; export, targets, benchmark and budgets may change
 between the two runs), so a folder holding another run is refused instead of mixed in.
-Without ``--resume`` a run starts clean and replaces earlier checkpoints.
+Without ``--resume`` a run starts clean: ``edgekd.runfolder`` removes what the previous run wrote
+(only files its manifest lists) and ``finished`` ignores any model left in ``models/``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 from edgekd import atomic
@@ -37,12 +37,12 @@ class RunStore:
         if resume and key_file.is_file() and key_file.read_text().strip() != self.key:
             raise ConfigError(f"{out}: this folder holds a run of another recipe or data; resume it "
                               f"with the same recipe, or run without --resume to start over")
-        if lead and not resume:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            for stage_file in (out / "models").glob("*.pt"):
-                stage_file.unlink()
-        if lead:
-            atomic.write_text(key_file, self.key + "\n")
+
+    def begin(self) -> None:
+        """Mark the folder as holding this run (lead process; after the run's checks passed, so a
+        refused run leaves no key behind). Old files were cleared by ``edgekd.runfolder``."""
+        if self.lead:
+            atomic.write_text(self.dir / "run.key", self.key + "\n")
 
     def state_path(self, stage: str) -> Path:
         """The per-epoch training state of ``stage`` (the trainer resumes from it if present)."""

@@ -105,6 +105,17 @@ class TargetProfile(Config):
         """edgekd can run artifacts on this target (parity, benchmark)."""
         return self.connection != "none"
 
+    @property
+    def integer_only(self) -> bool:
+        """The target has no float kernels (its scheme says ``float_fallback: false``)."""
+        return self.quantization is not None and not self.quantization.float_fallback
+
+    def estimate(self, analysis, runtime: str | None = None):
+        """``analysis`` (``edgekd.bench.estimate.analyze``) on this target's compute figures,
+        with the call overhead of ``runtime`` (default: the target's first runtime)."""
+        return analysis.on(self.compute, self.name, runtime or next(iter(self.runtimes)),
+                           integer_only=self.integer_only)
+
     def require_reachable(self, what: str) -> None:
         """Raise ConfigError when edgekd cannot run artifacts on this target (``what``: the task)."""
         if not self.reachable:

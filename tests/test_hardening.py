@@ -328,3 +328,476 @@ def test_a_run_killed_mid_training_resumes_from_its_last_epoch(tmp_path):
     epochs = [r["epoch"] for r in kd["info"]["training"]["history"]]
     assert epochs == list(range(1, 16))  # nothing lost, nothing repeated
     assert not state.exists()  # the finished model superseded its checkpoint
+
+
+# -- round 2: the output folder (issue 17) -------------------------------------------------------------
+
+def _tiny_recipe_file(path: Path, **edits) -> Path:
+    """A run of a few seconds: 1 epoch each, no QAT/PTQ, ONNX only, no benchmark."""
+    from edgekd.config import dump_yaml
+    from tests.recipes import short_recipe
+
+    recipe = short_recipe(epochs=1, qat_epochs=None)
+    recipe.ptq.enabled = False
+    data = recipe.to_dict()
+    for dotted, value in edits.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(dump_yaml(data))
+    return path
+
+
+def test_a_run_never_deletes_files_it_did_not_write(tmp_path):
+    """A folder with the user's own models/ is refused; with --overwrite their files survive."""
+    out = tmp_path / "mine"
+    (out / "models").mkdir(parents=True)
+    (out / "models" / "precious.pt").write_bytes(b"my weights")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "notes.txt").write_text("mine")
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml")
+    code, out_text = _cli("run", recipe, "--out", out, "--cache", tmp_path / "c")
+    assert code == 2 and "is not empty and edgekd did not create it" in out_text and "--overwrite" in out_text
+    assert (out / "models" / "precious.pt").read_bytes() == b"my weights"
+    code, out_text = _cli("run", recipe, "--out", out, "--cache", tmp_path / "c", "--overwrite")
+    assert code == 0, out_text
+    assert (out / "models" / "precious.pt").read_bytes() == b"my weights"
+    assert (out / "checkpoints" / "notes.txt").read_text() == "mine"
+    assert (out / "models" / "student-kd.pt").is_file()
+
+
+def test_a_new_run_removes_only_what_the_previous_run_recorded(tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml")
+    assert _cli("run", recipe, "--out", out, "--cache", tmp_path / "c")[0] == 0
+    manifest = json.loads((out / ".edgekd" / "manifest.json").read_text())["files"]
+    assert "models/student-kd.pt" in manifest and "report.json" in manifest and "recipe.yaml" in manifest
+    (out / "models" / "mine.pt").write_bytes(b"user file added later")
+    stale = out / "artifacts" / "student-kd.onnx"
+    assert stale.is_file()
+    # the second run exports no ONNX: the first run's file goes (it was recorded), the user's stays
+    recipe2 = _tiny_recipe_file(tmp_path / "r2.yaml", **{"export.formats": ["onnx"], "name": "second"})
+    assert _cli("run", recipe2, "--out", out, "--cache", tmp_path / "c")[0] == 0
+    assert (out / "models" / "mine.pt").read_bytes() == b"user file added later"
+    assert "models/mine.pt" not in json.loads((out / ".edgekd" / "manifest.json").read_text())["files"]
+
+
+@pytest.mark.parametrize("name", ["..", "../../x", "/etc", "a/b", "", "x" * 101])
+def test_recipe_names_cannot_escape_the_output_root(tmp_path, name):
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", name=name)
+    code, out = _cli("run", recipe)
+    assert code == 2 and "is not a usable run name" in out and "r.yaml" in out
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from edgekd import runfolder\n"
+        f"folder = runfolder.claim({str(out)!r})\nprint('locked', flush=True)\ntime.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        recipe = _tiny_recipe_file(tmp_path / "r.yaml")
+        code, text = _cli("run", recipe, "--out", out, "--cache", tmp_path / "c")
+        assert code == 2 and f"pid {holder.pid}" in text and "another edgekd run is writing this folder" in text
+        assert not (out / "models").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up (SIGKILL): its lock file stays, and is taken over
+    assert (out / ".edgekd" / "lock").is_file()
+    code, text = _cli("run", _tiny_recipe_file(tmp_path / "r.yaml"), "--out", out, "--cache", tmp_path / "c")
+    assert code == 0, text
+
+
+def test_a_refused_run_leaves_nothing_behind(tmp_path):
+    """Refused after its checks started (a teacher that does not fit): no recipe.yaml, no run.key."""
+    bad_teacher = tmp_path / "t.pt"
+    from edgekd.models import ModelSpec, create_model, save_checkpoint
+
+    save_checkpoint(bad_teacher, create_model("cnn-teacher", in_channels=3, num_classes=10),
+                    ModelSpec(arch="cnn-teacher"), in_channels=3, num_classes=10)
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{"teacher.checkpoint": str(bad_teacher)})
+    code, text = _cli("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "c")
+    assert code == 2
+    assert not (tmp_path / "out").exists()
+
+
+# -- round 2: checks before training ----------------------------------------------------------------
+
+@pytest.mark.parametrize("channels, classes, message", [
+    (3, 10, "one forward pass failed"),
+    (1, 7, "gives 7 classes"),
+])
+def test_a_teacher_that_does_not_fit_the_data_is_refused_before_training(tmp_path, channels, classes, message):
+    from edgekd.models import ModelSpec, create_model, save_checkpoint
+
+    teacher = save_checkpoint(tmp_path / "t.pt", create_model("cnn-teacher", in_channels=channels,
+                                                               num_classes=classes),
+                              ModelSpec(arch="cnn-teacher"), in_channels=channels, num_classes=classes)
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{"teacher.checkpoint": str(teacher)})
+    code, text = _cli("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "c")
+    assert code == 2 and message in text and "t.pt" in text
+    assert "(4, 1, 8, 8)" in text or classes != 10  # a failed forward names the batch's shape
+    assert not (tmp_path / "out" / "models").exists()  # nothing trained
+
+
+def test_a_student_checkpoint_is_used_or_refused(tmp_path):
+    from edgekd.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
+
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{"student.checkpoint": str(tmp_path / "missing.pt")})
+    code, text = _cli("run", recipe, "--out", tmp_path / "o1", "--cache", tmp_path / "c")
+    assert code == 2 and "missing.pt: checkpoint not found" in text
+    other = save_checkpoint(tmp_path / "xs.pt", create_model("cnn-student-xs"), ModelSpec(arch="cnn-student-xs"),
+                            in_channels=1, num_classes=10)
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{"student.checkpoint": str(other)})
+    code, text = _cli("run", recipe, "--out", tmp_path / "o2", "--cache", tmp_path / "c")
+    assert code == 2 and "holds architecture 'cnn-student-xs' but student.arch is 'cnn-student-s'" in text
+    torch.manual_seed(123)
+    start = create_model("cnn-student-s")
+    ckpt = save_checkpoint(tmp_path / "s.pt", start, ModelSpec(arch="cnn-student-s"), in_channels=1, num_classes=10)
+    from edgekd.pipeline import prepare
+    from edgekd.recipe import load_recipe
+
+    ctx = prepare(load_recipe(_tiny_recipe_file(tmp_path / "r.yaml", **{"student.checkpoint": str(ckpt)})),
+                  tmp_path / "o3")
+    init = ctx.student_init()
+    for name, value in start.state_dict().items():
+        assert torch.equal(init.state_dict()[name], value), name  # both students start from its weights
+
+
+def test_empty_and_comment_only_recipes_are_refused(tmp_path):
+    for text in ("", "# nothing here\n\n   # still nothing\n"):
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        code, out = _cli("run", path, "--out", tmp_path / "out")
+        assert code == 2 and "r.yaml: the recipe is empty" in out
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"student_training.epochs": 10**12}, "student_training.epochs: expected 1..10000 epochs"),
+    ({"data.batch_size": 10**9}, "data.batch_size: expected 1..65536"),
+])
+def test_absurd_values_are_bounded(tmp_path, edit, message):
+    code, out = _cli("run", _tiny_recipe_file(tmp_path / "r.yaml", **edit), "--out", tmp_path / "out")
+    assert code == 2 and message in out
+
+
+def test_an_unimportable_user_model_is_reported_before_the_data_is_loaded(tmp_path, monkeypatch):
+    import edgekd.data.datasets as datasets
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was loaded before the model was checked")
+
+    monkeypatch.setattr(datasets, "load_data", never)
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{"student.arch": "no_such_module_xyz:build"})
+    code, out = _cli("run", recipe, "--out", tmp_path / "out")
+    assert code == 2 and "student.arch" in out and "no_such_module_xyz" in out
+
+
+# -- round 2: writes ---------------------------------------------------------------------------------
+
+def test_a_full_disk_during_training_is_a_clean_exit_naming_the_path_and_free_space(tmp_path, monkeypatch):
+    """torch.save's own failure on a full disk (its C++ writer raises RuntimeError) mid-training."""
+    import shutil as shutil_module
+
+    from edgekd import atomic
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if str(f).endswith(".state") or ".state." in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 384 vs 282: "
+                               "PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: shutil_module._ntuple_diskusage(10**9, 10**9, 0))
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml")
+    code, text = _cli("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "c")
+    assert code == 2 and "cannot write" in text and ".state" in text and "0 B free on that disk" in text
+    assert "--resume" in text
+    assert not list((tmp_path / "out").rglob("*.tmp*"))  # no temporary file left behind
+
+
+def test_a_full_disk_during_export_names_the_output_not_the_input(exported, tmp_path, monkeypatch):
+    from edgekd import atomic
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(atomic.os, "replace", disk_full)
+    src = exported[("float", "onnx")].path
+    code, text = _cli("export", src, "-f", "tflite", "--out", tmp_path / "o", "--name", "mine")
+    assert code == 2 and f"cannot write {tmp_path / 'o' / 'mine.tflite'}: No space left on device" in text
+    assert str(src) not in text and ".tmp" not in text
+
+
+def test_a_very_long_output_name_works(exported, tmp_path):
+    name = "m" * 245
+    code, text = _cli("export", exported[("float", "onnx")].path, "-f", "tflite", "-f", "openvino",
+                      "--out", tmp_path, "--name", name)
+    assert code == 0, text
+    assert (tmp_path / f"{name}.tflite").is_file() and (tmp_path / f"{name}.xml").is_file()
+
+
+# -- round 2: estimates and benchmarks -----------------------------------------------------------------
+
+def _onnx_of(module, path: Path, *example) -> Path:
+    torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=17)
+    return path
+
+
+def test_recurrent_and_einsum_macs_are_counted(tmp_path):
+    from edgekd.bench.estimate import analyze
+
+    lstm = analyze(_onnx_of(torch.nn.LSTM(16, 32), tmp_path / "lstm.onnx", torch.zeros(5, 1, 16)))
+    assert lstm.complete and lstm.macs == 5 * 1 * (4 * 32 * 16 + 4 * 32 * 32)
+    gru = analyze(_onnx_of(torch.nn.GRU(16, 32), tmp_path / "gru.onnx", torch.zeros(5, 1, 16)))
+    assert gru.complete and gru.macs == 5 * (3 * 32 * 16 + 3 * 32 * 32)
+
+    class Bilinear(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.einsum("bij,bjk->bik", a, b)
+
+    ein = analyze(_onnx_of(Bilinear(), tmp_path / "e.onnx", torch.zeros(1, 4, 8), torch.zeros(1, 8, 3)))
+    assert ein.complete and ein.macs == 4 * 8 * 3
+
+
+def test_an_op_the_estimator_does_not_model_fails_a_mac_budget_as_not_measured(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekd.budgets import Budget, check
+    from edgekd.budgets.gate import report_from_artifacts
+
+    node = helper.make_node("DFT", ["x"], ["y"], name="dft")  # an op with no MAC model
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 2])])
+    path = tmp_path / "dft.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    report = report_from_artifacts([str(path)], ["ethos-u55"], lambda m: None)
+    result = check(report, Budget.from_dict({"budgets": [{"artifact": "*", "target": "ethos-u55", "max_macs": 1000}]}))
+    verdict = next(v for v in result.verdicts if v.metric == "max_macs")
+    assert verdict.status == "FAIL" and verdict.actual == "not measured" and "DFT x1" in verdict.note
+    code, text = _cli("estimate", path, "--target", "ethos-u55")
+    assert "INCOMPLETE: the estimator does not model DFT x1" in text
+
+
+def test_a_float_model_on_an_integer_only_target_is_not_estimated_as_runnable(exported, tmp_path):
+    from edgekd.budgets import Budget, check
+    from edgekd.budgets.gate import report_from_artifacts
+
+    path = exported[("float", "onnx")].path
+    code, text = _cli("estimate", path, "--target", "ethos-u55")
+    assert code == 2 and "runs integer kernels only" in text and "edgekd ptq" in text
+    report = report_from_artifacts([str(path)], ["ethos-u55"], lambda m: None)
+    result = check(report, Budget.from_dict({"budgets": [{"artifact": "*", "target": "ethos-u55",
+                                                          "max_p50_latency": "1s"}]}))
+    assert not result.passed and "runs integer kernels only" in result.verdicts[0].note
+    from edgekd.export import export
+    from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
+
+    float_student, x = _float_student_and_data()
+    model = prepare_qat(float_student, QATConfig().resolved("ethos-u55"))
+    calibrate(model, [x])
+    (artifact,) = export(freeze(model), ["onnx"], tmp_path, "for-ethos", (1, 8, 8))
+    code, text = _cli("estimate", artifact.path, "--target", "ethos-u55")
+    assert code == 0 and "CANNOT RUN" not in text, text
+
+
+def _float_student_and_data():
+    from edgekd.data import DataConfig, load_data
+    from edgekd.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("cnn-student-s").eval(), load_data(DataConfig()).x_train[:64]
+
+
+def test_estimate_runtime_is_a_choice_and_defaults_to_the_targets(exported):
+    path = exported[("int8", "onnx")].path
+    code, text = _cli("estimate", path, "--target", "ethos-u55", "--runtime", "foo")
+    assert code == 2 and "'foo' is not one of" in text
+    code, text = _cli("estimate", path, "--target", "ethos-u55", "--runtime", "onnxruntime")
+    assert code == 2 and "lists runtimes litert" in text
+    code, text = _cli("estimate", path, "--target", "ethos-u55", "--json", Path(path).parent / "est.json")
+    import json
+
+    assert code == 0 and json.loads((Path(path).parent / "est.json").read_text())["runtime"] == "litert"
+
+
+def test_bench_threads_are_bounded_by_the_cores(exported):
+    code, text = _cli("bench", exported[("int8", "onnx")].path, "--threads", 10000)
+    assert code == 2 and f"this machine has {os.cpu_count()} CPU core(s)" in text
+
+
+def test_cli_choices_match_the_registries():
+    from edgekd.cli import OBSERVERS, RUNTIMES
+    from edgekd.quant.observers import list_observers
+    from edgekd.runtime import list_runtimes
+
+    assert sorted(OBSERVERS) == sorted(list_observers()) and sorted(RUNTIMES) == sorted(list_runtimes())
+    code, text = _cli("ptq", "x.pt", "--observer", "median")
+    assert code == 2 and "'median' is not one of" in text
+
+
+# -- round 2: messages ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, command, message", [
+    ("tflite", "export", "is a TFLite model, already exported"),
+    ("openvino", "export", "is an OpenVINO IR, already exported"),
+    ("onnx", "ptq", "is an ONNX model"),
+])
+def test_another_model_format_given_as_a_checkpoint_is_named(exported, tmp_path, fmt, command, message):
+    path = exported[("int8", fmt)].path
+    code, text = _cli(command, path, "--out", tmp_path / "o")
+    assert code == 2 and message in text and "corrupt" not in text
+
+
+def test_a_pickle_that_would_run_code_says_so(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name, write in (("plain.pt", lambda p: p.write_bytes(pickle.dumps({"x": Exploit()}))),
+                        ("zip.pt", lambda p: torch.save({"x": Exploit()}, p))):
+        path = tmp_path / name
+        write(path)
+        code, text = _cli("export", path, "--out", tmp_path / "o")
+        assert code == 2 and "would run code when loaded" in text and "system" in text and "corrupt" not in text
+    assert not marker.exists()
+
+
+def test_an_ir_without_its_bin_is_named(exported, tmp_path):
+    xml = tmp_path / "m.xml"
+    shutil.copy(exported[("int8", "openvino")].path, xml)
+    code, text = _cli("bench", xml)
+    assert code == 2 and "its weights file m.bin is missing" in text
+
+
+def test_a_corrupt_cached_teacher_is_retrained_not_fatal(tmp_path):
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml")
+    assert _cli("run", recipe, "--out", tmp_path / "o1", "--cache", tmp_path / "c")[0] == 0
+    (cached,) = (tmp_path / "c" / "teachers").glob("*.pt")
+    cached.write_bytes(cached.read_bytes()[:100])
+    code, text = _cli("run", recipe, "--out", tmp_path / "o2", "--cache", tmp_path / "c")
+    assert code == 0 and "the cached teacher is unusable" in text and "training it again" in text
+    from edgekd.models import load_checkpoint
+
+    load_checkpoint(cached)  # replaced by a good one
+
+
+def test_litert_info_lines_stay_out_of_normal_output(exported):
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom edgekd.runtime import open_session\n"
+            f"for api in ('interpreter', 'compiled_model'):\n"
+            f"    s = open_session({str(exported[('float', 'tflite')].path)!r}, 'litert', options={{'api': api}})\n"
+            "    s.run(np.zeros((1, 1, 8, 8), np.float32))\nprint('done')\n")
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}  # another test may have run --debug
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "done"
+    assert "INFO" not in quiet.stderr and "DestroyAccelerator" not in quiet.stderr, quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "EDGEKD_DEBUG": "1"})
+    assert "XNNPACK" in loud.stderr  # shown under --debug
+
+
+def test_unknown_name_messages_are_spelled_right():
+    from edgekd.errors import UnknownNameError
+
+    assert "valid losses: kd" in str(UnknownNameError("loss", "kld", ["kd"]))
+
+
+# -- round 2: budgets --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule, message", [
+    ("target: x86-cpux\n    max_size: 64KB", "unknown target 'x86-cpux'; did you mean 'x86-cpu'?"),
+    ("artifact: '[unclosed'\n    max_size: 64KB", "has an unclosed '['"),
+    ("max_size: 64", "expected a size with a unit"),
+])
+def test_budget_rules_that_would_mislead_are_refused(tmp_path, rule, message):
+    from edgekd.report import Entry, Report
+
+    Report(targets=["x86-cpu"], entries=[Entry(name="m.onnx", stage="s", format="onnx", target="x86-cpu",
+                                               size_bytes=10)]).write(tmp_path / "report.json")
+    (tmp_path / "b.yaml").write_text(f"budgets:\n  - {rule}\n" if rule.startswith("artifact") else
+                                     f"budgets:\n  - artifact: '*'\n    {rule}\n")
+    code, out = _cli("check", tmp_path / "report.json", "--budget", tmp_path / "b.yaml")
+    assert code == 2 and message in out
+
+
+def test_a_rule_without_target_does_not_fail_estimate_only_rows(tmp_path):
+    from edgekd.budgets import Budget, check
+    from edgekd.report import Entry, Report
+
+    measured = Entry(name="m.onnx", stage="s", format="onnx", target="x86-cpu", latency={"p50_ms": 1.0},
+                     peak_memory_bytes=1000)
+    estimated = Entry(name="m.onnx", stage="s", format="onnx", target="ethos-u55", latency={"p50_ms": 2.0},
+                      info={"estimated": True})
+    result = check(Report(entries=[measured, estimated]),
+                   Budget.from_dict({"budgets": [{"artifact": "*", "max_peak_memory": "1MB"}]}))
+    assert result.passed and [v.artifact for v in result.verdicts] == ["m.onnx @x86-cpu"]
+    scoped = check(Report(entries=[measured, estimated]), Budget.from_dict(
+        {"budgets": [{"artifact": "*", "target": "ethos-u55", "max_peak_memory": "1MB"}]}))
+    assert not scoped.passed  # asked of that target explicitly: not measured is a failure
+
+
+def test_a_rule_matching_nothing_keeps_the_table_narrow(tmp_path):
+    from edgekd.budgets import Budget, check
+    from edgekd.report import Entry, Report
+
+    entries = [Entry(name=f"artifact-with-a-long-name-{i}.onnx", stage="s", format="onnx") for i in range(40)]
+    result = check(Report(entries=entries), Budget.from_dict({"budgets": [{"artifact": "nope*", "max_size": "1KB"}]}))
+    assert max(len(line) for line in result.table().splitlines()) < 250 and "(37 more)" in result.table()
+
+
+def test_compare_warns_when_the_reports_used_different_data(tmp_path):
+    from edgekd.report import Report
+
+    Report(data={"source": "digits", "fingerprint": "a" * 16, "train": 10, "val": 5, "test": 5}).write(tmp_path / "a.json")
+    Report(data={"source": "mine.npz", "fingerprint": "b" * 16, "train": 9, "val": 5, "test": 5}).write(tmp_path / "b.json")
+    result = RUNNER.invoke(main, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert result.exit_code == 0 and "warning: the reports used different data" in result.output
+
+
+# -- round 2: data -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_integer_pixels_are_scaled_like_uint8(tmp_path, dtype):
+    from edgekd.data import DataConfig, load_data
+
+    x = (np.arange(40 * 8 * 8) % 256).reshape(40, 8, 8).astype(dtype)
+    data = load_data(DataConfig(source=str(_npz(tmp_path / "d.npz", x, np.arange(40) % 2))))
+    assert 0.0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1.0
+    assert float(data.x_train.max()) > 0.9
+
+
+def test_label_gaps_are_refused(tmp_path):
+    from edgekd.data import DataConfig, load_data
+
+    path = _npz(tmp_path / "gaps.npz", np.random.rand(20, 8, 8).astype(np.float32), np.r_[[0] * 10, [7] * 10])
+    with pytest.raises(DataError, match=r"gaps.npz: labels use 2 of the class indices 0..7; classes 1, 2, 3"):
+        load_data(DataConfig(source=str(path)))
+
+
+def test_help_names_tflite_and_run_has_no_bench(tmp_path):
+    assert "TFLite" in RUNNER.invoke(main, ["--help"]).output
+    assert "TFLite" in RUNNER.invoke(main, ["demo", "--help"]).output
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", benchmark=True)
+    code, text = _cli("run", recipe, "--out", tmp_path / "o", "--cache", tmp_path / "c", "--no-bench")
+    assert code == 0
+    import json
+
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert not any(e.get("latency") for e in report["entries"])

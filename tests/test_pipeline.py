@@ -65,7 +65,7 @@ def test_report_json_is_versioned_and_readable(result):
                                       "student-ptq", "export", "parity", "benchmark", "total"}  # one per stage
     assert data["task"]["name"] == "image-classification" and data["task"]["quality_metric"] == "accuracy"
     assert load_report(out / "report.json").entries == res.report.entries
-    assert (out / "report.md").read_text().count("\n") == len(res.report.entries) + 2
+    assert (out / "report.md").read_text().count("\n") == len(res.report.entries) + 2 + 2 * len(res.report.warnings)
 
 
 def test_int8_is_much_smaller_and_tracks_its_simulation(result):
@@ -140,11 +140,13 @@ def test_an_unreachable_target_with_compute_figures_gets_estimated_rows(tmp_path
     estimated = [e for e in res.report.entries if e.target == "ethos-u55"]
     assert {e.name for e in estimated} == {"teacher.onnx", "student-kd.onnx", "student-int8.onnx"}
     for e in estimated:
-        assert e.info["estimated"] is True and e.latency["estimated"] is True and e.latency["p50_ms"] > 0
-        assert e.runtime is None and e.accuracy is None  # nothing ran on that device
+        assert e.info["estimated"] is True and e.runtime is None and e.accuracy is None  # nothing ran there
+        if e.name == "student-int8.onnx":
+            assert e.latency["estimated"] is True and e.latency["p50_ms"] > 0 and "not_runnable" not in e.info
+        else:  # float models cannot run on an integer-only NPU: no latency, and the reason
+            assert e.latency is None and "runs integer kernels only" in e.info["not_runnable"]
     int8 = next(e for e in estimated if e.name == "student-int8.onnx")
-    assert int8.info["macs"] == 341312 and int8.latency["p50_ms"] < next(
-        e for e in estimated if e.name == "teacher.onnx").latency["p50_ms"]
+    assert int8.info["macs"] == 341312
     markdown = (tmp_path / "out/report.md").read_text()
     assert "| student-int8.onnx (estimated) | - | ethos-u55 |" in markdown
 

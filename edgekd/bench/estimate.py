@@ -38,6 +38,20 @@ MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ANNOTATIONS = ("QuantizeLinear", "DequantizeLinear", "Constant", "Identity", "Shape")
 VIEWS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")  # no data moved
 FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "HardSwish")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")  # seq x batch x (W + R elements) MACs
+# ops whose cost is about one operation per output element (element-wise, pooling, normalisation,
+# data movement): the estimate counts their output elements. Anything else that is not a MAC,
+# recurrent or Einsum node is *unmodeled*: the MAC total is then marked incomplete.
+ELEMENT_OPS = frozenset("""
+    Abs Acos Add And ArgMax ArgMin Asin Atan AveragePool BatchNormalization BitShift Cast CastLike Ceil Celu Clip
+    Compress Concat ConstantOfShape Cos CumSum DepthToSpace Div Dropout Elu Equal Erf Exp Expand Flatten Floor Gather
+    GatherElements GatherND Gelu GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GroupNormalization
+    HardSigmoid HardSwish Hardmax InstanceNormalization IsInf IsNaN LRN LayerNormalization LeakyRelu Less LessOrEqual Log
+    LogSoftmax LpNormalization LpPool MaxPool Max Mean Min Mish Mod Mul Neg NonZero Not OneHot Or PRelu Pad Pow Range
+    Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+    ReduceSumSquare Relu Reshape Resize Round ScatterElements ScatterND Selu Shrink Sigmoid Sign Sin Size Slice Softmax
+    Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu
+    Unsqueeze Upsample Where Xor""".split())
 
 
 @dataclass
@@ -94,10 +108,21 @@ class Estimate:
     compute: dict = field(default_factory=dict)
     runtime: str = ""
     overhead_us: float = 0.0
+    unmodeled: dict[str, int] = field(default_factory=dict)  # op type -> nodes whose work is not counted
+    float_on_integer_only: list[str] = field(default_factory=list)  # float MAC layers a target cannot run
 
     @property
     def macs(self) -> int:
+        """MACs of the layers the estimator models (see ``complete``)."""
         return sum(layer.macs for layer in self.layers)
+
+    @property
+    def complete(self) -> bool:
+        """Every compute node's work is modelled (no ``unmodeled`` op): ``macs`` is the total."""
+        return not self.unmodeled
+
+    def unmodeled_text(self) -> str:
+        return ", ".join(f"{op} x{n}" for op, n in sorted(self.unmodeled.items()))
 
     @property
     def params(self) -> int:
@@ -113,14 +138,18 @@ class Estimate:
 
     def to_dict(self) -> dict:
         return {"artifact": self.artifact, "target": self.target, "runtime": self.runtime, "estimated": True,
-                "overhead_us": self.overhead_us, "macs": self.macs,
+                "overhead_us": self.overhead_us, "macs": self.macs if self.complete else None,
+                "macs_counted": self.macs, "unmodeled_ops": dict(self.unmodeled),
+                "float_on_integer_only": list(self.float_on_integer_only),
                 "params": self.params, "weight_bytes": self.weight_bytes,
                 "peak_activation_bytes": self.peak_activation_bytes, "latency_ms": self.latency_ms,
                 "compute": dict(self.compute), "layers": [asdict(layer) for layer in self.layers]}
 
-    def on(self, compute: ComputeSpec, target: str = "", runtime: str = "") -> Estimate:
+    def on(self, compute: ComputeSpec, target: str = "", runtime: str = "", integer_only: bool = False) -> Estimate:
         """This analysis on a device with ``compute``: each layer's roofline latency,
-        max(ops / peak, bytes moved / bandwidth), plus ``runtime``'s call overhead."""
+        max(ops / peak, bytes moved / bandwidth), plus ``runtime``'s call overhead. On an
+        ``integer_only`` device (a scheme with ``float_fallback: false``) float MAC layers cannot
+        run at all: they are listed in ``float_on_integer_only`` and the latency is not stated."""
         layers = [replace(layer) for layer in self.layers]
         for layer in layers:
             flops_peak = compute.peak_gops_int8 if layer.integer else compute.peak_gflops_fp32
@@ -128,15 +157,34 @@ class Estimate:
             t_memory = (layer.activation_bytes + layer.weight_bytes) / (compute.memory_bandwidth_gbps * 1e9) * 1e6
             layer.latency_us = max(t_compute, t_memory)
             layer.bound = "compute" if t_compute >= t_memory else "memory"
+        blocked = [f"{layer.op} {layer.name!r}" for layer in layers if integer_only and layer.macs
+                   and not layer.integer]
         return Estimate(self.artifact, target, layers, self.peak_activation_bytes, compute.to_dict(), runtime=runtime,
-                        overhead_us=compute.overhead_us.get(runtime, 0.0))
+                        overhead_us=compute.overhead_us.get(runtime, 0.0), unmodeled=dict(self.unmodeled),
+                        float_on_integer_only=blocked)
+
+    def not_runnable(self) -> str | None:
+        """Why this model cannot run on the estimated target at all, or None."""
+        if not self.float_on_integer_only:
+            return None
+        shown = ", ".join(self.float_on_integer_only[:5]) + (", ..." if len(self.float_on_integer_only) > 5 else "")
+        return (f"target {self.target!r} runs integer kernels only, but {len(self.float_on_integer_only)} layer(s) "
+                f"compute in float ({shown}); quantize the model for it first (edgekd ptq MODEL.pt --target "
+                f"{self.target})")
 
     def record_into(self, entry) -> None:
-        """Write this estimate into a report ``Entry``: latency and info labelled estimated."""
-        entry.latency = {"p50_ms": self.latency_ms, "estimated": True}
+        """Write this estimate into a report ``Entry``: latency and info labelled estimated. A
+        model the target cannot run gets no latency; an incomplete MAC count gets no ``macs``
+        (budgets on them then fail as not measured, with the reason)."""
+        blocked = self.not_runnable()
+        entry.latency = None if blocked else {"p50_ms": self.latency_ms, "estimated": True}
         entry.info.update(estimated=True, estimate={k: v for k, v in self.to_dict().items() if k != "layers"},
-                          macs=self.macs, weight_bytes=self.weight_bytes,
+                          macs=self.macs if self.complete else None, weight_bytes=self.weight_bytes,
                           peak_activation_bytes=self.peak_activation_bytes)
+        if not self.complete:
+            entry.info["macs_unmodeled"] = self.unmodeled_text()
+        if blocked:
+            entry.info["not_runnable"] = blocked
 
     def table(self, top: int | None = None) -> str:
         rows = sorted(self.layers, key=lambda layer: -layer.latency_us)[:top] if top else self.layers
@@ -147,7 +195,13 @@ class Estimate:
             lines.append(f"{layer.name[:40]:40s} {layer.op:14s} {layer.macs:12,d} {layer.params:9,d} "
                          f"{_bytes(layer.weight_bytes):>10s} {'yes' if layer.integer else 'no':>5s} "
                          f"{layer.latency_us:9.2f} {layer.bound:>7s}")
-        lines.append(f"total: {self.macs:,d} MACs, {self.params:,d} parameters, weights "
+        if not self.complete:
+            lines.append(f"INCOMPLETE: the estimator does not model {self.unmodeled_text()}; their MACs and time "
+                         f"are not in the totals below")
+        if self.not_runnable():
+            lines.append(f"CANNOT RUN: {self.not_runnable()}")
+        lines.append(f"total: {self.macs:,d} MACs{'' if self.complete else ' counted (incomplete)'}, "
+                     f"{self.params:,d} parameters, weights "
                      f"{_bytes(self.weight_bytes)}, peak activations {_bytes(self.peak_activation_bytes)}, "
                      f"estimated latency {self.latency_ms * 1e3:.1f} µs "
                      f"(incl. {self.overhead_us:g} µs {self.runtime or 'runtime'} call overhead)")
@@ -193,7 +247,13 @@ def analyze(path: str | Path) -> Estimate:
             del live[name]
     if not layers:
         raise EstimateError(f"{path}: no compute node found")
-    return Estimate(str(path), "", layers, peak)
+    unmodeled: dict[str, int] = {}
+    for node, layer in zip(graph.compute_nodes(), layers):
+        counted = node.op_type in ELEMENT_OPS or node.op_type in MAC_OPS + RECURRENT_OPS or (
+            node.op_type == "Einsum" and layer.macs > 0)  # an Einsum with '...' is not counted
+        if not counted:
+            unmodeled[node.op_type] = unmodeled.get(node.op_type, 0) + 1
+    return Estimate(str(path), "", layers, peak, unmodeled=unmodeled)
 
 
 def estimate_onnx(path: str | Path, compute: ComputeSpec, target: str = "", runtime: str = "") -> Estimate:
@@ -243,6 +303,8 @@ class _Graph:
                 if source is not None and source.op_type in MAC_OPS:
                     self.fused.add(id(node))
                     self.alias[self._resolve(node.input[0])] = node.output[0]  # one tensor: the output
+        for name, width in list(self.quantized_bytes.items()):  # a view quantized (Flatten -> Q) is
+            self.quantized_bytes.setdefault(self._resolve(name), width)  # its source stored as integers
 
     def _resolve(self, name: str) -> str:
         while name in self.alias:
@@ -313,7 +375,7 @@ class _Graph:
             params, wbytes = params + p, wbytes + b
         out = node.output[0]
         macs = self._macs(node, acts, out)
-        ops = 2 * macs if node.op_type in MAC_OPS else self.elements(out)
+        ops = 2 * macs if macs else self.elements(out)
         act_bytes = sum(self.activation_bytes(a) for a in acts) + self.activation_bytes(out)
         integer = bool(acts) and all(self._resolve(a) in self.quantized_bytes for a in acts)
         return LayerEstimate(node.name or f"{node.op_type}_{id(node)}", node.op_type, macs, ops, params,
@@ -333,6 +395,21 @@ class _Graph:
             return self.elements(out) * k
         if node.op_type == "MatMul":
             return self.elements(out) * self.shape(node.input[0])[-1]
+        if node.op_type in RECURRENT_OPS:  # X (seq, batch, in); W (dirs, gates*H, in); R (dirs, gates*H, H)
+            x = self.shape(node.input[0])
+            steps = x[0] * x[1]  # seq x batch (layout 1: batch x seq, the same product)
+            return steps * (int(np.prod(self.shape(node.input[1]), dtype=np.int64))
+                            + int(np.prod(self.shape(node.input[2]), dtype=np.int64)))
+        if node.op_type == "Einsum":  # every combination of every index is one multiply-add
+            equation = attrs["equation"].s.decode().replace(" ", "")
+            terms = equation.split("->")[0].split(",")
+            sizes: dict[str, int] = {}
+            for term, name in zip(terms, node.input):
+                if "..." in term:
+                    return 0  # broadcast dims: left to the unmodeled count
+                for letter, dim in zip(term, self.shape(name)):
+                    sizes[letter] = max(sizes.get(letter, 1), dim)
+            return int(np.prod(list(sizes.values()), dtype=np.int64))
         return 0
 
 

@@ -196,6 +196,23 @@ def benchmark(path: str | Path, runtime: str, *, threads: int = 1,
                        if result.get("call_samples_ms") else None, inputs=result.get("inputs") or [])
 
 
+MAX_REMOTE_THREADS = 64  # phones and boards: more is a typo, not a device
+
+
+def check_threads(threads: int, target) -> int:
+    """``threads`` if the target can run that many, else ConfigError: at most the local CPU's
+    cores (more only oversubscribes them, and a runtime may stall creating the pool), or
+    ``MAX_REMOTE_THREADS`` on a remote device; the profile's own ``threads`` is always allowed."""
+    cores = os.cpu_count() or 1
+    limit = max(cores if target.connection == "local" else MAX_REMOTE_THREADS, target.threads)
+    if not 1 <= threads <= limit:
+        where = f"this machine has {cores} CPU core(s)" if target.connection == "local" else \
+            f"at most {limit} on a remote {target.connection} device"
+        raise ConfigError(f"threads {threads}: {where}; target {target.name!r} benchmarks with 1..{limit} "
+                          f"threads (its profile says {target.threads})")
+    return threads
+
+
 def benchmark_on_target(path: str | Path, target, runtime: str | None = None, *, threads: int | None = None,
                         profile: bool = False, shapes: dict[str, int] | None = None) -> BenchResult:
     """Benchmark ``path`` on a target profile (``edgekd.targets.TargetProfile``): locally, over
@@ -212,7 +229,7 @@ def benchmark_on_target(path: str | Path, target, runtime: str | None = None, *,
     runtime = runtime or runtime_for(path)
     if runtime not in target.runtimes:
         raise ConfigError(f"target {target.name!r} has no runtime {runtime!r}; it lists {', '.join(target.runtimes)}")
-    threads = threads or target.threads
+    threads = check_threads(threads or target.threads, target)
     axes = {**target.shapes, **(shapes or {})}
     if target.connection == "adb":
         if axes:

@@ -63,16 +63,36 @@ def _parse_count(value) -> int:
     return int(value)
 
 
+
+def _parse_size_with_unit(value) -> int:
+    """A size limit must say its unit: a bare ``64`` would silently mean 64 bytes."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) or \
+            (isinstance(value, str) and value.strip().replace(".", "", 1).isdigit()):
+        raise ConfigError(f"expected a size with a unit such as '64KB', '2MiB' or '512B', got {value!r} "
+                          f"(a bare number is ambiguous: write {value}B if you mean bytes)")
+    return parse_size(value)
+
+
+def _check_glob(pattern: str) -> str:
+    """fnmatch takes an unclosed '[' literally, so a typo would match nothing: refuse it."""
+    depth = pattern.find("[")
+    while depth != -1:
+        close = pattern.find("]", depth + 2)  # "[]" and "[!]" start a class that a later ']' closes
+        if close == -1:
+            raise ConfigError(f"glob {pattern!r} has an unclosed '['; close it, or write '[[]' for a literal '['")
+        depth = pattern.find("[", close + 1)
+    return pattern
+
 METRICS: dict[str, Metric] = {
-    "max_size": Metric("size_bytes", parse_size, True, format_size),
-    "max_compressed_size": Metric("compressed_size_bytes", parse_size, True, format_size),
+    "max_size": Metric("size_bytes", _parse_size_with_unit, True, format_size),
+    "max_compressed_size": Metric("compressed_size_bytes", _parse_size_with_unit, True, format_size),
     "max_params": Metric("params", _parse_count, True, _count),
     "max_macs": Metric("info.macs", _parse_count, True, _count),
     "max_p50_latency": Metric("latency.p50_ms", parse_time_ms, True, _ms, noisy=True),
     "max_p90_latency": Metric("latency.p90_ms", parse_time_ms, True, _ms, noisy=True),
     "max_p99_latency": Metric("latency.p99_ms", parse_time_ms, True, _ms, noisy=True),
-    "max_peak_memory": Metric("peak_memory_bytes", parse_size, True, format_size),
-    "max_model_memory": Metric("memory.model_peak_bytes", parse_size, True, format_size),
+    "max_peak_memory": Metric("peak_memory_bytes", _parse_size_with_unit, True, format_size),
+    "max_model_memory": Metric("memory.model_peak_bytes", _parse_size_with_unit, True, format_size),
     "min_quality": Metric("quality", parse_fraction, False, _pct),
     "max_quality_drop": Metric("quality_drop", parse_fraction, True, _pct),
     "max_quality_drop_vs_baseline": Metric("quality_drop_vs_baseline", parse_fraction, True, _pct),
@@ -138,6 +158,8 @@ class BudgetRule(Config):
     tolerance: float = field(default=DEFAULT_LATENCY_TOLERANCE, init=False, repr=False)
 
     def __post_init__(self):
+        for i, pattern in enumerate(self.patterns):
+            parse_field("artifact" if isinstance(self.artifact, str) else f"artifact.{i}", _check_glob, pattern)
         for name, metric in METRICS.items():
             raw = getattr(self, name)
             if raw is not None:
@@ -217,22 +239,39 @@ def check(report: Report, budget: Budget, baseline: Report | None = None,
     growth against a stored baseline from another job is a WARN that says so, never gated.
     """
     result = CheckResult()
+    known = [*report.targets, *(e.target for e in report.entries if e.target)]
     for i, rule in enumerate(budget.budgets):
+        if rule.target is not None and known and rule.target not in known:  # a typo: exit 2, not a FAIL
+            raise BudgetError(f"budgets.{i}.target: unknown target {rule.target!r}{did_you_mean(rule.target, set(known))}; "
+                              f"the report has targets {', '.join(dict.fromkeys(known))}")
         entries = [e for e in report.entries if any(fnmatch.fnmatchcase(e.name, p) for p in rule.patterns)
                    and (rule.target is None or e.target in (None, rule.target))]
         if not entries:
             where = f" on target {rule.target}" if rule.target else ""
+            names = list(dict.fromkeys(e.name for e in report.entries))
+            shown = ", ".join(names[:3]) + (f", ... ({len(names) - 3} more)" if len(names) > 3 else "")
             result.verdicts.append(Verdict(" | ".join(rule.patterns), f"rule {i + 1}", f"matches artifacts{where}",
-                                           "no artifact matched", "FAIL",
-                                           f"report has: {', '.join(e.name for e in report.entries)}"))
+                                           "no artifact matched", "FAIL", f"report has: {shown or 'no entries'}"))
             continue
         for entry in entries:
             old = _baseline_entry(baseline, entry)
             for name, limit in rule.limits.items():
+                if rule.target is None and _estimate_lacks(report, entry, name, old):
+                    continue  # a rule for every target does not ask estimate-only rows for measurements
                 result.verdicts.append(_verdict(report, entry, name, limit, rule, old))
             for key, allowed in rule.growth.items():
                 result.verdicts.append(_growth(entry, key, allowed, rule, old, baseline, baseline_measured_here))
     return result
+
+
+def _estimate_lacks(report: Report, entry, name: str, old) -> bool:
+    """An estimate-only row (a target edgekd cannot run on) has no figure for ``name`` and no
+    reason it should fail it (a model its target cannot run, or an incomplete MAC count, still fails)."""
+    if not entry.info.get("estimated") or entry.info.get("not_runnable"):
+        return False
+    if name == "max_macs" and entry.info.get("macs_unmodeled"):
+        return False
+    return _value(report, entry, METRICS[name].key, old) is None
 
 
 def _baseline_entry(baseline: Report | None, entry):
@@ -316,6 +355,11 @@ def _verdict(report: Report, entry, name: str, limit: float, rule: BudgetRule, o
                    "check the report of a pipeline run)")
         elif "baseline" in metric.key:
             why = "no baseline report entry to compare with (edgekd check --baseline)"
+        elif name == "max_macs" and entry.info.get("macs_unmodeled"):
+            why = (f"the MAC count is incomplete: the estimator does not model {entry.info['macs_unmodeled']}; "
+                   f"gate this model on measured latency instead")
+        elif entry.info.get("not_runnable") and metric.noisy:
+            why = entry.info["not_runnable"]
         elif name in ("max_params", "max_macs") and entry.format != "onnx":
             why = (f"{name[4:]} are counted on ONNX graphs; gate them on the model's .onnx artifact "
                    f"(artifact: '*.onnx')")

@@ -32,7 +32,7 @@ def measure_entry(entry: Entry, target, analysis=None) -> None:
 
         if target.compute is None or Path(entry.path).suffix != ".onnx":
             return  # nothing to estimate with: its checks say "not measured"
-        (analysis or analyze(entry.path)).on(target.compute, target.name).record_into(entry)
+        target.estimate(analysis or analyze(entry.path)).record_into(entry)
         return
     benchmark_on_target(entry.path, target, entry.runtime).record_into(entry)
     entry.info["measured_by"] = "edgekd check --measure"
@@ -120,7 +120,10 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
                 analyses[path] = None
                 log(f"{path.name}: parameters and MACs not counted ({err})")
         if analyses.get(path) is not None:
-            entry.params, entry.info["macs"] = analyses[path].params, analyses[path].macs
+            analysis = analyses[path]
+            entry.params, entry.info["macs"] = analysis.params, analysis.macs if analysis.complete else None
+            if not analysis.complete:
+                entry.info["macs_unmodeled"] = analysis.unmodeled_text()
         log(f"measuring {path.name} on {target.name}")
         measure_entry(entry, target, analyses.get(path))
         entries.append(entry)

@@ -28,6 +28,9 @@ from edgekd.errors import DataError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+MAX_BATCH_SIZE = 65_536  # larger is a typo (1e9), and would not fit in memory anyway
+
+
 @dataclass
 class DataConfig(Config):
     """Which data to use and how to split it.
@@ -64,8 +67,8 @@ class DataConfig(Config):
                 or abs(sum(self.split) - 1) > 1e-6):
             raise FieldError("split", f"expected three positive fractions summing to 1 "
                                       f"(train, val, test), got {self.split}")
-        if self.batch_size < 1:
-            raise FieldError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise FieldError("batch_size", f"expected 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
         if self.shift < 0:
             raise FieldError("shift", f"must be >= 0, got {self.shift}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
@@ -185,10 +188,16 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _images(x: np.ndarray, path: Path) -> np.ndarray:
-    """Images of a .npz as float32 (N, C, H, W): uint8 scaled by 1/255, (N, H, W) and NHWC accepted."""
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
+    """Images of a .npz as float32 (N, C, H, W), (N, H, W) and NHWC accepted. Integer pixels of any
+    integer dtype are scaled to [0, 1] like uint8: by 1/255 when they lie in 0..255, by 1/65535
+    for 16-bit images; floats are taken as they are."""
+    if np.issubdtype(x.dtype, np.integer) and not np.issubdtype(x.dtype, np.bool_):
+        low, high = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise DataError(f"{path}: x holds integer pixels in {low}..{high}; expected 8-bit (0..255) or "
+                            f"16-bit (0..65535) images, or float images")
+        x = x.astype(np.float32) / (255.0 if high <= 255 and x.dtype != np.uint16 else 65535.0)
+    elif np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
     else:
         raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 or float images")
@@ -228,6 +237,13 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise DataError(f"{path}: label {int(y.max())} is out of range for {len(y)} samples; labels "
                         f"must be class indices 0..K-1 (remap them, e.g. with np.unique(y, "
                         f"return_inverse=True))")
+    present = np.unique(y[y >= 0]) if len(y) else y
+    missing = sorted(set(range(num_classes)) - set(present.tolist()))
+    if missing and len(present) >= 2:
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        raise DataError(f"{path}: labels use {len(present)} of the class indices 0..{num_classes - 1}; classes "
+                        f"{shown} have no sample, so the model would get {len(missing)} empty class(es). "
+                        f"Remap the labels to 0..{len(present) - 1}, e.g. y = np.unique(y, return_inverse=True)[1]")
     return x, y.astype(np.int64), [str(i) for i in range(num_classes)]
 
 

@@ -31,6 +31,9 @@ from edgekd.errors import ConfigError, TrainingError
 from edgekd.progress import progress
 
 
+MAX_EPOCHS = 10_000  # beyond this a value is a typo (1e12), not a plan
+
+
 @dataclass
 class TrainConfig(Config):
     """Optimisation settings of one training stage.
@@ -55,8 +58,8 @@ class TrainConfig(Config):
     shift: int | None = None
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise FieldError("epochs", f"must be >= 1, got {self.epochs}")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise FieldError("epochs", f"expected 1..{MAX_EPOCHS} epochs, got {self.epochs}")
         if not 0 < self.lr < 10:
             raise FieldError("lr", f"expected a learning rate in (0, 10), got {self.lr}")
         if self.weight_decay < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edgekd import atomic
 from edgekd.errors import ExportError
 from edgekd.export.onnx import check_onnx_file
 from edgekd.tasks.spec import IR_RT_INFO_KEY, METADATA_KEY
@@ -35,14 +36,18 @@ def onnx_to_openvino(onnx_path: Path, out_path: Path) -> Path:
     declared = next((p.value for p in onnx_model.metadata_props if p.key == METADATA_KEY), None)
     if declared:  # IR dims lose their names: keep edgekd's input specs beside the graph
         model.set_rt_info(declared, IR_RT_INFO_KEY)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.xml")
+    tmp = out_path.with_name(f".{out_path.stem[:48]}.{os.getpid()}.tmp.xml")
     try:
         ov.save_model(model, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), out_path.with_suffix(".bin"))
         os.replace(tmp, out_path)
+    except (OSError, RuntimeError) as err:  # a full disk reaches us as OpenVINO's RuntimeError
+        raise atomic.write_error(out_path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".bin").unlink(missing_ok=True)
+    atomic.record(out_path.with_suffix(".bin"))
+    atomic.record(out_path)
     return out_path
 
 

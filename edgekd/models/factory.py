@@ -72,7 +72,7 @@ def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int =
             not return an ``nn.Module``.
     """
     spec = ModelSpec(arch=spec) if isinstance(spec, str) else spec
-    fn = _resolve(spec.arch)
+    fn = resolve_arch(spec.arch)
     kwargs = dict(spec.kwargs)
     params = inspect.signature(fn).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -88,7 +88,12 @@ def create_model(spec: ModelSpec | str, in_channels: int = 1, num_classes: int =
     return model
 
 
-def _resolve(arch: str):
+def resolve_arch(arch: str):
+    """The function that builds ``arch`` (a registered name, or ``package.module:callable``: imported here).
+
+    Raises:
+        ConfigError: unknown name, or a user module that cannot be imported or lacks the callable.
+    """
     if ":" not in arch:
         return MODELS.get(arch)
     module_name, _, attr = arch.partition(":")
@@ -150,15 +155,20 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: checkpoint not found")
+    foreign = _foreign_format(path)
+    if foreign:
+        raise ModelLoadError(f"{path}: this is {foreign}, not an edgekd checkpoint (.pt)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             OSError) as err:
-        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if unsafe:
+        # torch < 2.6: "Unsupported global: GLOBAL x"; 2.6+: "unsupported GLOBAL x whose module ..."
+        unsafe = re.search(r"unsupported global:? GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        name = unsafe.group(1) if unsafe else _code_in_pickle(path) if isinstance(err, pickle.UnpicklingError) else None
+        if name:
             raise ModelLoadError(f"{path}: refused to load: the file contains a Python object "
-                                 f"({unsafe.group(1)}), not only tensors and plain data; edgekd "
-                                 f"loads checkpoints with weights_only=True and never runs code "
+                                 f"({name}) that would run code when loaded, not only tensors and plain "
+                                 f"data; edgekd loads checkpoints with weights_only=True and never runs code "
                                  f"from them") from None
         # torch's own text for unpickling errors advises weights_only=False: never relay it
         detail = "" if isinstance(err, pickle.UnpicklingError) else f" ({str(err).splitlines()[0][:120]})"
@@ -176,6 +186,53 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ModelLoadError(f"{path}: malformed edgekd checkpoint (needs integer 'version', "
                              f"'model' and 'state_dict')")
     return payload
+
+
+FOREIGN_SUFFIXES = {
+    ".onnx": "an ONNX model; `edgekd export` converts it directly (edgekd export MODEL.onnx -f tflite), and "
+             "`edgekd ptq` quantizes edgekd float checkpoints only (a float ONNX file has no training graph)",
+    ".tflite": "a TFLite model, already exported; benchmark it with `edgekd bench`, or export from the "
+               "checkpoint or .onnx file it came from",
+    ".xml": "an OpenVINO IR, already exported; benchmark it with `edgekd bench`, or export from the "
+            "checkpoint or .onnx file it came from",
+    ".bin": "OpenVINO IR weights; give the .xml beside it to `edgekd bench`",
+}
+
+
+def _foreign_format(path: Path) -> str | None:
+    """What another known model format ``path`` holds (by suffix, or a TFLite/XML header)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    suffix = path.suffix.lower()
+    if head[4:8] == b"TFL3":
+        suffix = ".tflite"
+    elif head.lstrip().startswith(b"<?xml"):
+        suffix = ".xml"
+    return FOREIGN_SUFFIXES.get(suffix)
+
+
+def _code_in_pickle(path: Path) -> str | None:
+    """The first global a pickle (plain, or a torch zip's data.pkl) would import, other than
+    torch's and collections', or None: what a weights-only load refused."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = next((archive.read(n) for n in archive.namelist() if n.endswith("data.pkl")), b"")
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            name = (arg.replace(" ", ".") if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str)
+                    else ".".join(strings[-2:]) if opcode.name == "STACK_GLOBAL" and len(strings) >= 2 else None)
+            if name and not name.startswith(("torch.", "collections.", "_codecs.", "numpy.core.multiarray._reconstruct")):
+                return name
+    except Exception:  # a broken pickle: the caller reports the file as corrupt
+        return None
+    return None
 
 
 def checkpoint_spec(payload: dict) -> tuple[ModelSpec, dict[str, Any]]:

@@ -26,12 +26,16 @@ from edgekd.distill.api import check_distill_setup
 from edgekd.distill.distributed import Distributed, process_group
 from edgekd.distill.teachers.cache import find_cache
 from edgekd.errors import ConfigError
+from edgekd.pipeline.checks import check_compatibility
 from edgekd.pipeline.context import Log, Product, RunContext, default_cache_dir, stage_shift
-from edgekd.pipeline.phases import artifact_entries, benchmark_entries, export_products, model_entries
+from edgekd.pipeline.phases import (artifact_entries, benchmark_entries, distillation_warnings, export_products,
+                                    model_entries)
 from edgekd.pipeline.stages import STAGES, Stage, list_stages, onnx_teacher
+from edgekd.models.factory import resolve_arch
 from edgekd.recipe import Recipe
 from edgekd.report import Report, environment
 from edgekd.resume import RunStore
+from edgekd.runfolder import RunFolder, claimed
 from edgekd.targets import load_target
 from edgekd.tasks import create_task
 
@@ -44,17 +48,25 @@ class RunResult:
 
 
 def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-        log: Log = lambda msg: None, resume: bool = False) -> RunResult | None:
+        log: Log = lambda msg: None, resume: bool = False, overwrite: bool = False) -> RunResult | None:
     """Run every enabled stage of ``recipe``, writing into ``out_dir``; returns the report and
     budget check.
 
+    The folder is locked for the run and only files edgekd recorded there are ever removed
+    (``edgekd.runfolder``); a non-empty folder edgekd did not make needs ``overwrite``.
     With ``resume``, finished stages are loaded from ``out_dir`` and an interrupted one continues
     from its last epoch (see ``edgekd.resume``). Under ``torchrun`` every process trains (DDP)
     and only rank 0 exports, benchmarks and writes; the other ranks return None.
+
+    Raises:
+        ConfigError: a bad recipe, target or folder, or a teacher/student/data mismatch (all
+            before any training); FolderBusyError when another run holds ``out_dir``.
     """
     with process_group() as ranks:
-        return _run(recipe, Path(out_dir), Path(cache_dir) if cache_dir else default_cache_dir(), log,
-                    resume, lead=ranks.rank == 0)
+        lead = ranks.rank == 0
+        with claimed(out_dir, resume=resume, overwrite=overwrite, lead=lead) as folder:
+            return _run(recipe, Path(out_dir), Path(cache_dir) if cache_dir else default_cache_dir(), log,
+                        resume, lead=lead, folder=folder)
 
 
 def prepare(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = None,
@@ -75,6 +87,12 @@ def prepare(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None
     qat_config = recipe.qat.resolved(recipe.targets[0])  # the arithmetic QAT and PTQ simulate
     _check_formats_hold(recipe, qat_config.scheme)
     task = create_task(recipe.task)
+    for field, spec in (("student.arch", recipe.student), ("teacher.arch", recipe.teacher)):
+        if not (spec is recipe.teacher and spec.checkpoint):  # a user's module fails now, not after the data
+            try:
+                resolve_arch(spec.arch)
+            except ConfigError as err:
+                raise ConfigError(f"{field}: {err}") from None
     tick = time.perf_counter()
     data = task.load_data(recipe.data)
     check_distill_setup(recipe.distill, onnx_teacher=onnx_teacher(recipe), num_classes=data.num_classes)
@@ -88,9 +106,6 @@ def prepare(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None
                     raise ConfigError(f"target {target.name!r}: {err}; in a recipe, set `shapes:` "
                                       f"(e.g. shapes: {{sequence: 128}})") from None
     store = RunStore(out, recipe.to_dict(), data.fingerprint, resume=resume, lead=lead)
-    Distributed.current().barrier()  # rank 0 has cleared old checkpoints before anyone trains
-    if lead:
-        atomic.write_text(out / "recipe.yaml", dump_yaml(recipe.to_dict()))
     log(f"data: {data.source}, {len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} train/val/test, "
         f"task {task.name}: {task.describe(data)}"
         + (f", {int(data.train_labelled.sum())} train labels used" if data.train_labelled is not None else ""))
@@ -121,15 +136,35 @@ def run_stages(ctx: RunContext, names: list[str] | None = None) -> RunContext:
     return ctx
 
 
-def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lead: bool) -> RunResult | None:
+def begin(ctx: RunContext, folder: RunFolder | None) -> None:
+    """After every check passed, before the first stage: clear what the folder's previous run
+    wrote (not when resuming), then record this run's recipe and key (lead process)."""
+    if folder is not None and not ctx.resume:
+        removed = folder.remove_recorded()
+        if removed:
+            ctx.log(f"{ctx.out}: removed {len(removed)} file(s) of the previous run there")
+    ctx.store.begin()
+    if ctx.store.lead:
+        atomic.write_text(ctx.out / "recipe.yaml", dump_yaml(ctx.recipe.to_dict()))
+    Distributed.current().barrier()  # rank 0 has cleared old checkpoints before anyone trains
+
+
+def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lead: bool,
+         folder: RunFolder | None) -> RunResult | None:
     start = time.perf_counter()
-    ctx = run_stages(prepare(recipe, out, cache_dir=cache_dir, log=log, resume=resume, lead=lead))
+    ctx = prepare(recipe, out, cache_dir=cache_dir, log=log, resume=resume, lead=lead)
+    check_compatibility(ctx)
+    begin(ctx, folder)
+    run_stages(ctx)
     targets, task, data = ctx.targets, ctx.task, ctx.data
     if not lead:  # rank 0 exports and reports; wait for it, then leave the group together
         Distributed.current().barrier()
         return None
 
     entries, references = model_entries(ctx)
+    warnings = distillation_warnings(ctx, entries)
+    for warning in warnings:
+        log(f"WARNING: {warning}")
     tick = time.perf_counter()
     exported = export_products(ctx)
     ctx.timings["export"] = time.perf_counter() - tick
@@ -146,7 +181,7 @@ def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lea
                     data={"source": data.source, "fingerprint": data.fingerprint,
                           "train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test),
                           "classes": data.num_classes, "input_shape": list(data.input_shape)},
-                    recipe=recipe.to_dict(), timings_s=ctx.timings, environment=environment())
+                    recipe=recipe.to_dict(), timings_s=ctx.timings, environment=environment(), warnings=warnings)
     report_path = report.write(out / "report.json")
     atomic.write_text(out / "report.md", report.markdown() + "\n")
     verdicts = check(report, Budget(budgets=recipe.budgets)) if recipe.budgets else None
@@ -168,5 +203,6 @@ def _check_formats_hold(recipe: Recipe, scheme) -> None:
                           f"the TFLite writer has no 16x8 mode); export onnx only, or use 8-bit activations")
 
 
-__all__ = ["STAGES", "Product", "RunContext", "RunResult", "Stage", "default_cache_dir", "list_stages", "prepare",
+__all__ = ["STAGES", "Product", "RunContext", "RunResult", "Stage", "begin", "check_compatibility", "default_cache_dir",
+           "list_stages", "prepare",
            "run", "run_stages", "stage_shift"]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekd.errors import ConfigError
 from edgekd.distill.trainer import TrainConfig, TrainResult
 from edgekd.models.factory import ModelSpec, create_model, load_checkpoint, save_checkpoint
 from edgekd.recipe import Recipe
@@ -93,11 +94,14 @@ class RunContext:
         return self.task.model_args(self.data)
 
     def student_init(self) -> nn.Module:
-        """A copy of the students' common random initialisation (seeded by the recipe), so the
-        scratch baseline and the distilled student start from the same weights."""
+        """A copy of the students' common initialisation, so the scratch baseline and the
+        distilled student start from the same weights: random (seeded by the recipe), or the
+        weights of ``student.checkpoint``."""
         if self._student_init is None:
             torch.manual_seed(self.recipe.seed)
-            self._student_init = create_model(self.recipe.student, **self.model_args())
+            spec = self.recipe.student
+            self._student_init = (load_student_checkpoint(spec, self.log) if spec.checkpoint
+                                  else create_model(spec, **self.model_args()))
         return copy.deepcopy(self._student_init)
 
     def checkpoint_fields(self) -> dict[str, Any]:
@@ -122,6 +126,25 @@ class RunContext:
                                    "training": fit_summary(fit)})
             self.store.state_path(stage).unlink(missing_ok=True)  # the finished model supersedes it
         return model, fit
+
+
+def load_student_checkpoint(spec: ModelSpec, log: Log) -> nn.Module:
+    """The float model of ``student.checkpoint``, which both students start from.
+
+    Raises:
+        ModelLoadError: the file is missing or unreadable.
+        ConfigError: it holds another architecture than ``student.arch``, or an int8 model.
+    """
+    model, meta = load_checkpoint(spec.checkpoint)
+    saved = meta["model"].get("arch")
+    if saved != spec.arch:
+        raise ConfigError(f"student.checkpoint {spec.checkpoint} holds architecture {saved!r} but student.arch "
+                          f"is {spec.arch!r}; set student.arch: {saved}, or name a checkpoint of {spec.arch!r}")
+    if meta.get("qat"):
+        raise ConfigError(f"student.checkpoint {spec.checkpoint} is an int8 (quantized) checkpoint; the students "
+                          f"start from a float model (the run quantizes it itself)")
+    log(f"students: start from the weights of {spec.checkpoint}")
+    return model.train()
 
 
 def stage_shift(recipe: Recipe, training: TrainConfig) -> int:

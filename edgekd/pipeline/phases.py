@@ -156,7 +156,7 @@ def _estimated_entry(stage: str, artifact: Artifact, target: TargetProfile, para
     Without an ``analysis`` the file is analysed again, which raises the EstimateError."""
     entry = Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format, path=str(artifact.path),
                   size_bytes=artifact.size_bytes, params=params, target=target.name)
-    (analysis or analyze(artifact.path)).on(target.compute, target.name).record_into(entry)
+    target.estimate(analysis or analyze(artifact.path)).record_into(entry)
     return entry
 
 
@@ -172,3 +172,30 @@ def benchmark_entries(entries: list[Entry], targets: list[TargetProfile], bench_
         result.record_into(entry)
         atomic.write_text(bench_dir / f"{entry.name}.{entry.runtime}.{entry.target}.json",
                           json.dumps(result.to_dict()) + "\n")
+
+
+KD_HURT_POINTS = 0.5  # a distilled student this far below its scratch baseline is reported loudly
+
+
+def distillation_warnings(ctx, entries) -> list[str]:
+    """A warning when the distilled student ends below the scratch student (same architecture,
+    epochs and initialisation): the teacher's signal hurt, and the run says what to try."""
+    metric = ctx.task.quality_metric
+    quality = {e.stage: e.quality(metric) for e in entries if e.format == "pytorch"}
+    from edgekd.pipeline.stages import DISTILLED, SCRATCH, TEACHER
+
+    kd, scratch, teacher = quality.get(DISTILLED), quality.get(SCRATCH), quality.get(TEACHER)
+    if kd is None or scratch is None or 100 * (scratch - kd) < KD_HURT_POINTS:
+        return []
+    d = ctx.recipe.distill
+    tries = [f"a lower distill.kd_weight than {d.kd_weight:g} (more weight on the labels, ce_weight)"]
+    if d.temperature > 1:
+        tries.append(f"a lower distill.temperature than {d.temperature:g}")
+    if teacher is not None and teacher - scratch < 0.02:
+        tries.append(f"a stronger teacher: it scores {100 * teacher:.2f}%, barely above the scratch student")
+    tries.append("more student epochs (a small student needs longer to match a teacher's soft targets)")
+    tries.append("the same augmentation for teacher and student (data.shift vs student_training.shift)")
+    return [f"the distilled student ({100 * kd:.2f}% {metric}) ends {100 * (scratch - kd):.2f} points BELOW the "
+            f"same student trained on labels alone ({100 * scratch:.2f}%): distillation hurt on this data. Ship the "
+            f"scratch student, or try: " + "; ".join(tries) + ". Compare again with `edgekd run` on the new recipe."]
+

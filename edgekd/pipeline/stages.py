@@ -21,6 +21,7 @@ import torch
 from edgekd.distill.api import distill, train_scratch
 from edgekd.distill.distributed import Distributed
 from edgekd.distill.teachers.provider import build_teacher_provider
+from edgekd.errors import ModelLoadError
 from edgekd.models.factory import create_model, load_checkpoint, save_checkpoint
 from edgekd.models.transfer import init_from_teacher
 from edgekd.pipeline.context import Product, RunContext, fit_summary
@@ -86,9 +87,13 @@ def _cached_or_trained_teacher(ctx: RunContext, name: str):
         "seed": recipe.seed, "torch": torch.__version__}, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(ctx.cache_dir) / "teachers" / f"{recipe.teacher.arch.replace(':', '_')}-{key}.pt"
     if path.is_file():
-        model, meta = load_checkpoint(path)
-        ctx.log(f"teacher: reused from cache {path}")
-        return model, {"source": str(path), "cached": True, **meta["extra"].get("training", {})}
+        try:
+            model, meta = load_checkpoint(path)
+        except ModelLoadError as err:  # a damaged cache entry is retrained and replaced, never fatal
+            ctx.log(f"teacher: the cached teacher is unusable ({err}); training it again, which replaces {path}")
+        else:
+            ctx.log(f"teacher: reused from cache {path}")
+            return model, {"source": str(path), "cached": True, **meta["extra"].get("training", {})}
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.teacher, **ctx.model_args())
     result = train_scratch(model, data, recipe.teacher_training, desc=name,
@@ -177,10 +182,11 @@ def quantizes(recipe: Recipe) -> bool:
     return recipe.qat.enabled or recipe.ptq.enabled
 
 
+TEACHER, SCRATCH, DISTILLED = "teacher", "student-scratch", "student-kd"  # the stages later phases compare
 STAGES: list[Stage] = [
-    Stage("teacher", _teacher, description="load, reuse from the cache, or train the teacher"),
-    Stage("student-scratch", _scratch, description="the student on labels alone (baseline)"),
-    Stage("student-kd", _distilled, description="the student distilled from the teacher"),
+    Stage(TEACHER, _teacher, description="load, reuse from the cache, or train the teacher"),
+    Stage(SCRATCH, _scratch, description="the student on labels alone (baseline)"),
+    Stage(DISTILLED, _distilled, description="the student distilled from the teacher"),
     Stage("mixed-precision", _mixed_precision,
           lambda r: r.qat.mixed_precision.enabled and quantizes(r), "per-layer precisions"),
     Stage("student-int8", _qat, lambda r: r.qat.enabled, "int8 QAT with the teacher guiding"),

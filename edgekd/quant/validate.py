@@ -66,8 +66,10 @@ class ValidationResult:
                 "checked": dict(self.checked), "violations": [str(v) for v in self.violations]}
 
     def summary(self) -> str:
-        head = (f"{self.artifact}: {'conforms to' if self.passed else 'VIOLATES'} the {self.scheme_runtime} "
-                f"scheme ({self.checked['weights']} weights, {self.checked['activations']} activation "
+        scheme = "the default int8 scheme" if self.scheme_runtime in (None, "", "any") else \
+            f"the {self.scheme_runtime} scheme"
+        head = (f"{self.artifact}: {'conforms to' if self.passed else 'VIOLATES'} {scheme} "
+                f"({self.checked['weights']} weights, {self.checked['activations']} activation "
                 f"quantizations, {self.checked['shared']} shared-scale ops checked)")
         return "\n".join([head] + [f"  - {v}" for v in self.violations])
 

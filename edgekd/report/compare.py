@@ -64,6 +64,22 @@ def compare_reports(old: Report, new: Report) -> list[Delta]:
     return deltas
 
 
+def different_inputs(old: Report, new: Report) -> list[str]:
+    """Why two reports' quality figures may not be comparable: other data (fingerprint, source,
+    split sizes) or another task. Empty when both say they used the same."""
+    warnings = []
+    a, b = old.data or {}, new.data or {}
+    if a.get("fingerprint") and b.get("fingerprint") and a["fingerprint"] != b["fingerprint"]:
+        split = lambda d: "/".join(str(d.get(k, "?")) for k in ("train", "val", "test"))  # noqa: E731
+        warnings.append(f"the reports used different data ({a.get('source')} {split(a)} vs {b.get('source')} "
+                        f"{split(b)}; fingerprints {a['fingerprint'][:12]} vs {b['fingerprint'][:12]}): quality "
+                        f"deltas compare different test sets")
+    ta, tb = (old.task or {}).get("name"), (new.task or {}).get("name")
+    if ta and tb and ta != tb:
+        warnings.append(f"the reports are of different tasks ({ta} vs {tb})")
+    return warnings
+
+
 def describe(metric: str) -> tuple[str, str]:
     """(label, unit kind) of a metric key; a task's own metrics (``metrics.<name>``) are fractions."""
     return METRICS.get(metric) or (metric.partition(".")[2], "fraction")

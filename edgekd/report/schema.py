@@ -70,6 +70,7 @@ class Report:
     timings_s: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)  # name, quality_metric, inputs, outputs
+    warnings: list[str] = field(default_factory=list)  # what the run found wrong with its own results
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -118,6 +119,7 @@ class Report:
                         f"{e.params if e.params is not None else '-'} | {_pct(e.quality(metric))} | "
                         f"{_pct(e.agreement)} | {_ms(lat.get('p50_ms'))} | {_ms(lat.get('p90_ms'))} | "
                         f"{_ms((e.info.get('call_latency') or {}).get('p50_ms'))} | {format_size(e.peak_memory_bytes)} |")
+        rows += [f"\n**WARNING**: {w}" for w in self.warnings]
         return "\n".join(rows)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ModelLoadError
-from edgekd.runtime.litert_common import (  # noqa: F401  (re-exported: the runtime's public names)
+from edgekd.runtime.litert_common import (native_log,   # noqa: F401  (re-exported: the runtime's public names)
     APIS,
     OPTIONS,
     Interpreter,
@@ -52,10 +52,12 @@ class LiteRTSession(LiteRTBatching):
         xnnpack = check_options(options)["xnnpack"]
         resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self.path = path
+        self._first_run = True
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=threads,
-                                            experimental_op_resolver_type=resolver)
-            self._interpreter.allocate_tensors()
+            with native_log():
+                self._interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                                                experimental_op_resolver_type=resolver)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:  # not a TFLite flatbuffer; an op failed to prepare
             raise ModelLoadError(f"{path}: LiteRT cannot load it ({first_line(err)})") from None
         self._details = self._interpreter.get_input_details()
@@ -79,6 +81,11 @@ class LiteRTSession(LiteRTBatching):
             self._interpreter.set_tensor(detail["index"], a)
 
     def infer(self) -> None:
+        if self._first_run:  # the first invoke may create the XNNPACK delegate, which logs to fd 2
+            with native_log():
+                self._interpreter.invoke()
+            self._first_run = False
+            return
         self._interpreter.invoke()
 
     def fetch(self) -> np.ndarray:

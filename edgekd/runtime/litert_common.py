@@ -11,6 +11,11 @@ TFLite's QUANTIZE kernel does, and its output dequantized, ``x = (q - z) * s`` (
 from __future__ import annotations
 
 import abc
+import atexit
+import contextlib
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,10 +204,68 @@ def delegated_share(interpreter) -> float:
     return len(delegated) / len(originals) if originals else 1.0
 
 
+class NativeLog:
+    """What native code wrote to fd 2 inside ``native_log()``."""
+
+    def __init__(self, text: str = ""):
+        self.text = text
+
+    def errors(self) -> list[str]:
+        """The lines that report an error (LiteRT's ``ERROR:``/``E0000`` lines), shortened."""
+        return [ln.strip()[:200] for ln in self.text.splitlines()
+                if ln.startswith(("ERROR", "E0"))]
+
+
+@contextlib.contextmanager
+def native_log():
+    """Hold what native code writes to file descriptor 2 (LiteRT's INFO lines on every load and
+    on the first inference: "Created TensorFlow Lite XNNPACK delegate", accelerator registry)
+    instead of letting it reach the user's terminal; the caller reads it for error messages.
+    With ``EDGEKD_DEBUG`` set (``edgekd --debug``) the held text is written out afterwards."""
+    log = NativeLog()
+    hush_at_exit()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            log.text = held.read().decode(errors="replace")
+            if log.text and os.environ.get("EDGEKD_DEBUG"):
+                sys.stderr.write(log.text)
+                sys.stderr.flush()
+
+
+_HUSHED = False
+
+
+def hush_at_exit() -> None:
+    """When the process exits, LiteRT's accelerator registry logs each accelerator it destroys
+    ("DestroyAccelerator") from C++ destructors that run after Python's last line: point fd 2
+    at /dev/null at that point (not under ``EDGEKD_DEBUG``). Registered once, by ``native_log``."""
+    global _HUSHED
+    if _HUSHED or os.environ.get("EDGEKD_DEBUG"):
+        return
+    _HUSHED = True
+
+    def hush() -> None:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    atexit.register(hush)  # atexit runs last-registered first: this runs after edgekd's own handlers
+
+
 def xnnpack_coverage(path: Path, threads: int) -> float:
     """``delegated_share`` of ``path`` in an Interpreter with XNNPACK (the partitions LiteRT's
     CPU path makes of the same file)."""
-    interpreter = Interpreter(model_path=str(path), num_threads=threads,
-                              experimental_op_resolver_type=OpResolverType.AUTO)
-    interpreter.allocate_tensors()
+    with native_log():
+        interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                                  experimental_op_resolver_type=OpResolverType.AUTO)
+        interpreter.allocate_tensors()
     return delegated_share(interpreter)

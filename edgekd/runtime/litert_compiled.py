@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError
-from edgekd.runtime.litert_common import (LiteRTBatching, ModelInput, check_options, first_line,
+from edgekd.runtime.litert_common import (LiteRTBatching, native_log, ModelInput, check_options, first_line,
                                           from_model_output, io_quantization, xnnpack_coverage)
 
 try:
@@ -44,6 +44,7 @@ class CompiledModelSession(LiteRTBatching):
     ``input_shape``, ``run(x)`` (x: one array, a tuple in input order or {name: array})."""
 
     def __init__(self, path: Path, threads: int, options: dict):
+        self._first_run = True
         merged = check_options(options)
         self.path, self._threads, self._accelerator = path, threads, merged["accelerator"]
         self._xnnpack = merged["xnnpack"]
@@ -92,6 +93,11 @@ class CompiledModelSession(LiteRTBatching):
             self._inputs[name].write(a)
 
     def infer(self) -> None:
+        if self._first_run:  # the first run creates the XNNPACK delegate, which logs to fd 2
+            with native_log():
+                self._model.run_by_name(self._signature, self._inputs, self._outputs)
+            self._first_run = False
+            return
         self._model.run_by_name(self._signature, self._inputs, self._outputs)
 
     def fetch(self) -> np.ndarray:
@@ -163,36 +169,6 @@ def _release_environment() -> None:
     with native_log():
         _ENVIRONMENT = None
         gc.collect()
-
-
-class NativeLog:
-    """What native code wrote to fd 2 inside ``native_log()``."""
-
-    def __init__(self, text: str = ""):
-        self.text = text
-
-    def errors(self) -> list[str]:
-        """The lines that report an error (LiteRT's ``ERROR:``/``E0000`` lines), shortened."""
-        return [ln.strip()[:200] for ln in self.text.splitlines()
-                if ln.startswith(("ERROR", "E0"))]
-
-
-@contextlib.contextmanager
-def native_log():
-    """Hold what native code writes to file descriptor 2 (LiteRT's INFO lines on every load)
-    instead of letting it reach the user's terminal; the caller reads it for error messages."""
-    log = NativeLog()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield log
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            log.text = held.read().decode(errors="replace")
 
 
 def _tensor_quantization(path: Path) -> dict[int, tuple[list[float], list[int]]]:

@@ -32,6 +32,10 @@ class OpenVinoSession(PhasedSession):
         if options.get("cache_dir"):  # compiled blobs are reused by the next load (warm load)
             config["CACHE_DIR"] = str(options["cache_dir"])
         self._core, self._path, self._device, self._config = core, path, device, config
+        weights = Path(path).with_suffix(".bin")
+        if Path(path).suffix.lower() == ".xml" and not weights.is_file():
+            raise ModelLoadError(f"{path}: its weights file {weights.name} is missing; an OpenVINO IR is the "
+                                 f".xml and the .bin beside it (copy both)")
         try:
             self._compiled = core.compile_model(str(path), device, config)
         except Exception as err:

@@ -146,12 +146,11 @@ def test_npz_float_labels_with_integer_values_are_accepted(tmp_path):
     assert d.num_classes == 2
 
 
-def test_npz_classes_come_from_the_largest_label(tmp_path):
-    # num_classes is max(y) + 1: labels {0, 3} give four classes, of which two are empty
+def test_npz_label_gaps_are_refused_not_empty_classes(tmp_path):
+    # labels {0, 3} would give four classes, two of them empty: refused, with the remapping named
     path = save_npz(tmp_path / "gap.npz", x=np.zeros((20, 4, 4), np.float32), y=np.arange(20) % 2 * 3)
-    d = load_data(DataConfig(source=path))
-    assert d.class_names == ["0", "1", "2", "3"]
-    assert sorted(torch.unique(d.y_train).tolist()) == [0, 3]
+    with pytest.raises(DataError, match=r"classes 1, 2 have no sample.*np.unique\(y, return_inverse=True\)"):
+        load_data(DataConfig(source=path))
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def test_plain_state_dict_is_not_an_edgekd_checkpoint(tmp_path):
 
 
 REFUSED = ("{path}: refused to load: the file contains a Python object (" + NotAWeight.__module__ +
-           ".NotAWeight), not only tensors and plain data; edgekd loads checkpoints with "
+           ".NotAWeight) that would run code when loaded, not only tensors and plain data; edgekd loads checkpoints with "
            "weights_only=True and never runs code from them")
 
 

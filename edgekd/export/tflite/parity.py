@@ -64,10 +64,12 @@ def int8_steps(ops: list[str]) -> int:
 def interpreter(model: bytes | str | Path, threads: int = 1):
     """A LiteRT interpreter (ai-edge-litert, or tflite-runtime when that is what is installed)."""
     from edgekd.runtime.litert import Interpreter
+    from edgekd.runtime.litert_common import native_log
 
     kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-    interp = Interpreter(num_threads=threads, **kwargs)
-    interp.allocate_tensors()
+    with native_log():  # LiteRT's INFO lines stay out of the user's terminal
+        interp = Interpreter(num_threads=threads, **kwargs)
+        interp.allocate_tensors()
     return interp
 
 
@@ -81,7 +83,10 @@ def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np
             info = np.iinfo(detail["dtype"])
             x = np.clip(np.rint(x / scale) + zp, info.min, info.max)
         interp.set_tensor(detail["index"], np.ascontiguousarray(x, detail["dtype"]))
-    interp.invoke()
+    from edgekd.runtime.litert_common import native_log
+
+    with native_log():  # the first invoke creates the XNNPACK delegate, which logs
+        interp.invoke()
     outs = []
     for detail in interp.get_output_details():
         y = interp.get_tensor(detail["index"])
