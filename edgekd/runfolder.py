@@ -57,7 +57,7 @@ class RunFolder:
     def __init__(self, out: Path, lock_fd: int, previous: list[str]):
         self.out, self._lock_fd = out, lock_fd
         self.meta = out / META_DIR
-        self.files: set[str] = set(previous)  # a resumed run keeps the files of the run it continues
+        self.files: set[str] = set(previous)  # the previous run's files (a resumed run keeps them)
         self._recorder = None
 
     # -- the manifest --------------------------------------------------------------------------
@@ -125,13 +125,14 @@ class RunFolder:
             self._lock_fd = -1
 
 
-def claim(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> RunFolder:
-    """Lock ``out`` for one run and clear what the previous run there wrote (not with ``resume``).
+def claim(out: str | Path, *, overwrite: bool = False) -> RunFolder:
+    """Lock ``out`` for one run. The files of the previous run there stay until the new run's
+    checks pass (``RunFolder.remove_recorded``; a resumed run keeps them).
 
     Raises:
         FolderBusyError: another live process holds the folder (its pid is named).
         ConfigError: ``out`` is not empty and edgekd did not make it (say ``--overwrite``), or
-            ``out`` is a file, or ``--resume`` names a folder with no run.
+            ``out`` is a file.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -145,11 +146,7 @@ def claim(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> 
                           f"a new or empty folder, or pass --overwrite to write beside the files there")
     meta.mkdir(parents=True, exist_ok=True)
     fd = _lock(meta / LOCK, out)
-    folder = RunFolder(out, fd, (manifest or []) if resume else [])
-    if not resume and manifest:
-        folder.files = set(manifest)
-        folder.remove_recorded()
-    return folder
+    return RunFolder(out, fd, manifest or [])  # a new run removes these once its checks pass
 
 
 def _lock(path: Path, out: Path) -> int:
@@ -202,11 +199,11 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 @contextlib.contextmanager
-def claimed(out: str | Path, *, resume: bool = False, overwrite: bool = False,
+def claimed(out: str | Path, *, overwrite: bool = False,
             lead: bool = True) -> Iterator[RunFolder | None]:
     """``claim`` for the lead process of a run (others share the lead's claim and yield None)."""
     if not lead:
         yield None
         return
-    with claim(out, resume=resume, overwrite=overwrite) as folder:
+    with claim(out, overwrite=overwrite) as folder:
         yield folder

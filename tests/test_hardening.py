@@ -428,6 +428,13 @@ def test_a_refused_run_leaves_nothing_behind(tmp_path):
     code, text = _cli("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "c")
     assert code == 2
     assert not (tmp_path / "out").exists()
+    # over a finished run: refused before its old files are cleared, so they all stay
+    assert _cli("run", _tiny_recipe_file(tmp_path / "good.yaml"), "--out", tmp_path / "out",
+                "--cache", tmp_path / "c")[0] == 0
+    before = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert _cli("run", recipe, "--out", tmp_path / "out", "--cache", tmp_path / "c")[0] == 2
+    after = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert after == before and Path("models/student-kd.pt") in after
 
 
 # -- round 2: checks before training ----------------------------------------------------------------
@@ -801,3 +808,40 @@ def test_help_names_tflite_and_run_has_no_bench(tmp_path):
 
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert not any(e.get("latency") for e in report["entries"])
+
+
+# -- round 2: distillation that hurts ---------------------------------------------------------------------
+
+def test_a_distilled_student_below_its_scratch_baseline_is_said_loudly(tmp_path):
+    """A teacher's near-uniform soft targets (T=20, labels unused) leave the distilled student far
+    below the scratch one: the run's output, report.md and report.json say so, with what to try."""
+    import json
+
+    recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{
+        "student_training.epochs": 3, "distill.temperature": 20.0, "distill.kd_weight": 1.0,
+        "distill.ce_weight": 0.0})
+    code, text = _cli("run", recipe, "--out", tmp_path / "o", "--cache", tmp_path / "c")
+    assert code == 0, text
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    quality = {e["stage"]: e["accuracy"] for e in report["entries"] if e["format"] == "pytorch"}
+    assert quality["student-kd"] < quality["student-scratch"] - 0.005
+    [warning] = report["warnings"]
+    assert "points BELOW the same student trained on labels alone" in warning
+    assert "a lower distill.temperature than 20" in warning and "kd_weight" in warning
+    assert f"WARNING: {warning}" in text and warning in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_no_warning_when_distillation_helps():
+    from types import SimpleNamespace
+
+    from edgekd.pipeline.phases import distillation_warnings
+    from edgekd.recipe import Recipe
+    from edgekd.report import Entry
+    from edgekd.tasks import create_task
+
+    ctx = SimpleNamespace(task=create_task("image-classification"), recipe=Recipe())
+    entries = [Entry(name=f"{s}.pytorch", stage=s, format="pytorch", accuracy=a)
+               for s, a in (("teacher", 0.99), ("student-scratch", 0.95), ("student-kd", 0.96))]
+    assert distillation_warnings(ctx, entries) == []
+    entries[2].accuracy = 0.90
+    assert "5.00 points BELOW" in distillation_warnings(ctx, entries)[0]

@@ -64,7 +64,7 @@ def run(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None = N
     """
     with process_group() as ranks:
         lead = ranks.rank == 0
-        with claimed(out_dir, resume=resume, overwrite=overwrite, lead=lead) as folder:
+        with claimed(out_dir, overwrite=overwrite, lead=lead) as folder:
             return _run(recipe, Path(out_dir), Path(cache_dir) if cache_dir else default_cache_dir(), log,
                         resume, lead=lead, folder=folder)
 
