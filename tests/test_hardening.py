@@ -720,10 +720,14 @@ def test_litert_info_lines_stay_out_of_normal_output(exported):
     assert "XNNPACK" in loud.stderr  # shown under --debug
 
 
-def test_unknown_name_messages_are_spelled_right():
+def test_unknown_name_messages_are_spelled_right(exported):
     from edgekd.errors import UnknownNameError
+    from edgekd.quant import QATConfig
+    from edgekd.quant.validate import validate_onnx
 
     assert "valid losses: kd" in str(UnknownNameError("loss", "kld", ["kd"]))
+    summary = validate_onnx(exported[("int8", "onnx")].path, QATConfig().resolved().scheme).summary()
+    assert "conforms to the default int8 scheme" in summary and "the any scheme" not in summary
 
 
 # -- round 2: budgets --------------------------------------------------------------------------------------
