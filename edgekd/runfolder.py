@@ -54,8 +54,8 @@ def check_run_name(name: str) -> str:
 class RunFolder:
     """A claimed output folder: the lock is held and every atomic write is recorded until ``release``."""
 
-    def __init__(self, out: Path, lock_fd: int, previous: list[str]):
-        self.out, self._lock_fd = out, lock_fd
+    def __init__(self, out: Path, lock_fd: int, previous: list[str], created: bool = False):
+        self.out, self._lock_fd, self._created = out, lock_fd, created
         self.meta = out / META_DIR
         self.files: set[str] = set(previous)  # the previous run's files (a resumed run keeps them)
         self._recorder = None
@@ -109,7 +109,7 @@ class RunFolder:
 
     def release(self, failed: bool = False) -> None:
         """Stop recording and drop the lock. A run that failed before writing anything leaves no
-        trace: its ``.edgekd`` folder (and ``out`` itself, if then empty) is removed."""
+        trace: its ``.edgekd`` folder (and ``out`` itself, if the run created it) is removed."""
         if self._recorder is not None:
             self._recorder.__exit__(None, None, None)
             self._recorder = None
@@ -117,7 +117,7 @@ class RunFolder:
             for name in (MANIFEST, LOCK):
                 with contextlib.suppress(OSError):
                     (self.meta / name).unlink()
-            for folder in (self.meta, self.out):
+            for folder in (self.meta, self.out) if self._created else (self.meta,):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         if self._lock_fd >= 0:
@@ -144,9 +144,10 @@ def claim(out: str | Path, *, overwrite: bool = False) -> RunFolder:
         raise ConfigError(f"--out {out}: this folder is not empty and edgekd did not create it (no "
                           f"{META_DIR}/{MANIFEST}); edgekd never removes files it did not write. Choose "
                           f"a new or empty folder, or pass --overwrite to write beside the files there")
+    created = not out.exists()
     meta.mkdir(parents=True, exist_ok=True)
     fd = _lock(meta / LOCK, out)
-    return RunFolder(out, fd, manifest or [])  # a new run removes these once its checks pass
+    return RunFolder(out, fd, manifest or [], created=created)  # a new run removes these once its checks pass
 
 
 def _lock(path: Path, out: Path) -> int:
