@@ -175,6 +175,17 @@ def test_unsupported_op_names_type_node_and_supported_list(tmp_path):
     assert "Erf" in message and "my_erf" in message and "Conv" in message and "Supported" in message
 
 
+def test_a_refusal_names_every_distinct_blocker_once(tmp_path):
+    """Twelve Erf nodes do not hide the Split after them: each op type once, with its count."""
+    nodes = [helper.make_node("Erf", [f"e{i}" if i else "x"], [f"e{i + 1}"], name=f"erf{i}") for i in range(12)]
+    nodes.append(helper.make_node("Split", ["e12"], ["y"], name="the_split", axis=1))
+    m = model(nodes, [("x", X4)], None)
+    with pytest.raises(ExportError) as err:
+        convert(_save(tmp_path, m))
+    message = str(err.value)
+    assert "Erf x12 (node 'erf0', ...)" in message and "Split x1 (node 'the_split')" in message
+
+
 def test_dynamic_spatial_dim_is_refused(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", 8])],

@@ -58,9 +58,13 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
         raise ExportError(f"layout must be 'nchw' or 'nhwc', got {layout!r}")
     supported = supported_ops()
     g = load_graph(onnx_path, batch=batch)
-    unsupported = [n for n in g.nodes if n.op not in CONVERTERS]
+    unsupported: dict[str, list[str]] = {}  # op type -> its nodes: every distinct blocker is named once
+    for n in g.nodes:
+        if n.op not in CONVERTERS:
+            unsupported.setdefault(n.op, []).append(n.name)
     if unsupported:
-        found = ", ".join(f"{n.op} (node {n.name!r})" for n in unsupported[:10])
+        found = ", ".join(f"{op} x{len(names)} (node {names[0]!r}{', ...' if len(names) > 1 else ''})"
+                          for op, names in unsupported.items())
         raise ExportError(f"{onnx_path}: cannot convert to TFLite: unsupported ONNX op(s) {found}. "
                           f"Supported: {', '.join(supported)}")
     if io == "int8" and not g.quantized:
