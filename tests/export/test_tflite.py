@@ -186,6 +186,23 @@ def test_a_refusal_names_every_distinct_blocker_once(tmp_path):
     assert "Erf x12 (node 'erf0', ...)" in message and "Split x1 (node 'the_split')" in message
 
 
+def test_constant_gather_elements_over_a_long_axis_is_folded(tmp_path):
+    """BERT's 512-long token_type_ids buffer: onnx's reference evaluator cannot fold it (np.choose
+    takes at most 64 choices); edgekd folds it in numpy, negative indices included."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(1, 512)).astype(np.float32)
+    idx = rng.integers(-512, 512, size=(1, 512)).astype(np.int64)
+    nodes = [helper.make_node("GatherElements", ["d", "i"], ["c"], name="ge", axis=1),
+             helper.make_node("Add", ["x", "c"], ["y"], name="add")]
+    m = model(nodes, [("x", [1, 512])], [1, 512], inits=[("d", data), ("i", idx)])
+    x = rng.normal(size=(1, 512)).astype(np.float32)
+    out = run_tflite(interpreter(convert(_save(tmp_path, m)).data), [x])[0]
+    np.testing.assert_array_equal(out, x + np.take_along_axis(data, np.where(idx < 0, idx + 512, idx), 1))
+    bad = model(nodes, [("x", [1, 512])], [1, 512], inits=[("d", data), ("i", idx + 1024)])
+    with pytest.raises(ExportError, match=r"GatherElements node 'ge': an index is outside \[-512, 511\]"):
+        convert(_save(tmp_path, bad))
+
+
 def test_dynamic_spatial_dim_is_refused(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", 8])],

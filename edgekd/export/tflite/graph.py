@@ -322,8 +322,26 @@ def _shape_value(node: Node, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(shape[start:end], np.int64)
 
 
+def _gather_elements(node: Node, g: Graph, data: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """GatherElements in numpy (onnx's reference evaluator fails on long axes, e.g. BERT's
+    512-long token_type_ids buffer: it uses np.choose, limited to 64 choices)."""
+    axis = node.attr("axis", 0)
+    size = data.shape[axis]
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        raise ExportError(f"{g.path}: {node.where()}: an index is outside [-{size}, {size - 1}] on axis {axis}")
+    return np.take_along_axis(data, np.where(indices < 0, indices + size, indices), axis)
+
+
+NUMPY_FOLDS = {"GatherElements": _gather_elements}  # folded here instead of by onnx's reference evaluator
+
+
 def _fold(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
     from onnx.reference import ReferenceEvaluator
+
+    if node.op in NUMPY_FOLDS:
+        value = NUMPY_FOLDS[node.op](node, g, *(g.constants[n] for n in node.inputs))
+        g.constants[node.outputs[0]] = np.asarray(value)
+        return
 
     names = [n for n in node.inputs if n]
     graph = helper.make_graph(
