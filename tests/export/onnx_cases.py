@@ -150,6 +150,17 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["slice_reverse"] = (unary("Slice", inits=[("st", np.asarray([-1])), ("en", np.asarray([-100])),
                                                 ("ax", np.asarray([3])), ("sp", np.asarray([-1]))],
                                 extra_inputs=["st", "en", "ax", "sp"]), "STRIDED_SLICE")
+    # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
+    c["split_sizes_channels"] = (conv_then([
+        helper.make_node("Split", ["c", "sz"], ["s1", "s2"], axis=1),
+        helper.make_node("Concat", ["s2", "s1"], ["y"], axis=1)], [("sz", np.asarray([2, 4]))]), "STRIDED_SLICE")
+    c["split_equal_width"] = (conv_then([
+        helper.make_node("Split", ["c"], ["s1", "s2"], axis=3),
+        helper.make_node("Add", ["s1", "s2"], ["y"])]), "STRIDED_SLICE")
+    c["split_num_outputs_opset18"] = (model([
+        helper.make_node("Split", ["x"], ["s1", "s2", "s3"], axis=2, num_outputs=3),
+        helper.make_node("Concat", ["s3", "s1", "s2"], ["y"], axis=2)], [("x", [1, 4, 8, 8])], None, opset=18),
+        "STRIDED_SLICE")
     scales = np.asarray([1, 1, 2, 2], np.float32)
     c["resize_nearest"] = (unary("Resize", inits=[("sc", scales)], extra_inputs=["", "sc"], mode="nearest",
                                  coordinate_transformation_mode="asymmetric", nearest_mode="floor"),

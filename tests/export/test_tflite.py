@@ -176,14 +176,14 @@ def test_unsupported_op_names_type_node_and_supported_list(tmp_path):
 
 
 def test_a_refusal_names_every_distinct_blocker_once(tmp_path):
-    """Twelve Erf nodes do not hide the Split after them: each op type once, with its count."""
+    """Twelve Erf nodes do not hide the Sign after them: each op type once, with its count."""
     nodes = [helper.make_node("Erf", [f"e{i}" if i else "x"], [f"e{i + 1}"], name=f"erf{i}") for i in range(12)]
-    nodes.append(helper.make_node("Split", ["e12"], ["y"], name="the_split", axis=1))
+    nodes.append(helper.make_node("Sign", ["e12"], ["y"], name="the_sign"))
     m = model(nodes, [("x", X4)], None)
     with pytest.raises(ExportError) as err:
         convert(_save(tmp_path, m))
     message = str(err.value)
-    assert "Erf x12 (node 'erf0', ...)" in message and "Split x1 (node 'the_split')" in message
+    assert "Erf x12 (node 'erf0', ...)" in message and "Sign x1 (node 'the_sign')" in message
 
 
 def test_constant_gather_elements_over_a_long_axis_is_folded(tmp_path):

@@ -1,4 +1,4 @@
-"""Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Pad, Slice, Resize.
+"""Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Resize.
 
 These ops keep the input's scale in int8 models (Concat requantizes inputs whose scale differs
 from the output's, as the TFLite spec requires). Layout is where care is needed:
@@ -171,6 +171,49 @@ def pad(ctx: Context, node: Node) -> None:
     else:
         fill = ctx.operand_const(np.asarray(value, np.float32), f"{node.name}/value", inherit)
         ctx.emit("PADV2", [x.index, paddings, fill], node, perm=x.perm, inherit=inherit, fixed_quant=inherit)
+
+
+def split_sizes(node: Node, dim: int, opset: int, sizes_input: np.ndarray | None) -> list[int]:
+    """The lengths of a Split's parts along its axis: the ``split`` input (opset 13+) or
+    attribute, else equal parts (opset 18 ``num_outputs``: ceil(dim / n), the last one shorter)."""
+    count = len(node.outputs)
+    if sizes_input is not None:
+        sizes = [int(v) for v in np.asarray(sizes_input).reshape(-1)]
+    elif node.attr("split") is not None:
+        sizes = [int(v) for v in node.attr("split")]
+    elif opset >= 18 and node.attr("num_outputs") is not None:
+        part = -(-dim // int(node.attr("num_outputs")))
+        sizes = [min(part, dim - i * part) for i in range(count)]
+    else:
+        sizes = [dim // count] * count if dim % count == 0 else []
+    if len(sizes) != count or sum(sizes) != dim or min(sizes, default=0) < 0:
+        raise ValueError(f"cannot split length {dim} into {count} parts (sizes {sizes or 'unequal'})")
+    return sizes
+
+
+@CONVERTERS.register("Split")
+def split(ctx: Context, node: Node) -> None:
+    """Split (``x.split``, ``chunk``, ``unbind``'s first step) as one STRIDED_SLICE per output: the
+    Slice converter's layout and int8 handling (each part keeps the input's scale, a QUANTIZE
+    follows where the model requantized a part), and XNNPACK delegates it."""
+    shape = ctx.shape(node.inputs[0], node)
+    axis = int(node.attr("axis", 0)) % len(shape)
+    sizes_input = (ctx.const_value(node.inputs[1], node, "the split sizes")
+                   if len(node.inputs) > 1 and node.inputs[1] else None)
+    try:
+        sizes = split_sizes(node, shape[axis], ctx.g.opset, sizes_input)
+    except ValueError as err:
+        raise ctx.fail(node, str(err)) from None
+    start = 0
+    for i, (out, size) in enumerate(zip(node.outputs, sizes)):
+        if out:
+            names = [f"{node.name}/part{i}/{what}" for what in ("starts", "ends", "axes")]
+            for name, value in zip(names, (start, start + size, axis)):
+                ctx.g.constants[name] = np.asarray([value], np.int64)
+            part = Node("Slice", f"{node.name}/part{i}", [node.inputs[0], *names], [out],
+                        {"starts": [start], "ends": [start + size], "axes": [axis]})
+            slice_(ctx, part)
+        start += size
 
 
 @CONVERTERS.register("Slice")
