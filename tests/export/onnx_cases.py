@@ -150,6 +150,15 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["slice_reverse"] = (unary("Slice", inits=[("st", np.asarray([-1])), ("en", np.asarray([-100])),
                                                 ("ax", np.asarray([3])), ("sp", np.asarray([-1]))],
                                 extra_inputs=["st", "en", "ax", "sp"]), "STRIDED_SLICE")
+    # GELU: torch's exact-GELU pattern below opset 20 (fused into one GELU), and the opset-20 op
+    c["gelu_erf_pattern"] = (conv_then([
+        helper.make_node("Div", ["c", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["c", "a"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["y"])],
+        [("r2", np.float32(np.sqrt(2))), ("one", np.float32(1)), ("half", np.float32(0.5))]), "GELU")
+    c["gelu_opset20"] = (model([helper.make_node("Gelu", ["x"], ["y"])], [("x", X4)], None, opset=20), "GELU")
+    c["gelu_tanh_opset20"] = (model([helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")], [("x", X4)],
+                                    None, opset=20), "GELU")
     # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
     c["split_sizes_channels"] = (conv_then([
         helper.make_node("Split", ["c", "sz"], ["s1", "s2"], axis=1),

@@ -138,6 +138,7 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
               batch, dynamic, batched)
     _walk(model, g)
     _fold_batchnorm(g)
+    _fuse_gelu(g)
     _fuse_activations(g)
     _fill_missing_shapes(model, g)
     _lift_1d(g)
@@ -411,6 +412,47 @@ def activation_of(node: Node, g: Graph) -> str | None:
         return ACTIVATIONS[node.op]
     bounds = _clip_bounds(node, g)
     return _CLIP_ACTIVATIONS.get(bounds) if bounds else None
+
+
+def _fuse_gelu(g: Graph) -> None:
+    """The exact GELU torch exports below opset 20, x * (1 + erf(x / sqrt(2))) * 0.5 (Div or Mul
+    by the constant, Erf, Add 1, Mul by x, Mul 0.5), becomes one ``Gelu`` node: TFLite's GELU
+    (there is no ERF builtin), one kernel instead of five, delegated by XNNPACK."""
+    by_output = {o: n for n in g.nodes for o in n.outputs}
+
+    def const(node: Node, name: str) -> float | None:
+        other = [i for i in node.inputs if i != name]
+        if len(other) != 1 or other[0] not in g.constants or g.constants[other[0]].size != 1:
+            return None
+        return float(np.asarray(g.constants[other[0]]).reshape(-1)[0])
+
+    def sole(name: str, op: str) -> Node | None:
+        users = g.consumers(name)
+        return users[0] if len(users) == 1 and users[0].op == op and name not in g.outputs else None
+
+    fused: dict[int, Node] = {}
+    dropped: set[int] = set()
+    for erf in [n for n in g.nodes if n.op == "Erf"]:
+        pre = by_output.get(erf.inputs[0])
+        if pre is None or pre.op not in ("Div", "Mul") or len(g.consumers(pre.outputs[0])) != 1:
+            continue
+        x = pre.inputs[0]
+        c = const(pre, x)
+        if c is None or not np.isclose(c if pre.op == "Div" else 1 / c, np.sqrt(2), rtol=1e-3):
+            continue
+        add = sole(erf.outputs[0], "Add")
+        if add is None or not np.isclose(const(add, erf.outputs[0]) or 0.0, 1.0):
+            continue
+        times_x = sole(add.outputs[0], "Mul")
+        if times_x is None or sorted(times_x.inputs) != sorted([x, add.outputs[0]]):
+            continue
+        half = sole(times_x.outputs[0], "Mul")
+        if half is None or not np.isclose(const(half, times_x.outputs[0]) or 0.0, 0.5):
+            continue
+        fused[id(half)] = Node("Gelu", erf.name, [x], [half.outputs[0]], {"approximate": "none"})
+        dropped |= {id(pre), id(erf), id(add), id(times_x)}
+    if fused:
+        g.nodes = [fused.get(id(n), n) for n in g.nodes if id(n) not in dropped]
 
 
 def _fuse_activations(g: Graph) -> None:

@@ -1,5 +1,6 @@
 """Element-wise ops and activations: Add, Sub, Mul, Div, Relu, Clip, LeakyRelu, PRelu, Sigmoid,
-Tanh, HardSigmoid, HardSwish, Softmax, standalone BatchNormalization.
+Tanh, HardSigmoid, HardSwish, Gelu (native, or the erf pattern fused by ``graph``), Softmax,
+standalone BatchNormalization.
 
 Layout-neutral: the output keeps the layout of the activation input; a constant operand is
 broadcast to the activation's rank and permuted to its layout. In int8 models, LOGISTIC and
@@ -186,6 +187,15 @@ def sigmoid(ctx: Context, node: Node) -> None:
 @CONVERTERS.register("Tanh")
 def tanh(ctx: Context, node: Node) -> None:
     _unary(ctx, node, "TANH", fixed_quant=TANH_QUANT if ctx.int8 else None)
+
+
+@CONVERTERS.register("Gelu")
+def gelu(ctx: Context, node: Node) -> None:
+    """GELU (Hendrycks & Gimpel 2016): exact (erf) or the tanh approximation, as TFLite's GELU."""
+    approximate = node.attr("approximate", "none")
+    if isinstance(approximate, bytes):
+        approximate = approximate.decode()
+    _unary(ctx, node, "GELU", ctx.b.options("Gelu", approximate=approximate == "tanh"))
 
 
 @CONVERTERS.register("HardSwish")
