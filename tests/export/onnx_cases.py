@@ -159,6 +159,12 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["gelu_opset20"] = (model([helper.make_node("Gelu", ["x"], ["y"])], [("x", X4)], None, opset=20), "GELU")
     c["gelu_tanh_opset20"] = (model([helper.make_node("Gelu", ["x"], ["y"], approximate="tanh")], [("x", X4)],
                                     None, opset=20), "GELU")
+    # LayerNormalization over the last axis (transformer tokens) and over C, H, W after a conv
+    tokens = [1, 6, 16]
+    c["layer_norm_tokens"] = (model([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], epsilon=1e-5)],
+                                    [("x", tokens)], None, [("g", _w(16)), ("b", _w(16))]), "RSQRT")
+    c["layer_norm_chw_no_bias"] = (conv_then([helper.make_node("LayerNormalization", ["c", "g"], ["y"], axis=1)],
+                                             [("g", _w(6, 8, 8))]), "RSQRT")
     # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
     c["split_sizes_channels"] = (conv_then([
         helper.make_node("Split", ["c", "sz"], ["s1", "s2"], axis=1),

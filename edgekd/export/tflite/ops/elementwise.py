@@ -1,6 +1,6 @@
 """Element-wise ops and activations: Add, Sub, Mul, Div, Relu, Clip, LeakyRelu, PRelu, Sigmoid,
 Tanh, HardSigmoid, HardSwish, Gelu (native, or the erf pattern fused by ``graph``), Softmax,
-standalone BatchNormalization.
+standalone BatchNormalization, LayerNormalization (float).
 
 Layout-neutral: the output keeps the layout of the activation input; a constant operand is
 broadcast to the activation's rank and permuted to its layout. In int8 models, LOGISTIC and
@@ -296,3 +296,48 @@ def local_response_norm(ctx: Context, node: Node) -> None:
                             bias=float(node.attr("bias", 1.0)),
                             alpha=float(node.attr("alpha", 1e-4)) / size, beta=float(node.attr("beta", 0.75)))
     ctx.emit("LOCAL_RESPONSE_NORMALIZATION", [x.index], node, perm=NHWC, options=options)
+
+
+@CONVERTERS.register("LayerNormalization")
+def layer_norm(ctx: Context, node: Node) -> None:
+    """LayerNormalization (Ba et al. 2016) over the axes from ``axis`` on, in float: TFLite has no
+    layer-norm builtin, so mean = MEAN(x), d = x - mean, y = d * RSQRT(MEAN(d * d) + eps) * scale
+    + bias, with the reduced axes mapped through the stored layout (no transposes)."""
+    if ctx.int8:
+        raise ctx.fail(node, "int8 LayerNormalization has no TFLite kernel (it would need a scale for every "
+                             "step of the decomposition); keep it float in the ONNX model (export float TFLite)")
+    if len([o for o in node.outputs if o]) > 1:
+        raise ctx.fail(node, "the Mean / InvStdDev outputs (training) are not supported")
+    shape = ctx.shape(node.inputs[0], node)
+    rank = len(shape)
+    axis = int(node.attr("axis", -1)) % rank
+    x = ctx.get(node.inputs[0], None, node)
+    axes = ctx.int_const([x.perm.index(a) for a in range(axis, rank)])
+    phys = ctx.b.shape_of(x.index)
+    reduced = [1 if x.perm[i] >= axis else d for i, d in enumerate(phys)]
+    mean_options = ctx.b.options("Reducer", keepDims=True)
+
+    def step(op: str, inputs: list[int], name: str, dims, options=None) -> int:
+        out = ctx.tensor(f"{node.name}/{name}", dims, like=x.index)
+        ctx.b.op(op, inputs, [out], options)
+        return out
+
+    mean = step("MEAN", [x.index, axes], "mean", reduced, mean_options)
+    centred = step("SUB", [x.index, mean], "centred", phys, ctx.b.options("Sub"))
+    square = step("MUL", [centred, centred], "square", phys, ctx.b.options("Mul"))
+    variance = step("MEAN", [square, axes], "variance", reduced, mean_options)
+    eps = const_like(ctx, node, np.asarray(float(node.attr("epsilon", 1e-5))), x, f"{node.name}/epsilon")
+    shifted = step("ADD", [variance, eps], "variance_eps", reduced, ctx.b.options("Add"))
+    rstd = step("RSQRT", [shifted], "rstd", reduced)
+    normed = step("MUL", [centred, rstd], "normalized", phys, ctx.b.options("Mul"))
+    scale = ctx.const_value(node.inputs[1], node, "the scale")
+    current = normed
+    has_bias = len(node.inputs) > 2 and node.inputs[2]
+    gamma = const_like(ctx, node, scale, x, f"{node.name}/scale")
+    if not has_bias:
+        ctx.emit("MUL", [current, gamma], node, perm=x.perm, options=ctx.b.options("Mul"))
+        return
+    current = step("MUL", [current, gamma], "scaled", phys, ctx.b.options("Mul"))
+    beta = const_like(ctx, node, ctx.const_value(node.inputs[2], node, "the bias"), x, f"{node.name}/bias")
+    ctx.emit("ADD", [current, beta], node, perm=x.perm, options=ctx.b.options("Add"))
+
