@@ -165,6 +165,11 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                     [("x", tokens)], None, [("g", _w(16)), ("b", _w(16))]), "RSQRT")
     c["layer_norm_chw_no_bias"] = (conv_then([helper.make_node("LayerNormalization", ["c", "g"], ["y"], axis=1)],
                                              [("g", _w(6, 8, 8))]), "RSQRT")
+    # Gather at constant indices: a class token (scalar index) and a channel pick (vector)
+    c["gather_class_token"] = (model([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], [("x", [1, 6, 16])],
+                                     None, [("i", np.asarray(0, np.int64))]), "GATHER")
+    c["gather_channels_after_conv"] = (conv_then([helper.make_node("Gather", ["c", "i"], ["y"], axis=1)],
+                                                 [("i", np.asarray([5, 0, -1], np.int64))]), "GATHER")
     # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
     c["split_sizes_channels"] = (conv_then([
         helper.make_node("Split", ["c", "sz"], ["s1", "s2"], axis=1),

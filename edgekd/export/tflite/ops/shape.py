@@ -1,4 +1,5 @@
-"""Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Pad, Slice, Resize.
+"""Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Gather, Pad, Slice,
+Resize.
 
 These ops keep the input's scale in int8 models (Concat requantizes inputs whose scale differs
 from the output's, as the TFLite spec requires). Layout is where care is needed:
@@ -214,6 +215,30 @@ def split(ctx: Context, node: Node) -> None:
                         {"starts": [start], "ends": [start + size], "axes": [axis]})
             slice_(ctx, part)
         start += size
+
+
+@CONVERTERS.register("Gather")
+def gather(ctx: Context, node: Node) -> None:
+    """Gather of an activation at constant indices (``x[:, 0]``: a class token; a fixed channel
+    pick) as GATHER on the activation in ONNX order; int8 keeps the input's scale."""
+    if ctx.is_const(node.inputs[0]):
+        raise ctx.fail(node, "a lookup into a constant table by run-time indices (an embedding) needs "
+                             "integer model inputs, which the TFLite writer does not take yet")
+    if not ctx.is_const(node.inputs[1]):
+        raise ctx.fail(node, "Gather by run-time indices is not supported (constant indices only)")
+    shape = ctx.shape(node.inputs[0], node)
+    rank = len(shape)
+    axis = int(node.attr("axis", 0)) % rank
+    indices = np.asarray(ctx.const_value(node.inputs[1], node, "the indices")).astype(np.int64)
+    if indices.size and (indices.min() < -shape[axis] or indices.max() >= shape[axis]):
+        raise ctx.fail(node, f"an index is outside [-{shape[axis]}, {shape[axis] - 1}] on axis {axis}")
+    indices = np.where(indices < 0, indices + shape[axis], indices)
+    x = ctx.get(node.inputs[0], identity(rank), node)
+    out_rank = rank - 1 + indices.ndim
+    inherit = ctx.b.quant_of(x.index)
+    ctx.emit("GATHER", [x.index, ctx.int_const(indices)], node, perm=identity(out_rank),
+             options=ctx.b.options("Gather", axis=axis), inherit=inherit, fixed_quant=inherit,
+             version=2 if ctx.int8 else 1)
 
 
 @CONVERTERS.register("Slice")
