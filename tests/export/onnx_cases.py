@@ -170,6 +170,7 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                      None, [("i", np.asarray(0, np.int64))]), "GATHER")
     c["gather_channels_after_conv"] = (conv_then([helper.make_node("Gather", ["c", "i"], ["y"], axis=1)],
                                                  [("i", np.asarray([5, 0, -1], np.int64))]), "GATHER")
+    c["cast_float_to_float"] = (conv_then([helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)]), "CONV_2D")
     # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
     c["split_sizes_channels"] = (conv_then([
         helper.make_node("Split", ["c", "sz"], ["s1", "s2"], axis=1),

@@ -205,6 +205,13 @@ def test_constant_gather_elements_over_a_long_axis_is_folded(tmp_path):
         convert(_save(tmp_path, bad))
 
 
+def test_a_cast_to_another_type_is_refused_by_name(tmp_path):
+    m = model([helper.make_node("Cast", ["x"], ["i"], name="to_int", to=TensorProto.INT64),
+               helper.make_node("Cast", ["i"], ["y"], name="back", to=TensorProto.FLOAT)], [("x", X4)], None)
+    with pytest.raises(ExportError, match="Cast node 'to_int': a cast from float32 to int64 is not supported"):
+        convert(_save(tmp_path, m))
+
+
 def test_dynamic_spatial_dim_is_refused(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", 8])],

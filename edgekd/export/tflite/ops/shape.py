@@ -1,5 +1,5 @@
 """Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Gather, Pad, Slice,
-Resize.
+Resize, and float-to-float Cast.
 
 These ops keep the input's scale in int8 models (Concat requantizes inputs whose scale differs
 from the output's, as the TFLite spec requires). Layout is where care is needed:
@@ -16,6 +16,7 @@ from the output's, as the TFLite spec requires). Layout is where care is needed:
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from edgekd.export.tflite.context import (
     CONVERTERS,
@@ -115,6 +116,18 @@ def requantize(ctx: Context, node: Node) -> None:
 @CONVERTERS.register("Dropout")
 def identity_op(ctx: Context, node: Node) -> None:
     """Only reached when the node writes a graph output (others are dropped while loading)."""
+    x = ctx.get(node.inputs[0], None, node)
+    ctx.bind(node.outputs[0], x.index, x.perm, x.feature_perm)
+
+
+@CONVERTERS.register("Cast")
+def cast(ctx: Context, node: Node) -> None:
+    """A Cast that changes nothing (float32 to float32, as ``x.float()`` exports): no op. A cast
+    to or from another type has no place in the writer's float/int8 graphs and is refused."""
+    source = np.dtype(ctx.g.dtypes.get(node.inputs[0], np.float32))
+    target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attr("to"))))
+    if source != np.float32 or target != np.float32:
+        raise ctx.fail(node, f"a cast from {source} to {target} is not supported (float32 to float32 only)")
     x = ctx.get(node.inputs[0], None, node)
     ctx.bind(node.outputs[0], x.index, x.perm, x.feature_perm)
 
