@@ -170,6 +170,16 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                      None, [("i", np.asarray(0, np.int64))]), "GATHER")
     c["gather_channels_after_conv"] = (conv_then([helper.make_node("Gather", ["c", "i"], ["y"], axis=1)],
                                                  [("i", np.asarray([5, 0, -1], np.int64))]), "GATHER")
+    # F.normalize(x, dim=1): ReduceL2, Clip, Shape, Expand, Div; and an Expand to a constant shape
+    c["l2_normalize_pattern"] = (conv_then([
+        helper.make_node("ReduceL2", ["c"], ["n"], axes=[1], keepdims=1),
+        helper.make_node("Clip", ["n", "eps"], ["nc"]), helper.make_node("Shape", ["c"], ["s"]),
+        helper.make_node("Expand", ["nc", "s"], ["e"]), helper.make_node("Div", ["c", "e"], ["y"])],
+        [("eps", np.float32(1e-12))]), "SQRT")
+    c["expand_channel_mean"] = (conv_then([
+        helper.make_node("ReduceMean", ["c"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Expand", ["m", "shape"], ["e"]), helper.make_node("Add", ["c", "e"], ["y"])],
+        [("shape", np.asarray([1, 6, 8, 8], np.int64))]), "BROADCAST_TO")
     c["cast_float_to_float"] = (conv_then([helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)]), "CONV_2D")
     # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
     c["split_sizes_channels"] = (conv_then([

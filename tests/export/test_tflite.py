@@ -45,6 +45,7 @@ def test_float_op_matches_onnxruntime(tmp_path, name):
 FLOAT_ONLY = {"lrn": "TFLite's LOCAL_RESPONSE_NORMALIZATION kernel is float only",
               "layer_norm_tokens": "no TFLite kernel: an int8 decomposition needs scales the ONNX file lacks",
               "layer_norm_chw_no_bias": "as layer_norm_tokens",
+              "l2_normalize_pattern": "no int8 kernel for the sum of squares (and int8 DIV by a tensor)",
               "gemm_two_inputs_alpha_bias": "no ONNX scale exists for the product before alpha and bias"}
 INT8_CASES = [n for n, (m, _) in CASES.items()  # per-channel QDQ needs opset 13
               if m.opset_import[0].version >= 13 and n not in FLOAT_ONLY]
@@ -296,7 +297,8 @@ def test_demo_int8_student_file_has_int8_conv_and_fully_connected(exported):
 def test_int8_without_tflite_equivalent_is_refused_clearly(tmp_path, name):
     m, _ = CASES[name]
     message = {"lrn": "LRN", "layer_norm_tokens": "int8 LayerNormalization has no TFLite kernel",
-               "layer_norm_chw_no_bias": "int8 LayerNormalization has no TFLite kernel"}.get(name, "int8 Gemm")
+               "layer_norm_chw_no_bias": "int8 LayerNormalization has no TFLite kernel",
+               "l2_normalize_pattern": "int8 ReduceL2 has no TFLite kernel"}.get(name, "int8 Gemm")
     with pytest.raises(ExportError, match=message):
         convert(_save(tmp_path, qdq(m, _feeds(m))))
 

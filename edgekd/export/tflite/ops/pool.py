@@ -1,5 +1,5 @@
-"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean -> MAX_POOL_2D,
-AVERAGE_POOL_2D, MEAN, REDUCE_MAX.
+"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceL2 -> MAX_POOL_2D,
+AVERAGE_POOL_2D, MEAN, REDUCE_MAX, SQRT(SUM(x * x)).
 
 Pooling keeps the input's scale in int8 models (TFLite quantization spec); if the ONNX model
 quantized the output with another scale, a QUANTIZE follows. TFLite's SAME average pooling
@@ -140,3 +140,35 @@ def reduce_mean(ctx: Context, node: Node) -> None:
             return
         axes = list(range(rank))
     _reduce(ctx, node, "MEAN", axes, keep=bool(node.attr("keepdims", 1)))
+
+
+def _reduce_axes(ctx: Context, node: Node, rank: int) -> list[int]:
+    if len(node.inputs) > 1 and node.inputs[1]:
+        return [int(a) % rank for a in ctx.const_value(node.inputs[1], node, "axes")]
+    return [int(a) % rank for a in node.attr("axes", [])] or list(range(rank))
+
+
+@CONVERTERS.register("ReduceL2")
+def reduce_l2(ctx: Context, node: Node) -> None:
+    """ReduceL2 (``F.normalize``'s norm) as SQRT(SUM(x * x)), float only."""
+    if ctx.int8:
+        raise ctx.fail(node, "int8 ReduceL2 has no TFLite kernel (the sum of squares needs its own scale)")
+    rank = len(ctx.shape(node.inputs[0], node))
+    axes = sorted(set(_reduce_axes(ctx, node, rank)))
+    keep = bool(node.attr("keepdims", 1))
+    x = ctx.get(node.inputs[0], None, node)
+    phys = ctx.b.shape_of(x.index)
+    square = ctx.tensor(f"{node.name}/square", phys, like=x.index)
+    ctx.b.op("MUL", [x.index, x.index], [square], ctx.b.options("Mul"))
+    if keep:
+        out_perm, summed_shape = x.perm, [1 if x.perm[i] in axes else d for i, d in enumerate(phys)]
+    else:
+        kept = [a for a in x.perm if a not in axes]
+        renumber = {a: i for i, a in enumerate(sorted(kept))}
+        out_perm = tuple(renumber[a] for a in kept)
+        summed_shape = [d for i, d in enumerate(phys) if x.perm[i] not in axes]
+    summed = ctx.tensor(f"{node.name}/sum_of_squares", summed_shape, like=x.index)
+    ctx.b.op("SUM", [square, ctx.int_const([x.perm.index(a) for a in axes])], [summed],
+             ctx.b.options("Reducer", keepDims=keep))
+    ctx.emit("SQRT", [summed], node, perm=out_perm)
+

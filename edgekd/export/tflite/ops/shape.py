@@ -1,5 +1,5 @@
 """Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Gather, Pad, Slice,
-Resize, and float-to-float Cast.
+Resize, Expand (to a constant shape), and float-to-float Cast.
 
 These ops keep the input's scale in int8 models (Concat requantizes inputs whose scale differs
 from the output's, as the TFLite spec requires). Layout is where care is needed:
@@ -130,6 +130,22 @@ def cast(ctx: Context, node: Node) -> None:
         raise ctx.fail(node, f"a cast from {source} to {target} is not supported (float32 to float32 only)")
     x = ctx.get(node.inputs[0], None, node)
     ctx.bind(node.outputs[0], x.index, x.perm, x.feature_perm)
+
+
+@CONVERTERS.register("Expand")
+def expand(ctx: Context, node: Node) -> None:
+    """Expand to a constant shape (folded from Shape, as ``F.normalize`` exports) as BROADCAST_TO
+    in the input's stored layout; int8 keeps the input's scale."""
+    out_shape = list(ctx.shape(node.outputs[0], node))
+    x = ctx.get(node.inputs[0], None, node)
+    if len(x.perm) != len(out_shape):
+        x = ctx.get(node.inputs[0], identity(len(x.perm)), node)
+        if len(x.perm) != len(out_shape):
+            raise ctx.fail(node, f"Expand from rank {len(x.perm)} to rank {len(out_shape)} is not supported")
+    phys = permuted(out_shape, x.perm)
+    inherit = ctx.b.quant_of(x.index)
+    ctx.emit("BROADCAST_TO", [x.index, ctx.int_const(phys)], node, perm=x.perm, inherit=inherit,
+             fixed_quant=inherit, version=2)  # LiteRT registers BROADCAST_TO from version 2
 
 
 @CONVERTERS.register("Concat")
