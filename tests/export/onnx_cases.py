@@ -109,7 +109,7 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["prelu"] = (unary("PRelu", inits=[("s", np.abs(_w(4, 1, 1)))], extra_inputs=["s"]), "PRELU")
     c["sigmoid"] = (unary("Sigmoid"), "LOGISTIC")
     c["tanh"] = (unary("Tanh"), "TANH")
-    c["hard_sigmoid"] = (unary("HardSigmoid", alpha=0.2, beta=0.5), "RELU_0_TO_1")
+    c["hard_sigmoid"] = (unary("HardSigmoid", alpha=0.2, beta=0.5), "ADD")
     c["hard_swish"] = (unary("HardSwish"), "HARD_SWISH")
     c["softmax_2d"] = (unary("Softmax", shape=[3, 10], axis=-1), "SOFTMAX")
     c["softmax_channels_4d"] = (unary("Softmax", axis=1), "SOFTMAX")

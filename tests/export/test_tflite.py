@@ -213,6 +213,19 @@ def test_a_cast_to_another_type_is_refused_by_name(tmp_path):
         convert(_save(tmp_path, m))
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_hard_sigmoid_is_delegated_whole_to_xnnpack(tmp_path, int8):
+    """RELU_0_TO_1 is not an XNNPACK op (MobileNetV3 fell into 10 partitions): HardSigmoid is
+    written as MUL, ADD+RELU6, MUL, every op of which XNNPACK takes."""
+    from edgekd.runtime.litert_common import xnnpack_coverage
+
+    m, _ = CASES["hard_sigmoid"]
+    path = _save(tmp_path, qdq(m, _feeds(m)) if int8 else m)
+    tflite = path.with_suffix(".tflite")
+    tflite.write_bytes(convert(path).data)
+    assert xnnpack_coverage(tflite, 1) == 1.0
+
+
 def test_dynamic_spatial_dim_is_refused(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", 8])],
