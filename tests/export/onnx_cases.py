@@ -55,7 +55,7 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["conv_dilated"] = (conv([6, 4, 3, 3], pads=[2, 2, 2, 2], dilations=[2, 2]), "CONV_2D")
     c["conv_valid_5x3_nobias"] = (conv([6, 4, 5, 3], bias=False), "CONV_2D")
     c["conv_depthwise"] = (conv([8, 1, 3, 3], group=4, pads=[1, 1, 1, 1]), "DEPTHWISE_CONV_2D")
-    c["conv_grouped"] = (conv([6, 2, 3, 3], group=2, pads=[1, 1, 1, 1]), "SPLIT")
+    c["conv_grouped"] = (conv([6, 2, 3, 3], group=2, pads=[1, 1, 1, 1]), "CONV_2D")
     c["conv_relu_fused"] = (conv_then([helper.make_node("Relu", ["c"], ["y"])]), "CONV_2D")
     c["conv_relu6_fused"] = (conv_then([helper.make_node("Clip", ["c", "lo", "hi"], ["y"])],
                                        [("lo", np.float32(0)), ("hi", np.float32(6))]), "CONV_2D")

@@ -246,13 +246,24 @@ def test_int8_tensor_without_scale_is_named(tmp_path):
         convert(_save(tmp_path, q))
 
 
-def test_grouped_conv_is_split_and_batch_resizes(tmp_path):
-    m, _ = CASES["conv_grouped"]
+@pytest.mark.parametrize("int8", [False, True])
+def test_grouped_conv_is_one_conv_2d_delegated_whole_and_batch_resizes(tmp_path, int8):
+    """One CONV_2D with grouped filters (not SPLIT + a CONV_2D per group + CONCATENATION, which
+    cut regnetx_002 into 25 XNNPACK partitions); LiteRT's own kernels agree with XNNPACK's."""
+    from edgekd.runtime.litert_common import xnnpack_coverage
+
+    m = onnx.ModelProto()
+    m.CopyFrom(CASES["conv_grouped"][0])  # the shared case stays static for other tests
+    m = qdq(m, _feeds(m)) if int8 else m
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"  # dynamic batch
-    result = convert(_save(tmp_path, m), batch=3)
-    assert result.ops.count("CONV_2D") == 2 and "SPLIT" in result.ops
+    path = _save(tmp_path, m)
+    result = convert(path, batch=3)
+    assert result.ops.count("CONV_2D") == 1 and "SPLIT" not in result.ops
     interp = interpreter(result.data)
     assert interp.get_input_details()[0]["shape"][0] == 3
+    tflite = path.with_suffix(".tflite")
+    tflite.write_bytes(result.data)
+    assert xnnpack_coverage(tflite, 1) == 1.0
 
 
 def test_onnx_to_tflite_writes_checked_file_and_leaves_nothing_on_failure(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ Filters are laid out as TFLite wants: CONV_2D ``[O, kh, kw, I]``, DEPTHWISE_CONV
 integers of the ONNX file, per output channel and symmetric (TFLite quantization spec:
 quantized_dimension 0 for CONV_2D/TRANSPOSE_CONV, 3 for DEPTHWISE_CONV_2D), and the bias is int32
 with scale input_scale * filter_scale[c] and zero point 0. A grouped convolution that is not
-depthwise is split: SPLIT the channels, one CONV_2D per group, CONCATENATION.
+depthwise is one CONV_2D (version 6) whose filters hold Cin / groups input channels: TFLite and
+XNNPACK run groups natively (splitting it into one CONV_2D per group cut regnetx_002 into 25
+XNNPACK partitions).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekd.export.tflite.builder import Quant
-from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context
 from edgekd.export.tflite.graph import Node
 from edgekd.export.tflite.ops.spatial import pad_nhwc, tflite_padding, window
 
@@ -92,41 +94,19 @@ def conv(ctx: Context, node: Node) -> None:
     common = {"padding": ctx.b.enum("Padding", padding), "strideH": win.strides[0],
               "strideW": win.strides[1], "dilationHFactor": win.dilations[0],
               "dilationWFactor": win.dilations[1], "fusedActivationFunction": ctx.activation(node)}
-    if group == 1:
+    depthwise = group > 1 and group == channels and in_per_group == 1
+    if not depthwise:  # grouped filters (Cout, kH, kW, Cin / groups): CONV_2D takes them natively
         w, scales = filter_tensor(ctx, node, w_name, (0, 2, 3, 1), 0)
         b = bias_tensor(ctx, node, b_name, out_ch, in_quant, scales)
+        version = 6 if group > 1 else 3 if ctx.int8 else 1  # CONV_2D v6: grouped convolution
         ctx.emit("CONV_2D", [x.index, w, b], node, perm=NHWC, options=ctx.b.options("Conv2D", **common),
-                 version=3 if ctx.int8 else 1)
-    elif group == channels and in_per_group == 1:
+                 version=version)
+    else:
         w, scales = filter_tensor(ctx, node, w_name, (1, 2, 3, 0), 3)
         b = bias_tensor(ctx, node, b_name, out_ch, in_quant, scales)
         ctx.emit("DEPTHWISE_CONV_2D", [x.index, w, b], node, perm=NHWC,
                  options=ctx.b.options("DepthwiseConv2D", depthMultiplier=out_ch // channels, **common),
                  version=3 if ctx.int8 else 1)
-    else:
-        _grouped(ctx, node, x, group, common, w_name, b_name, out_ch, in_quant)
-
-
-def _grouped(ctx: Context, node: Node, x: Ref, group: int, common: dict, w_name: str,
-             b_name: str | None, out_ch: int, in_quant: Quant | None) -> None:
-    shape = ctx.b.shape_of(x.index)
-    parts = [ctx.tensor(f"{node.name}/group{i}_in", [*shape[:3], shape[3] // group], like=x.index)
-             for i in range(group)]
-    ctx.b.op("SPLIT", [ctx.int_const(np.asarray(3, np.int32).reshape(())), x.index], parts,
-             ctx.b.options("Split", numSplits=group))
-    per = out_ch // group
-    out_shape = ctx.shape(node.outputs[0], node)
-    out_quant = ctx.quant_of(node.outputs[0], node)
-    outs = []
-    for i, part in enumerate(parts):
-        sel = slice(i * per, (i + 1) * per)
-        w, scales = filter_tensor(ctx, node, w_name, (0, 2, 3, 1), 0, sel)
-        b = bias_tensor(ctx, node, b_name, per, in_quant, scales, sel)
-        o = ctx.tensor(f"{node.name}/group{i}_out", [out_shape[0], out_shape[2], out_shape[3], per],
-                       quant=out_quant)
-        ctx.b.op("CONV_2D", [part, w, b], [o], ctx.b.options("Conv2D", **common), 3 if ctx.int8 else 1)
-        outs.append(o)
-    ctx.emit("CONCATENATION", outs, node, perm=NHWC, options=ctx.b.options("Concatenation", axis=3))
 
 
 @CONVERTERS.register("ConvTranspose")
