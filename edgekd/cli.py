@@ -413,8 +413,9 @@ def estimate(artifact: str, target: str, runtime: str | None, top: int | None, j
     if json_out:
         atomic.write_text(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
         click.echo(f"wrote {json_out}")
-    if result.not_runnable():
-        raise EstimateError(f"{artifact}: {result.not_runnable()}")
+    blocked = result.not_runnable()
+    if blocked:
+        raise EstimateError(f"{artifact}: {blocked}")
 
 
 @main.command()

@@ -124,6 +124,13 @@ class Estimate:
     def unmodeled_text(self) -> str:
         return ", ".join(f"{op} x{n}" for op, n in sorted(self.unmodeled.items()))
 
+    def mac_fields(self) -> dict:
+        """What a report entry records of the MAC count: ``macs`` (None when incomplete, so a
+        ``max_macs`` budget says "not measured") and ``macs_unmodeled`` naming the ops left out."""
+        if self.complete:
+            return {"macs": self.macs}
+        return {"macs": None, "macs_unmodeled": self.unmodeled_text()}
+
     @property
     def params(self) -> int:
         return sum(layer.params for layer in self.layers)
@@ -179,10 +186,8 @@ class Estimate:
         blocked = self.not_runnable()
         entry.latency = None if blocked else {"p50_ms": self.latency_ms, "estimated": True}
         entry.info.update(estimated=True, estimate={k: v for k, v in self.to_dict().items() if k != "layers"},
-                          macs=self.macs if self.complete else None, weight_bytes=self.weight_bytes,
-                          peak_activation_bytes=self.peak_activation_bytes)
-        if not self.complete:
-            entry.info["macs_unmodeled"] = self.unmodeled_text()
+                          weight_bytes=self.weight_bytes, peak_activation_bytes=self.peak_activation_bytes,
+                          **self.mac_fields())
         if blocked:
             entry.info["not_runnable"] = blocked
 
@@ -198,8 +203,9 @@ class Estimate:
         if not self.complete:
             lines.append(f"INCOMPLETE: the estimator does not model {self.unmodeled_text()}; their MACs and time "
                          f"are not in the totals below")
-        if self.not_runnable():
-            lines.append(f"CANNOT RUN: {self.not_runnable()}")
+        blocked = self.not_runnable()
+        if blocked:
+            lines.append(f"CANNOT RUN: {blocked}")
         lines.append(f"total: {self.macs:,d} MACs{'' if self.complete else ' counted (incomplete)'}, "
                      f"{self.params:,d} parameters, weights "
                      f"{_bytes(self.weight_bytes)}, peak activations {_bytes(self.peak_activation_bytes)}, "

@@ -63,7 +63,6 @@ def _parse_count(value) -> int:
     return int(value)
 
 
-
 def _parse_size_with_unit(value) -> int:
     """A size limit must say its unit: a bare ``64`` would silently mean 64 bytes."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) or \
@@ -75,13 +74,14 @@ def _parse_size_with_unit(value) -> int:
 
 def _check_glob(pattern: str) -> str:
     """fnmatch takes an unclosed '[' literally, so a typo would match nothing: refuse it."""
-    depth = pattern.find("[")
-    while depth != -1:
-        close = pattern.find("]", depth + 2)  # "[]" and "[!]" start a class that a later ']' closes
+    start = pattern.find("[")
+    while start != -1:
+        close = pattern.find("]", start + 2)  # "[]" and "[!]" start a class that a later ']' closes
         if close == -1:
             raise ConfigError(f"glob {pattern!r} has an unclosed '['; close it, or write '[[]' for a literal '['")
-        depth = pattern.find("[", close + 1)
+        start = pattern.find("[", close + 1)
     return pattern
+
 
 METRICS: dict[str, Metric] = {
     "max_size": Metric("size_bytes", _parse_size_with_unit, True, format_size),

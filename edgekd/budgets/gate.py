@@ -120,10 +120,8 @@ def report_from_artifacts(paths: list[str], target_names: list[str], log: Log = 
                 analyses[path] = None
                 log(f"{path.name}: parameters and MACs not counted ({err})")
         if analyses.get(path) is not None:
-            analysis = analyses[path]
-            entry.params, entry.info["macs"] = analysis.params, analysis.macs if analysis.complete else None
-            if not analysis.complete:
-                entry.info["macs_unmodeled"] = analysis.unmodeled_text()
+            entry.params = analyses[path].params
+            entry.info.update(analyses[path].mac_fields())
         log(f"measuring {path.name} on {target.name}")
         measure_entry(entry, target, analyses.get(path))
         entries.append(entry)

@@ -16,7 +16,7 @@ import torch
 
 from edgekd.data import inputs as model_inputs
 from edgekd.errors import ConfigError, EdgeKDError
-from edgekd.models.factory import create_model, load_checkpoint
+from edgekd.models.factory import create_model
 
 PROBE_SAMPLES = 4
 
@@ -40,7 +40,7 @@ def check_compatibility(ctx) -> None:
         _probe(f"teacher {checkpoint}", lambda: _onnx_logits(checkpoint, one), shapes, data, task)
         return
     if checkpoint:
-        teacher, _ = load_checkpoint(checkpoint)
+        teacher = ctx.teacher_checkpoint()
     else:  # the architecture the teacher stage would train (or has cached)
         teacher = create_model(recipe.teacher, **ctx.model_args())
     _probe(f"teacher {_named(recipe.teacher)}", lambda: task.forward(teacher.eval(), batch), shapes, data, task)

@@ -79,6 +79,7 @@ class RunContext:
     student: nn.Module | None = None  # the distilled float student, which quantization starts from
     mixed: Any = None  # the mixed-precision result, when that pass ran
     _student_init: nn.Module | None = None
+    _teacher_checkpoint: nn.Module | None = None
 
     def stage_shift(self, training: TrainConfig) -> int:
         """The augmentation shift of one training stage: its own ``shift``, else ``data.shift``
@@ -103,6 +104,13 @@ class RunContext:
             self._student_init = (load_student_checkpoint(spec, self.log) if spec.checkpoint
                                   else create_model(spec, **self.model_args()))
         return copy.deepcopy(self._student_init)
+
+    def teacher_checkpoint(self) -> nn.Module:
+        """The model of ``teacher.checkpoint``, read once (the compatibility check and the teacher
+        stage share it; a teacher from a checkpoint is never trained)."""
+        if self._teacher_checkpoint is None:
+            self._teacher_checkpoint, _ = load_checkpoint(self.recipe.teacher.checkpoint)
+        return self._teacher_checkpoint
 
     def checkpoint_fields(self) -> dict[str, Any]:
         """What every checkpoint of this run records about the task and data."""

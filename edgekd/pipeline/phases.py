@@ -27,6 +27,7 @@ from edgekd.errors import EstimateError
 from edgekd.export.api import Artifact, export
 from edgekd.models.factory import count_parameters
 from edgekd.pipeline.context import Product, RunContext, fit_summary
+from edgekd.pipeline.stages import DISTILLED, SCRATCH, TEACHER
 from edgekd.progress import progress
 from edgekd.quant.qat import layer_precisions
 from edgekd.quant.validate import validate_onnx
@@ -182,8 +183,6 @@ def distillation_warnings(ctx, entries) -> list[str]:
     epochs and initialisation): the teacher's signal hurt, and the run says what to try."""
     metric = ctx.task.quality_metric
     quality = {e.stage: e.quality(metric) for e in entries if e.format == "pytorch"}
-    from edgekd.pipeline.stages import DISTILLED, SCRATCH, TEACHER
-
     kd, scratch, teacher = quality.get(DISTILLED), quality.get(SCRATCH), quality.get(TEACHER)
     if kd is None or scratch is None or 100 * (scratch - kd) < KD_HURT_POINTS:
         return []

@@ -56,7 +56,7 @@ def _teacher(ctx: RunContext, name: str) -> Product:
         ctx.log(f"teacher: ONNX file {recipe.teacher.checkpoint}, run in onnxruntime (logit losses only)")
         onnx_path = recipe.teacher.checkpoint
     elif recipe.teacher.checkpoint:
-        model, _ = load_checkpoint(recipe.teacher.checkpoint)
+        model = ctx.teacher_checkpoint()
         ctx.log(f"teacher: loaded {recipe.teacher.checkpoint}")
     else:
         model, note = _cached_or_trained_teacher(ctx, name)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ModelLoadError
-from edgekd.runtime.litert_common import (native_log,   # noqa: F401  (re-exported: the runtime's public names)
+from edgekd.runtime.litert_common import (  # noqa: F401  (re-exported: the runtime's public names)
     APIS,
     OPTIONS,
     Interpreter,
@@ -40,6 +40,7 @@ from edgekd.runtime.litert_common import (native_log,   # noqa: F401  (re-export
     first_line,
     from_model_output,
     io_quantization,
+    native_log,
     round_half_away_from_zero,
     to_model_input,
 )
@@ -52,7 +53,6 @@ class LiteRTSession(LiteRTBatching):
         xnnpack = check_options(options)["xnnpack"]
         resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self.path = path
-        self._first_run = True
         try:
             with native_log():
                 self._interpreter = Interpreter(model_path=str(path), num_threads=threads,
@@ -80,12 +80,7 @@ class LiteRTSession(LiteRTBatching):
         for detail, a in zip(self._details, self._model_arrays(x)):
             self._interpreter.set_tensor(detail["index"], a)
 
-    def infer(self) -> None:
-        if self._first_run:  # the first invoke may create the XNNPACK delegate, which logs to fd 2
-            with native_log():
-                self._interpreter.invoke()
-            self._first_run = False
-            return
+    def _invoke(self) -> None:
         self._interpreter.invoke()
 
     def fetch(self) -> np.ndarray:

@@ -66,6 +66,21 @@ class LiteRTBatching(PhasedSession, abc.ABC):
     _model_inputs: list[ModelInput]
     _batch: int  # what the model is shaped for now
     _stored_batch: int  # the batch size in the file
+    _logged_first_run: bool = False
+
+    def infer(self) -> None:
+        """Run on what was fed. The first run creates the XNNPACK delegate, which logs to fd 2:
+        that one is held back (``native_log``); later runs are not wrapped (they are timed)."""
+        if self._logged_first_run:
+            self._invoke()
+            return
+        with native_log():
+            self._invoke()
+        self._logged_first_run = True
+
+    @abc.abstractmethod
+    def _invoke(self) -> None:
+        """Run the model once on its input buffers."""
 
     def _describe_inputs(self) -> None:
         """``inputs`` and ``input_shape`` once ``_model_inputs`` and the batch are known."""

@@ -44,7 +44,6 @@ class CompiledModelSession(LiteRTBatching):
     ``input_shape``, ``run(x)`` (x: one array, a tuple in input order or {name: array})."""
 
     def __init__(self, path: Path, threads: int, options: dict):
-        self._first_run = True
         merged = check_options(options)
         self.path, self._threads, self._accelerator = path, threads, merged["accelerator"]
         self._xnnpack = merged["xnnpack"]
@@ -92,12 +91,7 @@ class CompiledModelSession(LiteRTBatching):
         for name, a in zip(self._input_order, self._model_arrays(x)):
             self._inputs[name].write(a)
 
-    def infer(self) -> None:
-        if self._first_run:  # the first run creates the XNNPACK delegate, which logs to fd 2
-            with native_log():
-                self._model.run_by_name(self._signature, self._inputs, self._outputs)
-            self._first_run = False
-            return
+    def _invoke(self) -> None:
         self._model.run_by_name(self._signature, self._inputs, self._outputs)
 
     def fetch(self) -> np.ndarray:

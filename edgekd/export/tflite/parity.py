@@ -63,8 +63,7 @@ def int8_steps(ops: list[str]) -> int:
 
 def interpreter(model: bytes | str | Path, threads: int = 1):
     """A LiteRT interpreter (ai-edge-litert, or tflite-runtime when that is what is installed)."""
-    from edgekd.runtime.litert import Interpreter
-    from edgekd.runtime.litert_common import native_log
+    from edgekd.runtime.litert import Interpreter, native_log
 
     kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     with native_log():  # LiteRT's INFO lines stay out of the user's terminal
@@ -75,6 +74,8 @@ def interpreter(model: bytes | str | Path, threads: int = 1):
 
 def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np.ndarray]:
     """Run with float NCHW ``feeds`` (quantized/transposed to the interface as needed)."""
+    from edgekd.runtime.litert import native_log
+
     for detail, x in zip(interp.get_input_details(), feeds):
         if layout == "nhwc" and x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
@@ -83,8 +84,6 @@ def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np
             info = np.iinfo(detail["dtype"])
             x = np.clip(np.rint(x / scale) + zp, info.min, info.max)
         interp.set_tensor(detail["index"], np.ascontiguousarray(x, detail["dtype"]))
-    from edgekd.runtime.litert_common import native_log
-
     with native_log():  # the first invoke creates the XNNPACK delegate, which logs
         interp.invoke()
     outs = []

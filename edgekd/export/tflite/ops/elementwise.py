@@ -336,14 +336,11 @@ def layer_norm(ctx: Context, node: Node) -> None:
     shifted = step("ADD", [variance, eps], "variance_eps", reduced, ctx.b.options("Add"))
     rstd = step("RSQRT", [shifted], "rstd", reduced)
     normed = step("MUL", [centred, rstd], "normalized", phys, ctx.b.options("Mul"))
-    scale = ctx.const_value(node.inputs[1], node, "the scale")
-    current = normed
-    has_bias = len(node.inputs) > 2 and node.inputs[2]
-    gamma = const_like(ctx, node, scale, x, f"{node.name}/scale")
-    if not has_bias:
-        ctx.emit("MUL", [current, gamma], node, perm=x.perm, options=ctx.b.options("Mul"))
+    gamma = const_like(ctx, node, ctx.const_value(node.inputs[1], node, "the scale"), x, f"{node.name}/scale")
+    if not (len(node.inputs) > 2 and node.inputs[2]):  # no bias
+        ctx.emit("MUL", [normed, gamma], node, perm=x.perm, options=ctx.b.options("Mul"))
         return
-    current = step("MUL", [current, gamma], "scaled", phys, ctx.b.options("Mul"))
+    scaled = step("MUL", [normed, gamma], "scaled", phys, ctx.b.options("Mul"))
     beta = const_like(ctx, node, ctx.const_value(node.inputs[2], node, "the bias"), x, f"{node.name}/bias")
-    ctx.emit("ADD", [current, beta], node, perm=x.perm, options=ctx.b.options("Add"))
+    ctx.emit("ADD", [scaled, beta], node, perm=x.perm, options=ctx.b.options("Add"))
 

@@ -96,18 +96,23 @@ def average_pool(ctx: Context, node: Node) -> None:
     _pool(ctx, node, "AVERAGE_POOL_2D")
 
 
+def _reduced_perm(perm: tuple[int, ...], axes: list[int], keep: bool) -> tuple[int, ...]:
+    """The stored layout of a reduction's output: the input's, or (without keepdims) the kept
+    axes in the order they are stored, renumbered."""
+    if keep:
+        return perm
+    kept = [a for a in perm if a not in axes]
+    renumber = {a: i for i, a in enumerate(sorted(kept))}
+    return tuple(renumber[a] for a in kept)
+
+
 def _reduce(ctx: Context, node: Node, op: str, axes: list[int], keep: bool) -> None:
     shape = ctx.shape(node.inputs[0], node)
     rank = len(shape)
     axes = sorted({a % rank for a in axes})
     x = ctx.get(node.inputs[0], None, node)
     physical = [x.perm.index(a) for a in axes]
-    if keep:
-        out_perm = x.perm
-    else:  # the kept axes, in the order they are stored
-        kept = [a for a in x.perm if a not in axes]
-        renumber = {a: i for i, a in enumerate(sorted(kept))}
-        out_perm = tuple(renumber[a] for a in kept)
+    out_perm = _reduced_perm(x.perm, axes, keep)
     fixed = ctx.b.quant_of(x.index) if op == "REDUCE_MAX" else None
     ctx.emit(op, [x.index, ctx.int_const(physical)], node, perm=out_perm,
              options=ctx.b.options("Reducer", keepDims=keep), fixed_quant=fixed,
@@ -160,15 +165,9 @@ def reduce_l2(ctx: Context, node: Node) -> None:
     phys = ctx.b.shape_of(x.index)
     square = ctx.tensor(f"{node.name}/square", phys, like=x.index)
     ctx.b.op("MUL", [x.index, x.index], [square], ctx.b.options("Mul"))
-    if keep:
-        out_perm, summed_shape = x.perm, [1 if x.perm[i] in axes else d for i, d in enumerate(phys)]
-    else:
-        kept = [a for a in x.perm if a not in axes]
-        renumber = {a: i for i, a in enumerate(sorted(kept))}
-        out_perm = tuple(renumber[a] for a in kept)
-        summed_shape = [d for i, d in enumerate(phys) if x.perm[i] not in axes]
+    summed_shape = [1 if a in axes else d for a, d in zip(x.perm, phys) if keep or a not in axes]
     summed = ctx.tensor(f"{node.name}/sum_of_squares", summed_shape, like=x.index)
     ctx.b.op("SUM", [square, ctx.int_const([x.perm.index(a) for a in axes])], [summed],
              ctx.b.options("Reducer", keepDims=keep))
-    ctx.emit("SQRT", [summed], node, perm=out_perm)
+    ctx.emit("SQRT", [summed], node, perm=_reduced_perm(x.perm, axes, keep))
 
