@@ -34,10 +34,17 @@ def layer_bn_pairs(gm: fx.GraphModule, layers=FOLDABLE, norms=BATCHNORMS, exact:
 
 
 def remove_bn_node(gm: fx.GraphModule, layer: fx.Node, bn: fx.Node) -> None:
-    """Drop ``bn`` from the graph (its users read ``layer``) and delete its module."""
+    """Drop ``bn`` from the graph (its users read ``layer``) and delete its module; submodules it
+    held (timm's ``BatchNormAct2d.act``) stay at their paths in an empty holder."""
     bn.replace_all_uses_with(layer)
     gm.graph.erase_node(bn)
+    children = list(gm.get_submodule(bn.target).named_children())
     gm.delete_submodule(bn.target)
+    if children:
+        holder = nn.Module()
+        for name, child in children:
+            holder.add_module(name, child)
+        gm.set_submodule(bn.target, holder)
 
 
 @torch.no_grad()

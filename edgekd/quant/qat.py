@@ -48,6 +48,7 @@ from edgekd.quant.fake_quant import (
 )
 from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
+from edgekd.quant.normalize import normalize
 from edgekd.quant.scheme import RANGES, QuantScheme
 
 # 4-bit weights are fake-quantized as 8-bit ops (the TorchScript ONNX exporter maps only 8-bit
@@ -210,6 +211,7 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
             f"{type(model).__name__} cannot be traced by torch.fx for QAT "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); data-dependent control flow "
             f"in forward() is not supported: move it out of forward or into a leaf module") from None
+    normalize(gm, model)  # a zoo's own BatchNorm/Linear/Conv subclasses back to torch.nn layers
     if config.freeze_bn_epoch > 0:
         fuse_conv_bn(gm)  # trained live until freeze_bn_epoch, folded by ``freeze``
     fold_batchnorm(gm)  # every BN (all of them, or those fuse_conv_bn could not pair)
@@ -221,6 +223,7 @@ def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
     outputs |= _insert_fixed_output_quantizers(gm, make)
     for node, _ in quantized:
         _ensure_input_quantized(gm, node, outputs, make)
+    _quantize_integer_region(gm, make)
     if "concat" in scheme.shared_scales:
         _share_concat_scales(gm, make)
     gm.graph.lint()
@@ -259,8 +262,8 @@ def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor], observer: 
         model_inputs.call(model, x)  # one tensor, or a tuple for several inputs
         count += 1
     for _, q in quantizers:
-        seen = q.observer.range()
-        if all(abs(v) != float("inf") for v in seen):
+        seen = q.observer.range() if q.fixed is None else ()  # a fixed output observes nothing
+        if seen and all(abs(v) != float("inf") for v in seen):
             q.set_range(*seen)
         q.observing, q.enabled, q.observer = False, True, None
     model.train(was_training)
@@ -335,8 +338,10 @@ def layer_kind(module: nn.Module) -> str:
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
-    """Module paths of the conv/linear layers QAT quantizes, in definition order."""
-    return [name for name, m in model.named_modules() if type(m) in LAYER_SWAPS]
+    """Module paths of the conv/linear layers QAT quantizes, in definition order: torch.nn's, and
+    subclasses of them (timm's ``Linear``, ``Conv2dSame``), which ``normalize`` makes plain."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, tuple(LAYER_SWAPS)) and not isinstance(m, QUANT_LAYERS)]
 
 
 def layer_precisions(model: nn.Module, layers: dict[str, str], scheme: QuantScheme) -> dict[str, str]:
@@ -491,6 +496,86 @@ def _ensure_input_quantized(gm: fx.GraphModule, node: fx.Node, quantized: set[fx
         source_quant = gm.get_submodule(walk.target)
         if isinstance(source_quant, ActivationQuantizer):
             quantized.add(_insert_after(gm, source, TiedQuantizer(source_quant)))
+
+
+# Ops between quantized layers that int8 kernels compute on integers (TFLite's and onnxruntime's
+# QLinear* / QDQ node units): their outputs get a quantizer too, as a full-integer model needs.
+REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.LeakyReLU),
+                  **FIXED_OUTPUT_MODULES, "avg_pool": AVG_POOL_MODULES}
+REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
+                                   nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,
+                                   operator.mul, torch.mul, torch.mean},
+                    "add": ADD_FUNCTIONS, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
+                    "avg_pool": AVG_POOL_FUNCTIONS}
+REGION_METHODS = {"add": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",
+                  "relu": "activation", "softmax": "softmax"}
+SILU = (nn.SiLU,)
+SILU_FUNCTIONS = {nn.functional.silu}
+
+
+def _region_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    if node.op == "call_method":
+        return REGION_METHODS.get(node.target)
+    return _node_kind(gm, node, REGION_MODULES, REGION_FUNCTIONS)
+
+
+def _is_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), (ActivationQuantizer, TiedQuantizer))
+
+
+def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> None:
+    """Quantize the output of every op whose tensor inputs are all quantized (residual adds, SE
+    gates' mean/sigmoid/mul, SiLU, Hardswish, GELU, average pools, concats), in graph order, so
+    quantized values flow from the first quantized layer to the last without a float island:
+    TFLite's int8 models have no float ops at all, and onnxruntime then runs QLinearAdd /
+    QLinearMul / QLinearSigmoid instead of dequantizing around a float op. A ReLU/ReLU6 after
+    such an op (an add) is fused: the quantizer goes after it. SiLU becomes x * sigmoid(x) with
+    the sigmoid's output quantized (TFLite's LOGISTIC writes 1/256), as its kernels compute it."""
+    carried: set[fx.Node] = set()  # nodes whose value is on an integer grid
+    for node in list(gm.graph.nodes):
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if _is_quantizer(gm, node):
+            carried.add(node)
+            continue
+        tensors = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if not tensors or not all(a in carried for a in tensors):
+            continue
+        if _is_scale_preserving(gm, node) or _is_shared_pool(gm, node, make.scheme):
+            carried.add(node)  # keeps its input's grid (or is re-quantized on it by a TiedQuantizer)
+            continue
+        if _node_kind(gm, node, {"silu": SILU}, {"silu": SILU_FUNCTIONS}) == "silu":
+            carried.add(_split_silu(gm, node, make))
+            continue
+        users = list(node.users)
+        if len(users) == 1 and _is_quantizer(gm, users[0]):
+            continue  # already quantized where it is computed
+        kind = _region_kind(gm, node)
+        if kind is None:
+            continue  # an op without integer kernels (layer norm, ...) stays float
+        point = node
+        while len(point.users) == 1 and _is_fused_activation(gm, next(iter(point.users)), make.scheme.fuse):
+            point = next(iter(point.users))
+        if len(point.users) == 1 and _is_quantizer(gm, next(iter(point.users))):
+            carried.add(next(iter(point.users)))
+            continue
+        carried.add(_insert_after(gm, point, make(kind)))
+
+
+def _split_silu(gm: fx.GraphModule, node: fx.Node, make: _QuantizerFactory) -> fx.Node:
+    """Replace a SiLU node by sigmoid -> quantizer -> mul -> quantizer; returns the last quantizer."""
+    x = node.args[0]
+    with gm.graph.inserting_before(node):
+        gate = gm.graph.call_function(torch.sigmoid, (x,))
+    gate_q = _insert_after(gm, gate, make("sigmoid"))
+    with gm.graph.inserting_after(gate_q):
+        product = gm.graph.call_function(operator.mul, (x, gate_q))
+    users = list(node.users)
+    node.replace_all_uses_with(product)
+    gm.graph.erase_node(node)
+    if len(users) == 1 and _is_quantizer(gm, users[0]):
+        return users[0]  # the SiLU was quantized already: its quantizer now reads the product
+    return _insert_after(gm, product, make("activation"))
 
 
 def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:

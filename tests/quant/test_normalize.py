@@ -1,0 +1,143 @@
+"""Layers a model zoo defines itself (here: the shapes of timm's) quantize like torch.nn's own.
+
+The classes below are defined outside ``torch.nn``, so torch.fx traces into them, as it does into
+timm's ``BatchNormAct2d`` (a BatchNorm2d subclass that applies its activation), ``Linear`` and
+``Conv2dSame``; before ``edgekd.quant.normalize`` none of their BatchNorms was folded and the head
+stayed float.
+"""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from edgekd.export import export
+from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
+from edgekd.quant.fake_quant import QuantConv2d, QuantLinear
+from edgekd.quant.fold import fold_batchnorm
+from edgekd.quant.normalize import normalize
+from edgekd.quant.ptq import PTQConfig, post_training_quantize
+from edgekd.quant.validate import validate_onnx
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's shape: BatchNorm2d subclass with drop + act submodules, ``F.batch_norm`` in forward."""
+
+    def __init__(self, channels, act=nn.ReLU):
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = act()
+
+    def forward(self, x):
+        torch._assert(x.ndim == 4, "expected 4D input")
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return self.act(self.drop(x))
+
+
+class Linear(nn.Linear):
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, 4, 1)
+        self.act = nn.SiLU()
+        self.expand = nn.Conv2d(4, channels, 1)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.expand(self.act(self.reduce(s))))
+
+
+class ZooNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = BatchNormAct2d(8, nn.SiLU)
+        self.aa = nn.Identity()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = BatchNormAct2d(8, nn.Hardswish)
+        self.se = SqueezeExcite(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = Linear(8, 5)
+
+    def forward(self, x):
+        x = self.aa(self.bn1(self.stem(x)))
+        x = x + self.se(self.bn2(self.conv(x)))  # the last residual add feeds the pool, not a conv
+        return self.head(self.pool(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def zoonet():
+    torch.manual_seed(0)
+    model = ZooNet().train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(8, 3, 16, 16))  # BatchNorm statistics of real activations
+    return model.eval()
+
+
+def test_batchnorm_subclasses_fold_and_the_head_is_quantized(zoonet):
+    gm = prepare_qat(zoonet, QATConfig())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
+    assert "batch_norm" not in gm.code and "_assert" not in gm.code
+    assert isinstance(gm.get_submodule("stem"), QuantConv2d) and isinstance(gm.get_submodule("head"), QuantLinear)
+    # the activation a BatchNormAct2d held stays at its own path (hooks by path keep working)
+    assert isinstance(gm.get_submodule("bn2.act"), nn.Hardswish)
+
+
+def test_normalize_and_fold_change_nothing_in_float(zoonet):
+    gm = fx.symbolic_trace(zoonet)
+    assert "batch_norm" in gm.code  # traced into, as fx does with timm's layers
+    assert sorted(normalize(gm, zoonet)) == ["bn1", "bn2", "head"]
+    assert sorted(fold_batchnorm(gm)) == ["bn1", "bn2"]
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), zoonet(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "arm-litert-xnnpack"])
+def test_every_op_between_quantized_layers_is_integer(zoonet, target, tmp_path):
+    """SiLU (split into sigmoid and mul), Hardswish, the SE gate, the last residual add: each
+    output has a QuantizeLinear, so the int8 TFLite file converts and no float op is left."""
+    sim = QATConfig(target=target).resolved()
+    int8 = post_training_quantize(zoonet, [torch.rand(8, 3, 16, 16) for _ in range(2)], PTQConfig(), sim)
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "zoo", (3, 16, 16))
+    graph = onnx.load(onnx_art.path).graph
+    ops = {n.op_type for n in graph.node}
+    assert "BatchNormalization" not in ops and "Gemm" in ops
+    readers = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n.op_type)
+    computed = [n for n in graph.node if n.op_type in ("Sigmoid", "Mul", "Add", "HardSwish", "ReduceMean")]
+    assert computed and all("QuantizeLinear" in readers[n.output[0]] for n in computed)
+    assert validate_onnx(onnx_art.path, sim.scheme).passed
+    assert tflite_art.path.stat().st_size > 0  # the export checked parity with onnxruntime
+
+
+def test_fixed_output_quantizers_calibrate_with_a_sampling_observer(zoonet):
+    """LiteRT fixes the sigmoid's output scale (1/256): a sampling observer (mse, percentile)
+    sees nothing there, which used to crash calibration (torch.cat of no samples)."""
+    sim = QATConfig(target="arm-litert-xnnpack").resolved()
+    for observer in ("mse", "percentile"):
+        int8 = post_training_quantize(zoonet, [torch.rand(4, 3, 16, 16)], PTQConfig(observer=observer), sim)
+        gate = [m for n, m in int8.named_modules() if getattr(m, "fixed", None) is not None]
+        assert gate and all(np.isclose(float(m.scale), 1 / 256) for m in gate)
+
+
+def test_qat_trains_through_the_normalized_layers(zoonet):
+    gm = prepare_qat(zoonet, QATConfig())
+    calibrate(gm, [torch.rand(8, 3, 16, 16)])
+    before = gm.get_submodule("head").weight.detach().clone()
+    opt = torch.optim.SGD(gm.parameters(), lr=0.1)
+    gm.train()
+    loss = gm(torch.rand(8, 3, 16, 16)).square().mean()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, gm.get_submodule("head").weight)
+    freeze(gm)
