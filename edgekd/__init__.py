@@ -15,6 +15,7 @@ from edgekd.errors import (
     BudgetError,
     ConfigError,
     DataError,
+    DryRunError,
     EdgeKDError,
     EstimateError,
     ExportError,
@@ -61,6 +62,6 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["BenchmarkError", "BudgetError", "ConfigError", "DataError", "EdgeKDError", "EstimateError", "ExportError",
+__all__ = ["BenchmarkError", "BudgetError", "ConfigError", "DataError", "DryRunError", "EdgeKDError", "EstimateError", "ExportError",
            "ModelLoadError", "QuantizationError", "RuntimeBackendError", "TrainingError",
            "UnknownNameError", "__version__", *_LAZY]

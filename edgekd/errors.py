@@ -83,3 +83,8 @@ class TrainingError(EdgeKDError):
 
 class EstimateError(EdgeKDError):
     """An artifact cannot be estimated (e.g. a tensor shape cannot be inferred); names the tensor."""
+
+
+class DryRunError(ConfigError):
+    """The run's dry run (before any training) found a step after training that would fail for
+    this model: an export format or the target cannot take it. Names the model, step and format."""

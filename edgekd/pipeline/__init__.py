@@ -27,6 +27,7 @@ from edgekd.distill.distributed import Distributed, process_group
 from edgekd.distill.teachers.cache import find_cache
 from edgekd.errors import ConfigError
 from edgekd.pipeline.checks import check_compatibility
+from edgekd.pipeline.dryrun import dry_run
 from edgekd.pipeline.context import Log, Product, RunContext, default_cache_dir, stage_shift
 from edgekd.pipeline.phases import (artifact_entries, benchmark_entries, distillation_warnings, export_products,
                                     model_entries)
@@ -154,6 +155,7 @@ def _run(recipe: Recipe, out: Path, cache_dir: Path, log: Log, resume: bool, lea
     start = time.perf_counter()
     ctx = prepare(recipe, out, cache_dir=cache_dir, log=log, resume=resume, lead=lead)
     check_compatibility(ctx)
+    dry_run(ctx)
     begin(ctx, folder)
     run_stages(ctx)
     targets, task, data = ctx.targets, ctx.task, ctx.data

@@ -20,6 +20,7 @@ Op kinds (``OP_KINDS``): ``input`` (the model input), ``conv``, ``depthwise_conv
         softmax: {output_scale: 0.00390625, output_zero_point: -128}
       shared_scales: [max_pool, reshape, concat]
       fuse: [relu, relu6]
+      full_integer: false            # true: no float op between quantized ones (TFLite int8)
       float_fallback: true
       weight_dtypes: [int8]          # what a recipe may ask for (e.g. int4 for W4A8)
       activation_dtypes: [int8]
@@ -149,6 +150,10 @@ class QuantScheme(Config):
         shared_scales: op kinds whose output keeps its input's scale (all inputs for concat).
         fuse: activations the runtime fuses into the conv/linear before them (``relu``, ``relu6``):
             the output is quantized after the activation, not between.
+        full_integer: the target's int8 model format has no float ops between its quantized
+            input and output (TFLite's int8 models as edgekd writes them): every op that reads
+            quantized values must write quantized values too, which QAT arranges and the
+            validator checks. Float ops may still exist in the target's float models.
         float_fallback: ops may run in float between quantized ones; false for integer-only
             accelerators (Ethos-U, TFLite Micro), where the validator flags every float op.
         weight_dtypes, activation_dtypes: the dtypes a recipe may ask for on this target.
@@ -160,6 +165,7 @@ class QuantScheme(Config):
     ops: dict[str, OpRule] = field(default_factory=dict)
     shared_scales: list[str] = field(default_factory=lambda: ["max_pool", "avg_pool", "reshape"])
     fuse: list[str] = field(default_factory=lambda: ["relu", "relu6"])
+    full_integer: bool = False
     float_fallback: bool = True
     weight_dtypes: list[str] = field(default_factory=lambda: ["int8"])
     activation_dtypes: list[str] = field(default_factory=lambda: ["int8"])

@@ -14,7 +14,11 @@ back from the graph, not from the PyTorch model:
 - shared scales: a max-pool, average-pool, reshape or concat (as the scheme lists) that is
   re-quantized must keep its input's scale and zero point (all inputs' for concat);
 - integer-only targets (``float_fallback: false``): every compute op must read quantized values,
-  directly from a DequantizeLinear or through ops that keep a scale (pool, reshape).
+  directly from a DequantizeLinear or through ops that keep a scale (pool, reshape);
+- integer-only and full-integer targets (``full_integer: true``: TFLite int8): every compute op
+  that reads quantized values must also write quantized values (a QuantizeLinear after it, or
+  after the ReLU/Clip fused into it): a BatchNormalization, Sigmoid or Mul left in float between
+  two quantized convs is a float kernel the target does not run.
 
 Each violation names the ONNX node, the rule and what the graph has.
 """
@@ -32,6 +36,7 @@ ONNX_DTYPES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 21: "uint4", 22: 
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 KEEPS_SCALE = {"MaxPool": "max_pool", "Reshape": "reshape", "Flatten": "reshape", "Squeeze": "reshape",
                "Unsqueeze": "reshape", "Transpose": "reshape", "Identity": "reshape", "Dropout": "reshape"}
+MOVES_VALUES = {"Slice", "Split", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}  # pick, never compute
 SHARED_KINDS = {**KEEPS_SCALE, "AveragePool": "avg_pool", "GlobalAveragePool": "avg_pool", "Concat": "concat"}
 FUSED_OPS = {"Relu", "Clip"}
 OUTPUT_KINDS = {"Add": "add", "Concat": "concat", "Softmax": "softmax", "Sigmoid": "sigmoid", "Tanh": "tanh"}
@@ -117,6 +122,9 @@ def validate_onnx(path: str | Path, scheme: QuantScheme, layers: dict[str, str] 
             _check_shared(g, node, result)
         if not scheme.float_fallback and node.op_type not in NO_COMPUTE and not _fused_into_producer(g, node, scheme):
             _check_integer_only(g, node, result)
+        if (scheme.full_integer or not scheme.float_fallback) and node.op_type not in (
+                NO_COMPUTE | KEEPS_SCALE.keys() | MOVES_VALUES):
+            _check_writes_quantized(g, node, result)
     return result
 
 
@@ -287,6 +295,21 @@ def _check_integer_only(g: _Graph, node, result: ValidationResult) -> None:
             result.violations.append(Violation(_name(node), "integer-only target: every op must read "
                                                             "quantized values", f"float input {name!r}"))
             return
+
+
+def _check_writes_quantized(g: _Graph, node, result: ValidationResult) -> None:
+    """An op that reads quantized values writes them too (through a fused ReLU/Clip and ops
+    that keep the scale)."""
+    if not any(name and g.const(name) is None and _qparams_of(g, name) is not None for name in node.input):
+        return  # not between quantized values (shape arithmetic, a float region's inside)
+    out = node.output[0]
+    users = [n for n in g.nodes if out in n.input]
+    if len(users) == 1 and users[0].op_type in FUSED_OPS:
+        out = users[0].output[0]
+    if _requantizer(g, out) is None:
+        result.violations.append(Violation(_name(node), "this target runs it on integers: its output must be "
+                                                        "quantized (a QuantizeLinear after it)",
+                                           "a float output; QAT/PTQ with this target quantizes it"))
 
 
 __all__ = ["ValidationResult", "Violation", "validate_onnx"]

@@ -54,3 +54,41 @@ def test_full_range_weights_violate_a_reduce_range_target(tmp_path, digits, floa
     assert len(messages) == 4, messages
     assert all("weights must lie in [-64, 64] (reduce_range" in m and "found values in [-127, 127]" in m
                for m in messages)
+
+
+def _silu_graph(tmp_path, gate_quantized: bool):
+    """x -> Q/DQ -> Sigmoid -> [Q/DQ] -> Mul(x) -> Q/DQ -> y: a SiLU, its gate quantized or not."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array(1 / 256, np.float32), "gs"),
+             numpy_helper.from_array(np.array(-128, np.int8), "gz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Sigmoid", ["xd"], ["g"], name="gate")]
+    if gate_quantized:
+        nodes += [helper.make_node("QuantizeLinear", ["g", "gs", "gz"], ["gq"]),
+                  helper.make_node("DequantizeLinear", ["gq", "gs", "gz"], ["gd"])]
+    nodes += [helper.make_node("Mul", ["xd", "gd" if gate_quantized else "g"], ["m"], name="product"),
+              helper.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
+              helper.make_node("DequantizeLinear", ["mq", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    path = tmp_path / f"silu-{gate_quantized}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_float_op_between_quantized_ones_violates_a_full_integer_target(tmp_path):
+    """TFLite int8 (full_integer): the float sigmoid between quantized tensors is named; the same
+    graph conforms where onnxruntime may run it in float; quantizing the gate fixes it."""
+    float_gate = _silu_graph(tmp_path, gate_quantized=False)
+    result = validate_onnx(float_gate, scheme("arm-litert-xnnpack"))
+    assert not result.passed and "VIOLATES" in result.summary()
+    assert [v.node for v in result.violations] == ["Sigmoid node 'gate'"]
+    assert "output must be quantized" in result.violations[0].rule
+    assert validate_onnx(float_gate, scheme("x86-cpu")).passed
+    assert validate_onnx(_silu_graph(tmp_path, gate_quantized=True), scheme("arm-litert-xnnpack")).passed
