@@ -113,6 +113,25 @@ def resolve_arch(arch: str):
     return fn
 
 
+def _example_inputs(payload: dict):
+    """Zeros of the inputs a checkpoint records (two samples; dynamic axes at length 8), to trace
+    its model as QAT traced it; None when it records no inputs."""
+    import numpy as np
+
+    from edgekd.tasks.spec import TensorSpec
+
+    specs = [TensorSpec.from_dict(s) for s in (payload.get("task") or {}).get("inputs") or []]
+    try:
+        if specs:
+            axes = {d: 8 for spec in specs for d in spec.shape[1:] if isinstance(d, str)}
+            return tuple(torch.zeros(spec.bind(axes, batch=2), dtype=torch.from_numpy(np.zeros(0, spec.dtype)).dtype)
+                         for spec in specs)
+    except ConfigError:
+        return None
+    shape = payload.get("input_shape")
+    return torch.zeros(2, *shape) if shape else None
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -265,7 +284,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     if payload.get("qat"):
         from edgekd.quant.qat import QATConfig, rebuild_frozen
 
-        model = rebuild_frozen(model, QATConfig.from_dict(payload["qat"]))
+        model = rebuild_frozen(model, QATConfig.from_dict(payload["qat"]), _example_inputs(payload))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

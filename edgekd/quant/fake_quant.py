@@ -32,19 +32,25 @@ from torch import nn
 QMIN, QMAX = -128, 127
 
 
+# The smallest activation scale (a range of 2.4e-4 over 256 codes): below it, the int32 bias of
+# the layer that reads the tensor (bias / (input scale x weight scale)) overflows.
+MIN_ACTIVATION_SCALE = 2.0 ** -20
+
+
 def affine_qparams(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int,
-                   symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   symmetric: bool, min_scale: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point covering [lo, hi] (widened to contain 0) with codes [qmin, qmax].
 
     Symmetric: the zero point is 0 for signed codes (the mid code for unsigned ones) and the
-    scale covers max(|lo|, |hi|). Works elementwise (per-channel weights).
+    scale covers max(|lo|, |hi|). Works elementwise (per-channel weights). The scale is at least
+    ``min_scale``.
     """
     lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     if symmetric:
         zp = torch.zeros_like(lo) if qmin < 0 else torch.full_like(lo, (qmax + 1) // 2)
-        half = torch.clamp(torch.maximum(-lo / (zp - qmin), hi / (qmax - zp)), min=1e-8)
+        half = torch.clamp(torch.maximum(-lo / (zp - qmin), hi / (qmax - zp)), min=min_scale)
         return half.float(), zp.to(torch.int32)
-    scale = torch.clamp((hi - lo) / (qmax - qmin), min=1e-8).float()
+    scale = torch.clamp((hi - lo) / (qmax - qmin), min=min_scale).float()
     zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax).to(torch.int32)
     return scale, zp
 
@@ -164,7 +170,10 @@ class ActivationQuantizer(nn.Module):
             self.learned_scale.copy_(self.scale)
 
     def _update_qparams(self) -> None:
-        scale, zp = affine_qparams(self.min_val, self.max_val, self.qmin, self.qmax, self.symmetric)
+        lo, hi = self.min_val, self.max_val
+        if float(lo) == float(hi) == 0.0:  # only zeros seen (a dead layer): any grid holds them exactly;
+            hi = torch.ones_like(hi)       # one of unit range keeps the biases of what reads it in int32
+        scale, zp = affine_qparams(lo, hi, self.qmin, self.qmax, self.symmetric, MIN_ACTIVATION_SCALE)
         self.scale.copy_(scale)
         self.zero_point.copy_(zp)
 

@@ -42,8 +42,8 @@ def qat_finetune(student: nn.Module, teacher, data, distill_config: DistillConfi
         QuantizationError: the student cannot be prepared or calibrated.
         TrainingError: as ``edgekd.distill.trainer.train``.
     """
-    model = prepare_qat(copy.deepcopy(student), config)
     batches = data.calibration_batches(batch_size, config.calibration_batches)
+    model = prepare_qat(copy.deepcopy(student), config, batches[0] if batches else None)
     calibrate(model, progress(batches, desc="calibrate", unit="batch", leave=False), config.observer,
               **observer_options(config))
     train_config = TrainConfig(epochs=config.epochs, lr=config.lr, weight_decay=0.0, seed=seed)

@@ -64,8 +64,10 @@ def post_training_quantize(model: nn.Module, batches: Iterable[torch.Tensor],
     Raises:
         QuantizationError: the model cannot be traced, or calibration saw no data.
     """
-    batches = progress(list(batches), desc=f"calibrate ({config.observer})", unit="batch", leave=False)
-    return calibrated_copy(model, config.qat_config(simulation), batches)
+    batches = list(batches)
+    example = batches[0] if batches else None
+    batches = progress(batches, desc=f"calibrate ({config.observer})", unit="batch", leave=False)
+    return calibrated_copy(model, config.qat_config(simulation), batches, example)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,6 +49,7 @@ from edgekd.quant.fake_quant import (
 from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.normalize import normalize
+from edgekd.quant.trace import trace
 from edgekd.quant.scheme import RANGES, QuantScheme
 
 # 4-bit weights are fake-quantized as 8-bit ops (the TorchScript ONNX exporter maps only 8-bit
@@ -65,8 +66,9 @@ FIXED_OUTPUT_FUNCTIONS = {"softmax": {torch.softmax, nn.functional.softmax},
 ADD_FUNCTIONS = {operator.add, torch.add}
 SCALE_PRESERVING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
 SCALE_PRESERVING_FUNCTIONS = {torch.flatten, nn.functional.max_pool2d, nn.functional.dropout,
-                              torch.reshape, operator.getitem}
-SCALE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
+                              torch.reshape, operator.getitem, torch.chunk, torch.split, torch.unbind}
+SCALE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "chunk",
+                            "split", "unbind"}
 AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool1d)
 AVG_POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d}
 
@@ -125,6 +127,9 @@ class QATConfig(Config):
         layers: per-layer precision (mixed precision): module path or glob (``fnmatch``, e.g.
             ``features.0.*``) -> ``float`` (left unquantized), ``int8`` or ``int4`` (weight
             dtype, where the target lists it). Later keys win over earlier ones.
+        leaf_modules: modules torch.fx must not trace into (module paths, globs or class
+            names, e.g. ``Detect``): each runs as one float op between quantized ones, for code
+            no trace can follow (``edgekd.quant.trace``).
         mixed_precision: choose ``layers`` automatically from a per-layer sensitivity pass
             (``edgekd.quant.mixed_precision``); explicit ``layers`` entries still win.
         target: the target profile whose arithmetic is simulated (name or YAML path); in a
@@ -146,6 +151,7 @@ class QATConfig(Config):
     weight_bits: int = 8
     activation_bits: int = 8
     layers: dict[str, str] = field(default_factory=dict)
+    leaf_modules: list[str] = field(default_factory=list)
     mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
     target: str | None = None
     scheme: QuantScheme | None = None
@@ -195,22 +201,31 @@ class QATConfig(Config):
         return QATConfig.from_dict({**self.to_dict(), "target": target, "scheme": scheme.to_dict()})
 
 
-def prepare_qat(model: nn.Module, config: QATConfig) -> fx.GraphModule:
+def prepare_qat(model: nn.Module, config: QATConfig, example=None) -> fx.GraphModule:
     """Return a copy of ``model`` with BatchNorm folded and fake-quantization inserted, as the
     scheme of ``config`` (``config.resolved()``) says the target computes.
+
+    ``example``: a batch of inputs (a tensor, or a tuple for several inputs; two samples are
+    used). When the plain fx trace fails, the model is traced again while it runs on it, so
+    Python that reads shapes, lengths or chunks is followed (``edgekd.quant.trace``).
 
     Raises:
         QuantizationError: the model cannot be traced by torch.fx or has nothing to quantize.
     """
     scheme = config.resolved().scheme
     model = copy.deepcopy(model).eval()
+    if example is not None:
+        example = model_inputs.as_tuple(model_inputs.take(example, slice(0, 2)))
     try:
-        gm = fx.symbolic_trace(model)
+        gm = trace(model, example, config.leaf_modules)
     except Exception as err:  # fx raises many types for untraceable Python
+        hint = ("" if example is not None else "; with an example input (prepare_qat(..., example=batch)) "
+                "Python that reads shapes, lengths or chunks is traced too")
         raise QuantizationError(
             f"{type(model).__name__} cannot be traced by torch.fx for QAT "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); data-dependent control flow "
-            f"in forward() is not supported: move it out of forward or into a leaf module") from None
+            f"({type(err).__name__}: {' '.join(str(err).split())[:300]}){hint}. Move data-dependent "
+            f"control flow out of forward(), or name the module that holds it in qat.leaf_modules "
+            f"(it then runs as one float op)") from None
     normalize(gm, model)  # a zoo's own BatchNorm/Linear/Conv subclasses back to torch.nn layers
     if config.freeze_bn_epoch > 0:
         fuse_conv_bn(gm)  # trained live until freeze_bn_epoch, folded by ``freeze``
@@ -269,6 +284,7 @@ def calibrate(model: fx.GraphModule, batches: Iterable[torch.Tensor], observer: 
     model.train(was_training)
     if count == 0:
         raise QuantizationError("calibration got no batches; give at least one batch of inputs")
+    keep_requantizable(model)
     missing = [name for name, q in quantizers if not q.calibrated]
     if missing:
         raise QuantizationError(f"activation quantizer(s) {', '.join(missing)} saw no data during "
@@ -295,22 +311,94 @@ def freeze(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, QUANT_LAYERS):
             module.weight_quant.freeze(module.weight)
-        elif isinstance(module, ActivationQuantizer):
+    keep_requantizable(model)
+    for module in model.modules():
+        if isinstance(module, ActivationQuantizer):
             module.freeze()
     return model.eval()
 
 
-def calibrated_copy(model: nn.Module, config: QATConfig, batches: Iterable[torch.Tensor]) -> fx.GraphModule:
-    """A frozen quantized copy of ``model``: prepared with ``config``, calibrated on ``batches``
-    with its observer, scales frozen (PTQ, and each trial of the mixed-precision search)."""
-    q = prepare_qat(model, config)
+MAX_REQUANTIZATION = 255.0  # int8 kernels take input scale x weight scale / output scale < 256 (XNNPACK)
+
+
+@torch.no_grad()
+def keep_requantizable(model: nn.Module) -> int:
+    """Widen the output range of a conv/linear whose output scale is so small (a range
+    calibration saw as constant: a dead layer) that int8 kernels cannot requantize to it:
+    input scale x weight scale / output scale must stay below 256, or XNNPACK refuses the layer
+    (and LiteRT 2.x aborts the process). Returns the number of ranges widened."""
+    if not isinstance(model, fx.GraphModule):
+        return 0
+    widened = 0
+    for node in model.graph.nodes:
+        layer = model.get_submodule(node.target) if node.op == "call_module" else None
+        if not isinstance(layer, QUANT_LAYERS):
+            continue
+        before, after = _quantizer_before(model, node.args[0]), _quantizer_after(model, node)
+        if before is None or after is None or after.fixed is not None or not before.calibrated:
+            continue
+        weight_scale = float(layer.weight_quant.compute_scale(layer.weight).max())
+        floor = float(before.scale) * weight_scale / MAX_REQUANTIZATION
+        if after.calibrated and float(after.scale) < floor:
+            lo, hi = float(after.min_val), float(after.max_val)
+            if hi > lo:  # the same range, stretched about zero until its scale reaches the floor
+                grow = floor * (after.qmax - after.qmin) / (hi - lo)
+                after.set_range(lo * grow, hi * grow)
+            else:  # nothing but one value seen
+                after.set_range(0.0, floor * (after.qmax - after.qmin))
+            widened += 1
+    return widened
+
+
+def _quantizer_before(gm: fx.GraphModule, node) -> ActivationQuantizer | None:
+    """The quantizer whose grid a layer's input is on (through reshapes and pools that keep it)."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, ActivationQuantizer):
+                return module
+            if isinstance(module, TiedQuantizer):
+                return module.source
+        if not _is_scale_preserving(gm, node):
+            return None
+        node = node.args[0]
+    return None
+
+
+def _quantizer_after(gm: fx.GraphModule, node: fx.Node) -> ActivationQuantizer | None:
+    """The quantizer a layer writes through (after the activations fused into it)."""
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, ActivationQuantizer):
+                return module
+            if isinstance(module, (nn.ReLU, nn.ReLU6)):
+                continue
+        if node.op in ("call_function", "call_method") and _node_kind(gm, node, ACTIVATION_MODULES,
+                                                                       ACTIVATION_FUNCTIONS) is not None:
+            continue
+        return None
+    return None
+
+
+def calibrated_copy(model: nn.Module, config: QATConfig, batches: Iterable[torch.Tensor],
+                    example=None) -> fx.GraphModule:
+    """A frozen quantized copy of ``model``: prepared with ``config`` (traced with ``example``, by
+    default the first batch when ``batches`` is a sequence), calibrated on ``batches`` with its
+    observer, scales frozen (PTQ, and each trial of the mixed-precision search)."""
+    if example is None and isinstance(batches, Sequence) and batches:
+        example = batches[0]
+    q = prepare_qat(model, config, example)
     calibrate(q, batches, config.observer, **observer_options(config))
     return freeze(q)
 
 
-def rebuild_frozen(model: nn.Module, config: QATConfig) -> fx.GraphModule:
-    """The structure of a frozen QAT model, to load a saved int8 checkpoint's state dict into."""
-    gm = prepare_qat(model, QATConfig.from_dict({**config.to_dict(), "freeze_bn_epoch": 0}))  # saved folded
+def rebuild_frozen(model: nn.Module, config: QATConfig, example=None) -> fx.GraphModule:
+    """The structure of a frozen QAT model, to load a saved int8 checkpoint's state dict into
+    (``example``: inputs of the recorded shape, for a model only the shape-aware trace follows)."""
+    gm = prepare_qat(model, QATConfig.from_dict({**config.to_dict(), "freeze_bn_epoch": 0}),  # saved folded
+                     example)
     for module in gm.modules():
         if isinstance(module, (PerChannelWeightQuantizer, ActivationQuantizer)):
             module.frozen = True
@@ -505,9 +593,9 @@ REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid
 REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
                                    nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,
                                    operator.mul, torch.mul, torch.mean},
-                    "add": ADD_FUNCTIONS, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
+                    "add": ADD_FUNCTIONS | {operator.sub, torch.sub}, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
                     "avg_pool": AVG_POOL_FUNCTIONS}
-REGION_METHODS = {"add": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",
+REGION_METHODS = {"add": "add", "sub": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",
                   "relu": "activation", "softmax": "softmax"}
 SILU = (nn.SiLU,)
 SILU_FUNCTIONS = {nn.functional.silu}
@@ -532,13 +620,17 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
     such an op (an add) is fused: the quantizer goes after it. SiLU becomes x * sigmoid(x) with
     the sigmoid's output quantized (TFLite's LOGISTIC writes 1/256), as its kernels compute it."""
     carried: set[fx.Node] = set()  # nodes whose value is on an integer grid
+    static: set[fx.Node] = set()  # constants, and what is computed from shapes alone (an anchor grid)
     for node in list(gm.graph.nodes):
-        if node.op in ("placeholder", "output", "get_attr"):
+        if node.op in ("placeholder", "output"):
+            continue
+        if _is_static(node, static):
+            static.add(node)
             continue
         if _is_quantizer(gm, node):
             carried.add(node)
             continue
-        tensors = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        tensors = [a for a in node.all_input_nodes if a not in static]
         if not tensors or not all(a in carried for a in tensors):
             continue
         if _is_scale_preserving(gm, node) or _is_shared_pool(gm, node, make.scheme):
@@ -551,6 +643,9 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
         if len(users) == 1 and _is_quantizer(gm, users[0]):
             continue  # already quantized where it is computed
         kind = _region_kind(gm, node)
+        if kind is None and node.target in (operator.truediv, torch.div) and (
+                not isinstance(node.args[1], fx.Node) or node.args[1] in static):
+            kind = "activation"  # division by a constant is a multiplication
         if kind is None:
             continue  # an op without integer kernels (layer norm, ...) stays float
         point = node
@@ -560,6 +655,26 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             carried.add(next(iter(point.users)))
             continue
         carried.add(_insert_after(gm, point, make(kind)))
+
+
+SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
+METADATA_ONLY = {torch.zeros_like, torch.ones_like, torch.empty_like}
+
+
+def _is_static(node: fx.Node, static: set[fx.Node]) -> bool:
+    """A value that does not depend on the input's values: a parameter or buffer, a tensor's
+    shape, or anything computed from those alone (``torch.arange(h)`` of an anchor grid)."""
+    if node.op == "get_attr":
+        return True
+    if node.op == "call_function" and node.target is getattr and node.args[1] in SHAPE_ATTRIBUTES:
+        return True
+    if node.op == "call_method" and node.target in ("size", "dim", "new_full", "new_zeros", "new_ones", "new_empty"):
+        return True  # x.new_full(shape, v) takes only x's dtype and device
+    if node.op == "call_method" and node.target in ("type_as", "to") and node.args[0] in static:
+        return True  # the other tensor gives only its dtype and device
+    if node.op == "call_function" and node.target in METADATA_ONLY:
+        return True
+    return node.op in ("call_function", "call_method") and all(a in static for a in node.all_input_nodes)
 
 
 def _split_silu(gm: fx.GraphModule, node: fx.Node, make: _QuantizerFactory) -> fx.Node:
@@ -594,9 +709,13 @@ def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:
             out_q = gm.get_submodule(_insert_after(gm, node, make("concat")).target)
         inputs = list(node.args[0])
         for i, inp in enumerate(inputs):
-            own = gm.get_submodule(inp.target) if isinstance(inp, fx.Node) and inp.op == "call_module" else None
-            if isinstance(own, ActivationQuantizer) and own.fixed is None and len(inp.users) == 1:
-                gm.set_submodule(inp.target, TiedQuantizer(out_q))
+            source = inp  # the quantizer behind reshapes that keep its scale (a detect head's view)
+            while (isinstance(source, fx.Node) and len(source.users) == 1 and _is_scale_preserving(gm, source)
+                   and isinstance(source.args[0], fx.Node)):
+                source = source.args[0]
+            own = gm.get_submodule(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
+            if isinstance(own, ActivationQuantizer) and own.fixed is None and len(source.users) == 1:
+                gm.set_submodule(source.target, TiedQuantizer(out_q))
                 continue
             name = f"{node.name}_input{i}_quant"
             gm.add_submodule(name, TiedQuantizer(out_q))

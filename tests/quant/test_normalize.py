@@ -141,3 +141,40 @@ def test_qat_trains_through_the_normalized_layers(zoonet):
     opt.step()
     assert not torch.equal(before, gm.get_submodule("head").weight)
     freeze(gm)
+
+
+class DeadLayer(nn.Module):
+    """conv2's output is constant zero: calibration sees the range [0, 0]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x):
+        return self.head(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
+
+
+def test_a_dead_layer_gets_an_output_scale_int8_kernels_can_requantize_to(tmp_path):
+    """Scale 1e-8 for a constant output made input x weight / output scale ~ 1e5: XNNPACK refuses
+    such a layer and LiteRT 2.x then aborts the whole process. Calibration widens the range."""
+    from edgekd.errors import ExportError
+    from edgekd.quant.qat import MAX_REQUANTIZATION, keep_requantizable
+
+    torch.manual_seed(0)
+    model = DeadLayer().eval()
+    sim = QATConfig(target="arm-litert-xnnpack").resolved()
+    int8 = post_training_quantize(model, [torch.rand(4, 3, 8, 8)], PTQConfig(observer="minmax"), sim)
+    in_q, out_q = int8.get_submodule("relu_quant"), int8.get_submodule("conv2_quant")
+    weight_scale = float(int8.get_submodule("conv2").weight_quant.scale.max())
+    assert float(in_q.scale) * weight_scale / float(out_q.scale) < MAX_REQUANTIZATION
+    assert keep_requantizable(int8) == 0  # already done by calibrate
+    [tflite_file] = export(int8, ["tflite"], tmp_path, "dead", (3, 8, 8))
+    assert tflite_file.path.stat().st_size > 0
+    # the writer refuses such a scale itself, naming the node, rather than write a file that crashes
+    int8.get_submodule("head_quant").scale.fill_(1e-8)
+    with pytest.raises(ExportError, match=r"Gemm node .*int8 output scale 1e-08 is too small for its inputs"):
+        export(int8, ["tflite"], tmp_path, "dead-small", (3, 8, 8))

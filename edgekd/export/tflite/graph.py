@@ -127,10 +127,12 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
     probe.CopyFrom(model)
     dynamic = _fix_static_inputs(model, inputs, batch, path)
     shapes, dtypes = _infer(model)
+    _measure_shapes(model, shapes, dtypes, path)
     batched = set()
     if dynamic:  # infer again at another batch: the tensors whose axis 0 moves with it
         _fix_static_inputs(probe, [i for i in probe.graph.input if i.name not in init_names], batch + 1, path)
-        other, _ = _infer(probe)
+        other, other_dtypes = _infer(probe)
+        _measure_shapes(probe, other, other_dtypes, path)
         batched = {n for n, s in shapes.items() if s[:1] == (batch,) and other.get(n, ())[:1] == (batch + 1,)}
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     g = Graph(path, [], [i.name for i in inputs], [o.name for o in model.graph.output],
@@ -177,6 +179,37 @@ def _infer(model: onnx.ModelProto) -> tuple[dict, dict]:
         if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
             shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
     return shapes, dtypes
+
+
+def _measure_shapes(model: onnx.ModelProto, shapes: dict, dtypes: dict, path: str) -> None:
+    """Shapes onnx's inference leaves unknown (it loses them after chains such as Shape ->
+    Gather -> Range -> Reshape, as in YOLO's anchor grid or two consecutive ``chunk``s): run the
+    model once in onnxruntime at the static input shapes and read every tensor's shape, so each
+    Shape node folds to a constant and what it feeds folds after it."""
+    outputs = {o.name for o in model.graph.output}
+    missing = [o for n in model.graph.node for o in n.output
+               if o and o not in shapes and n.op_type not in ("Constant", "QuantizeLinear")]
+    if not missing:
+        return
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in missing:
+        if name not in outputs:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.zeros(shapes[i.name], dtypes.get(i.name, np.float32)) for i in session.get_inputs()}
+        values = session.run(missing, feeds)
+    except Exception:
+        return  # best effort: what stays unknown is filled (or named) after the walk
+    for name, value in zip(missing, values):
+        shapes[name] = tuple(value.shape)
+        dtypes.setdefault(name, value.dtype)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

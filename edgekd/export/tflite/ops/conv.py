@@ -52,6 +52,23 @@ def filter_tensor(ctx: Context, node: Node, name: str, axes: tuple[int, ...], ch
                         bits=qc.bits), scales
 
 
+MAX_REQUANTIZATION = 256.0  # XNNPACK's limit on input scale x weight scale / output scale
+
+
+def _check_requantization(ctx: Context, node: Node, accumulator_scale: float) -> None:
+    """Refuse an output scale so small that int8 kernels cannot requantize to it: XNNPACK
+    rejects a ratio >= 256, and LiteRT 2.x then aborts the process (a double free while it falls
+    back), so the file must never be written. It comes from an output range calibration saw as
+    (almost) constant: a dead layer."""
+    out = ctx.quant_of(node.outputs[0], node)
+    ratio = accumulator_scale / out.scale[0]
+    if ratio >= MAX_REQUANTIZATION:
+        raise ctx.fail(node, f"int8 output scale {out.scale[0]:.3g} is too small for its inputs: input scale x "
+                             f"weight scale / output scale = {ratio:.0f}, and int8 kernels (XNNPACK) take less "
+                             f"than {MAX_REQUANTIZATION:.0f}. Calibration saw an almost constant output (a dead "
+                             f"layer): calibrate on data that activates it, or keep the layer float")
+
+
 def bias_tensor(ctx: Context, node: Node, name: str | None, channels: int, in_quant: Quant | None,
                 w_scales: np.ndarray | None, select: slice = slice(None), scale_by: float = 1.0) -> int:
     """float32 bias, or int32 with scale in_scale * w_scale[c] (zeros when the node has none)."""
@@ -60,6 +77,7 @@ def bias_tensor(ctx: Context, node: Node, name: str | None, channels: int, in_qu
     if not ctx.int8:
         return ctx.float_const(bias.astype(np.float32), f"{node.name}/bias")
     scales = in_quant.scale[0] * w_scales
+    _check_requantization(ctx, node, float(np.max(scales)))
     qc = ctx.g.qconst.get(name) if name else None
     if qc is not None and qc.values.dtype == np.int32 and np.allclose(
             np.broadcast_to(qc.quant.scale, (len(qc.values),))[select] * scale_by, scales, rtol=1e-5):
