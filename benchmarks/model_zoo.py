@@ -473,7 +473,7 @@ def int8_variant(model, method: str, target: str, calib, feeds, specs, outputs, 
         if method == "ptq":
             int8 = post_training_quantize(model, calib, PTQConfig(), sim)
         else:
-            int8 = prepare_qat(model, sim)
+            int8 = prepare_qat(model, sim, example=calib[0])
             calibrate(int8, calib)
             int8.train()
             optimizer = torch.optim.Adam(int8.parameters(), lr=1e-4)

@@ -588,7 +588,8 @@ def _ensure_input_quantized(gm: fx.GraphModule, node: fx.Node, quantized: set[fx
 
 # Ops between quantized layers that int8 kernels compute on integers (TFLite's and onnxruntime's
 # QLinear* / QDQ node units): their outputs get a quantizer too, as a full-integer model needs.
-REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.LeakyReLU),
+REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.LeakyReLU,
+                                 nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),  # a BN no conv precedes
                   **FIXED_OUTPUT_MODULES, "avg_pool": AVG_POOL_MODULES}
 REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
                                    nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,

@@ -123,8 +123,8 @@ def validate_onnx(path: str | Path, scheme: QuantScheme, layers: dict[str, str] 
         if not scheme.float_fallback and node.op_type not in NO_COMPUTE and not _fused_into_producer(g, node, scheme):
             _check_integer_only(g, node, result)
         if (scheme.full_integer or not scheme.float_fallback) and node.op_type not in (
-                NO_COMPUTE | KEEPS_SCALE.keys() | MOVES_VALUES):
-            _check_writes_quantized(g, node, result)
+                NO_COMPUTE | KEEPS_SCALE.keys() | MOVES_VALUES) and SHARED_KINDS.get(node.op_type) not in scheme.shared_scales:
+            _check_writes_quantized(g, node, result)  # (an op that keeps its input's scale writes on that grid)
     return result
 
 

@@ -94,7 +94,7 @@ class Graph:
 
 ACTIVATIONS = {"Relu": "RELU"}  # ONNX op -> TFLite fused activation (Clip handled by bounds)
 _CLIP_ACTIVATIONS = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, float("inf")): "RELU"}
-FUSES_ACTIVATION = {"Conv", "ConvTranspose", "Gemm", "Add", "Sub", "Mul", "Div"}
+FUSES_ACTIVATION = {"Conv", "ConvTranspose", "Gemm", "Add", "Sub", "Mul", "Div", "BatchNormalization"}  # (BN: its ADD)
 _NO_FOLD = {"DequantizeLinear", "RandomNormal", "RandomUniform",
             "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
