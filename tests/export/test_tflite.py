@@ -440,3 +440,28 @@ def test_unknown_exporter_option_is_a_config_error(tmp_path):
     m, _ = CASES["relu"]
     with pytest.raises(ConfigError, match=r"export format 'tflite' has no option 'layuot'.*layout"):
         export_onnx_file(_save(tmp_path, m), ["tflite"], tmp_path, options={"tflite": {"layuot": "nhwc"}})
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_max_pool_after_relu_pads_with_zeros_xnnpack_takes(tmp_path, int8):
+    """ResNet's stem (conv, ReLU, 3x3/2 max pool with 1-pixel pads): after a ReLU the lowest value
+    is 0, so PAD (zeros) pads the same as PADV2 (-inf, or the lowest int8 code), and PAD is
+    delegated to XNNPACK where PADV2 split the graph into two partitions."""
+    from edgekd.runtime.litert_common import xnnpack_coverage
+
+    base = conv_then([helper.make_node("Relu", ["c"], ["r"]),
+                      helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])])
+    path = _save(tmp_path, qdq(base, _feeds(base)) if int8 else base)
+    result = convert(path)
+    assert "PAD" in result.ops and "PADV2" not in result.ops
+    tflite = path.with_suffix(".tflite")
+    tflite.write_bytes(result.data)
+    assert xnnpack_coverage(tflite, 1) == 1.0
+    assert _parity_ok(tmp_path, base, int8=int8)[1]
+
+
+def test_max_pool_of_values_below_zero_still_pads_with_the_lowest_value(tmp_path):
+    m = conv_then([helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])])
+    result = convert(_save(tmp_path, m))
+    assert "PADV2" in result.ops
+    assert _parity_ok(tmp_path, m)[1]

@@ -37,7 +37,10 @@ def _pool(ctx: Context, node: Node, op: str) -> None:
     correction = None
     include_pad = bool(node.attr("count_include_pad", 0))
     if op == "MAX_POOL_2D" and explicit:
-        x = pad_nhwc(ctx, x, explicit, node.name, value=_lowest(in_quant))
+        # after a ReLU (ResNet's stem) the lowest value is 0: zeros pad the same, and PAD is what
+        # XNNPACK delegates (PADV2 splits the graph into two XNNPACK partitions)
+        lowest = None if _non_negative(ctx, node.inputs[0], in_quant) else _lowest(in_quant)
+        x = pad_nhwc(ctx, x, explicit, node.name, value=lowest)
     elif op == "AVERAGE_POOL_2D" and (explicit or (padding == "SAME" and include_pad)):
         # zeros are padded in and averaged over the whole window; then each output is rescaled to
         # ONNX's divisor (pixels inside the input, or inside input + pads with count_include_pad)
@@ -78,6 +81,14 @@ def _divisor_factor(win, x_shape, pads, include_pad: bool) -> np.ndarray:
 def _used_end(win, x_shape) -> list[int]:
     return [max((win.out[i] - 1) * win.strides[i] + win.effective(i) - x_shape[2 + i] - win.pads[i], 0)
             for i in range(2)]
+
+
+def _non_negative(ctx: Context, name: str, quant) -> bool:
+    """``name`` never holds a value below 0: its int8 grid starts at 0, or a ReLU/ReLU6 wrote it."""
+    if quant is not None:
+        return _lowest(quant) == 0.0
+    producer = next((n for n in ctx.g.nodes if name in n.outputs), None)
+    return producer is not None and (producer.op == "Relu" or producer.attr("_activation") in ("RELU", "RELU6"))
 
 
 def _lowest(quant) -> float:
