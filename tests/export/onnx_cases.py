@@ -129,6 +129,8 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     c["global_max_pool"] = (unary("GlobalMaxPool"), "REDUCE_MAX")
     c["global_average_pool"] = (unary("GlobalAveragePool"), "MEAN")
     c["reduce_mean_hw"] = (unary("ReduceMean", axes=[2, 3], keepdims=0, opset=17), "MEAN")
+    c["reduce_sum_sequence"] = (unary("ReduceSum", opset=17, inits=[("ax", np.asarray([2]))], extra_inputs=["ax"],
+                                      keepdims=0), "SUM")
     c["reduce_mean_channels_input_axes"] = (unary("ReduceMean", opset=18, inits=[("ax", np.asarray([1]))],
                                                   extra_inputs=["ax"]), "MEAN")
     # data movement

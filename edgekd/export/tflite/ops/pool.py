@@ -1,5 +1,5 @@
-"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceL2 -> MAX_POOL_2D,
-AVERAGE_POOL_2D, MEAN, REDUCE_MAX, SQRT(SUM(x * x)).
+"""MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean, ReduceSum, ReduceL2 -> MAX_POOL_2D,
+AVERAGE_POOL_2D, MEAN, REDUCE_MAX, SUM, SQRT(SUM(x * x)).
 
 Pooling keeps the input's scale in int8 models (TFLite quantization spec); if the ONNX model
 quantized the output with another scale, a QUANTIZE follows. TFLite's SAME average pooling
@@ -143,7 +143,9 @@ def global_max_pool(ctx: Context, node: Node) -> None:
 
 
 @CONVERTERS.register("ReduceMean")
+@CONVERTERS.register("ReduceSum")
 def reduce_mean(ctx: Context, node: Node) -> None:
+    """ReduceMean -> MEAN, ReduceSum -> SUM (a sentence encoder's masked mean pooling)."""
     rank = len(ctx.shape(node.inputs[0], node))
     if len(node.inputs) > 1 and node.inputs[1]:
         axes = [int(a) for a in ctx.const_value(node.inputs[1], node, "axes")]
@@ -155,7 +157,7 @@ def reduce_mean(ctx: Context, node: Node) -> None:
             ctx.bind(node.outputs[0], x.index, x.perm)
             return
         axes = list(range(rank))
-    _reduce(ctx, node, "MEAN", axes, keep=bool(node.attr("keepdims", 1)))
+    _reduce(ctx, node, "SUM" if node.op == "ReduceSum" else "MEAN", axes, keep=bool(node.attr("keepdims", 1)))
 
 
 def _reduce_axes(ctx: Context, node: Node, rank: int) -> list[int]:
