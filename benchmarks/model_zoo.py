@@ -31,6 +31,7 @@ missing ``torchvision::nms`` (and ``qnms``) operator that timm and ultralytics n
 and the output says so. No model here calls NMS (YOLO is benchmarked up to its raw head output).
 
     python benchmarks/model_zoo.py [--filter NAME] [--inputs 32] [--qat-epochs 2] [--timeout 1500]
+    python benchmarks/model_zoo.py --report    # table and SUMMARY of the saved results
 
 Each model runs in its own child process (a crash or a hang is that model's result, not the
 run's). Writes benchmarks/results/model_zoo.json (not on --filter runs) and ends with a SUMMARY line.
@@ -558,6 +559,52 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+TRANSFORMERS = {"mobilevit_xxs", "efficientvit_m0", "levit_128s", "deit_tiny_patch16_224", "minilm_l6"}
+
+
+def speedup(r: dict, fmt: str, variant: str) -> float | None:
+    """Float latency / int8 latency of one runtime (> 1: int8 is faster)."""
+    lat = r.get("latency_ms", {})
+    f, q = lat.get("float", {}).get(fmt), lat.get(variant, {}).get(fmt)
+    return round(f / q, 2) if isinstance(f, (int, float)) and isinstance(q, (int, float)) and q > 0 else None
+
+
+def summarize(results: list[dict]) -> dict:
+    """The headline figures: passes per path, the CNN (non-transformer) share of int8 passes, and
+    how often int8 runs faster than float in each runtime (x86 PTQ in onnxruntime and OpenVINO,
+    arm PTQ in LiteRT), with the median speedup."""
+    both = [r for r in results if int8_pass(r, TARGETS[0]) and int8_pass(r, TARGETS[1])]
+    cnn = [r for r in results if r["model"] not in TRANSFORMERS]
+    summary = {
+        "models": len(results),
+        "float_tflite_pass": sum(float_pass(r) for r in results),
+        "int8_all_formats_pass": len(both),
+        "int8_x86_pass": sum(int8_pass(r, TARGETS[0]) for r in results),
+        "int8_arm_pass": sum(int8_pass(r, TARGETS[1]) for r in results),
+        "int8_cnn_share": round(sum(r in both for r in cnn) / max(len(cnn), 1), 2),
+        "qat_pass": sum(int8_pass(r, TARGETS[0], "qat") for r in results if r["model"] in QAT_MODELS),
+    }
+    for key, fmt, variant in (("ort", "onnx", f"ptq-{TARGETS[0]}"), ("ov", "openvino", f"ptq-{TARGETS[0]}"),
+                              ("litert", "tflite", f"ptq-{TARGETS[1]}")):
+        ratios = [x for x in (speedup(r, fmt, variant) for r in both) if x is not None]
+        summary[f"int8_faster_{key}"] = f"{sum(x > 1 for x in ratios)}/{len(ratios)}"
+        summary[f"median_speedup_{key}"] = statistics.median(ratios) if ratios else None
+    summary["nms_standin"] = any(r.get("nms_standin") for r in results)
+    return summary
+
+
+def report() -> None:
+    """Table and SUMMARY again from the committed results (the summary recomputed and stored)."""
+    from edgekd import atomic
+
+    data = json.loads(RESULTS.read_text())
+    print({k: data.get(k) for k in ("cpu", "cpu_flags", "cores")})
+    print(table(data["models"]))
+    data["summary"] = summarize(data["models"])
+    atomic.write_text(RESULTS, json.dumps(data, indent=1, default=str))
+    print("SUMMARY " + " ".join(f"{k}={v}" for k, v in data["summary"].items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="only models whose name contains this")
@@ -565,11 +612,15 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1500, help="seconds per model")
     parser.add_argument("--observer", default="minmax", help="PTQ observer (mse is edgekd's default, and slow)")
+    parser.add_argument("--report", action="store_true", help="print the table and SUMMARY of the saved results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global OBSERVER
     OBSERVER = args.observer
+    if args.report:
+        report()
+        return
     if args.child:
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -603,18 +654,7 @@ def main() -> None:
     print()
     print(machine())
     print(table(results))
-    cnn = [r for r in results if r["model"] not in ("minilm_l6",)]
-    summary = {
-        "models": len(results),
-        "float_tflite_pass": sum(float_pass(r) for r in results),
-        "int8_all_formats_pass": sum(int8_pass(r, TARGETS[0]) and int8_pass(r, TARGETS[1]) for r in results),
-        "int8_x86_pass": sum(int8_pass(r, TARGETS[0]) for r in results),
-        "int8_arm_pass": sum(int8_pass(r, TARGETS[1]) for r in results),
-        "int8_cnn_share": round(sum(int8_pass(r, TARGETS[0]) and int8_pass(r, TARGETS[1]) for r in cnn)
-                                / max(len(cnn), 1), 2),
-        "qat_pass": sum(int8_pass(r, TARGETS[0], "qat") for r in results if r["model"] in QAT_MODELS),
-        "nms_standin": any(r.get("nms_standin") for r in results),
-    }
+    summary = summarize(results)
     if summary["nms_standin"]:
         print("note: torchvision's C++ ops were missing; a pure-torch torchvision::nms/qnms stand-in was registered")
     if not args.filter:
