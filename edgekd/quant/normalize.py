@@ -45,8 +45,8 @@ def normalize(gm: fx.GraphModule, original: nn.Module) -> list[str]:
         if any(p is _NOT_AN_ATTR for p in params.values()):
             continue  # computed weights (a functional layer of the model's own making) stay as they are
         owner = _owner(node, args)
-        if owner is None:
-            continue
+        if owner is None or not isinstance(_original(original, owner), OWNERS[node.target]):
+            continue  # a weight another kind of module owns (a tied embedding) is left as it is
         module = build(params, original, owner)
         if module is None:
             continue
@@ -160,5 +160,9 @@ FUNCTIONAL_LAYERS = {
     nn.functional.conv2d: (lambda input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1: None,
                            _conv2d),
 }
+
+# what the module owning the parameters must be (a subclass of): only a layer's own call is remade
+OWNERS = {nn.functional.batch_norm: nn.modules.batchnorm._BatchNorm, nn.functional.linear: nn.Linear,
+          nn.functional.conv2d: nn.Conv2d}
 
 __all__ = ["normalize"]

@@ -178,3 +178,25 @@ def test_a_dead_layer_gets_an_output_scale_int8_kernels_can_requantize_to(tmp_pa
     int8.get_submodule("head_quant").scale.fill_(1e-8)
     with pytest.raises(ExportError, match=r"Gemm node .*int8 output scale 1e-08 is too small for its inputs"):
         export(int8, ["tflite"], tmp_path, "dead-small", (3, 8, 8))
+
+
+class TiedHead(nn.Module):
+    """An output layer sharing the embedding's weight (F.linear on a weight an Embedding owns)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(16, 8)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, ids):
+        return F.linear(self.proj(self.embed(ids)), self.embed.weight)
+
+
+def test_a_weight_another_module_owns_is_not_remade_into_a_layer():
+    model = TiedHead().eval()
+    gm = fx.symbolic_trace(model)
+    assert normalize(gm, model) == []
+    assert isinstance(gm.get_submodule("embed"), nn.Embedding)
+    ids = torch.randint(0, 16, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(gm(ids), model(ids))
