@@ -142,6 +142,9 @@ class _Concrete:
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
+        value = getattr(self.tracer.value(self), name, None)
+        if isinstance(value, (torch.device, torch.dtype, str, bool)):
+            return value  # a constant of the trace (``torch.autocast(x.device.type)``), not a value in the graph
         return ConcreteAttribute(self, name)
 
 

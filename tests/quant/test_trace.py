@@ -122,3 +122,22 @@ def test_an_anchor_grid_built_from_shapes_folds_into_a_full_integer_tflite(tmp_p
     ops = {n.op_type for n in onnx.load(onnx_file.path).graph.node}
     assert {"Shape", "Range"} & ops  # the grid is computed in the ONNX graph ...
     assert tflite_file.path.stat().st_size > 0  # ... and folded for TFLite (parity checked on export)
+
+
+class DeviceAware(nn.Module):
+    """EfficientViT's shape: code that asks a tensor for its device and dtype while tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = self.conv(x)
+        return list(y.chunk(2, 1))[0].to(x.dtype)
+
+
+def test_device_and_dtype_are_constants_of_the_trace():
+    model = DeviceAware().eval()
+    gm = prepare_qat(model, QATConfig(), example=torch.rand(2, 3, 4, 4))
+    assert isinstance(gm.get_submodule("conv"), QuantConv2d)
