@@ -66,9 +66,10 @@ FIXED_OUTPUT_FUNCTIONS = {"softmax": {torch.softmax, nn.functional.softmax},
 ADD_FUNCTIONS = {operator.add, torch.add}
 SCALE_PRESERVING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
 SCALE_PRESERVING_FUNCTIONS = {torch.flatten, nn.functional.max_pool2d, nn.functional.dropout,
-                              torch.reshape, operator.getitem, torch.chunk, torch.split, torch.unbind}
+                              torch.reshape, operator.getitem, torch.chunk, torch.split, torch.unbind,
+                              torch.transpose, torch.permute}
 SCALE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "chunk",
-                            "split", "unbind"}
+                            "split", "unbind", "transpose", "permute"}
 AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool1d)
 AVG_POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d}
 
@@ -593,11 +594,12 @@ REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid
                   **FIXED_OUTPUT_MODULES, "avg_pool": AVG_POOL_MODULES}
 REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
                                    nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,
-                                   operator.mul, torch.mul, torch.mean},
+                                   operator.mul, torch.mul, torch.mean,
+                                   operator.matmul, torch.matmul, torch.bmm},  # attention's q @ k.T
                     "add": ADD_FUNCTIONS | {operator.sub, torch.sub}, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
                     "avg_pool": AVG_POOL_FUNCTIONS}
 REGION_METHODS = {"add": "add", "sub": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",
-                  "relu": "activation", "softmax": "softmax"}
+                  "relu": "activation", "softmax": "softmax", "matmul": "activation", "bmm": "activation"}
 SILU = (nn.SiLU,)
 SILU_FUNCTIONS = {nn.functional.silu}
 

@@ -304,6 +304,10 @@ def _check_writes_quantized(g: _Graph, node, result: ValidationResult) -> None:
         return  # not between quantized values (shape arithmetic, a float region's inside)
     out = node.output[0]
     users = [n for n in g.nodes if out in n.input]
+    if (len(users) == 1 and node.op_type in WEIGHTED_OPS and users[0].op_type == "Add"
+            and any(g.const(i) is not None for i in users[0].input)):  # a 3-D Linear: MatMul, then its bias
+        out = users[0].output[0]
+        users = [n for n in g.nodes if out in n.input]
     if len(users) == 1 and users[0].op_type in FUSED_OPS:
         out = users[0].output[0]
     if _requantizer(g, out) is None:

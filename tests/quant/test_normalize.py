@@ -200,3 +200,31 @@ def test_a_weight_another_module_owns_is_not_remade_into_a_layer():
     ids = torch.randint(0, 16, (2, 5))
     with torch.no_grad():
         assert torch.equal(gm(ids), model(ids))
+
+
+class Attention(nn.Module):
+    """q @ k^T -> softmax -> @ v: two activations multiplied (BATCH_MATMUL), transposes between."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):  # (N, L, 8)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj(attn @ v)
+
+
+def test_attention_products_are_quantized_for_a_full_integer_tflite(tmp_path):
+    from edgekd.tasks.spec import TensorSpec
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    sim = QATConfig(target="arm-litert-xnnpack").resolved()
+    int8 = post_training_quantize(model, [torch.randn(4, 6, 8)], PTQConfig(observer="minmax"), sim)
+    specs = [TensorSpec("input", "float32", ("batch", 6, 8))]
+    outputs = [TensorSpec("output", "float32", ("batch", 6, 8))]
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "attn", specs, outputs=outputs)
+    assert validate_onnx(onnx_art.path, sim.scheme).passed
+    assert tflite_art.path.stat().st_size > 0

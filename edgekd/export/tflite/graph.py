@@ -141,6 +141,7 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
     _walk(model, g)
     _fold_batchnorm(g)
     _fuse_gelu(g)
+    _fuse_matmul_bias(g)
     _fuse_activations(g)
     _fill_missing_shapes(model, g)
     _lift_1d(g)
@@ -486,6 +487,30 @@ def _fuse_gelu(g: Graph) -> None:
         dropped |= {id(pre), id(erf), id(add), id(times_x)}
     if fused:
         g.nodes = [fused.get(id(n), n) for n in g.nodes if id(n) not in dropped]
+
+
+def _fuse_matmul_bias(g: Graph) -> None:
+    """MatMul(x, W) -> Add(constant bias): torch exports a Linear on a 3-D tensor (every
+    transformer's) so. One FULLY_CONNECTED with its bias computes both; in int8 models the product
+    between them has no scale of its own, so it must be one op."""
+    by_output = {o: n for n in g.nodes for o in n.outputs}
+    dropped = set()
+    for add in g.nodes:
+        if add.op != "Add":
+            continue
+        for i, name in enumerate(add.inputs[:2]):
+            mm, bias = by_output.get(name), add.inputs[1 - i]
+            if (mm is None or mm.op != "MatMul" or mm.outputs[0] in g.outputs or len(g.consumers(name)) != 1
+                    or mm.inputs[1] not in g.constants or bias not in g.constants or bias in g.qconst):
+                continue
+            weight, value = g.constants[mm.inputs[1]], g.constants[bias]
+            if weight.ndim != 2 or value.size != weight.shape[1] or value.ndim > 1 and value.shape[:-1] != (1,) * (value.ndim - 1):
+                continue
+            mm.attrs["_bias"] = bias
+            mm.outputs = [add.outputs[0]]
+            dropped.add(id(add))
+            break
+    g.nodes = [n for n in g.nodes if id(n) not in dropped]
 
 
 def _fuse_activations(g: Graph) -> None:

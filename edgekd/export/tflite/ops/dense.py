@@ -98,8 +98,8 @@ def gemm(ctx: Context, node: Node) -> None:
 def matmul(ctx: Context, node: Node) -> None:
     a, b = node.inputs
     if ctx.is_const(b) and len(ctx.shape(b)) == 2 and len(ctx.shape(a, node)) >= 2:
-        _fully_connected(ctx, node, a, b, transposed=True, alpha=1.0, bias_name=None, bias_scale=1.0,
-                         keep_dims=len(ctx.shape(a, node)) > 2)
+        _fully_connected(ctx, node, a, b, transposed=True, alpha=1.0, bias_name=node.attr("_bias"),
+                         bias_scale=1.0, keep_dims=len(ctx.shape(a, node)) > 2)  # _bias: a fused Add
         return
     _batch_matmul(ctx, node, a, b, transpose_b=False)
 
