@@ -246,12 +246,12 @@ def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.Mo
     return model
 
 
-SCALE_KEEPING_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+SCALE_KEEPING_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice")
 
 
 def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
-    """Give every max-pool/reshape-like op that reads a DequantizeLinear an explicit Q/DQ pair on
-    its output, with its input's scale and zero point (exact: such ops keep values on their
+    """Give every max-pool/reshape/split-like op that reads a DequantizeLinear (directly or through
+    such ops) an explicit Q/DQ pair on each output, with its input's scale and zero point (exact: such ops keep values on their
     input's grid). Returns how many pairs were added.
 
     Why: a quantized op after a reshape-like op needs a DequantizeLinear right before it for
@@ -277,13 +277,19 @@ def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
                 or node.output[0] in outputs
                 or any(u.op_type == "QuantizeLinear" for u in users.get(node.output[0], []))):
             continue
-        out = node.output[0]
-        kept = f"{out}/kept"
-        node.output[0] = kept
         params = list(dq.input[1:3])
-        nodes.append(onnx.helper.make_node("QuantizeLinear", [kept, *params], [f"{out}/q"], name=f"{node.name}/requantize"))
-        nodes.append(onnx.helper.make_node("DequantizeLinear", [f"{out}/q", *params], [out], name=f"{node.name}/dequantize"))
-        added += 1
+        for i, out in enumerate(node.output):  # every output of a Split
+            if not out:
+                continue
+            kept = f"{out}/kept"
+            node.output[i] = kept
+            nodes.append(onnx.helper.make_node("QuantizeLinear", [kept, *params], [f"{out}/q"],
+                                               name=f"{node.name}/requantize{i or ''}"))
+            requant = onnx.helper.make_node("DequantizeLinear", [f"{out}/q", *params], [out],
+                                            name=f"{node.name}/dequantize{i or ''}")
+            nodes.append(requant)
+            producer[out] = requant  # a chain (Reshape -> Transpose -> Reshape -> Split) is followed
+            added += 1
     del graph.node[:]
     graph.node.extend(nodes)
     return added

@@ -2,9 +2,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import numpy_helper
 
 from edgekd.errors import ModelLoadError
+from edgekd.export import export
 from edgekd.export.onnx import check_onnx_file
 
 
@@ -70,3 +72,43 @@ def test_corrupt_onnx_names_the_path(tmp_path, exported, content):
     path.write_bytes(good[: len(good) // 2] if content is None else content)
     with pytest.raises(ModelLoadError, match="broken.onnx"):
         check_onnx_file(path)
+
+
+class ChannelShuffle(torch.nn.Module):
+    """ShuffleNetV2's unit: conv, channel shuffle (view, transpose, view), chunk, conv on one half."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = torch.nn.Conv2d(4, 4, 1)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        x1, x2 = x.chunk(2, dim=1)
+        return self.head(torch.cat((x1, torch.relu(self.branch(x2))), dim=1))
+
+
+def test_every_int8_conv_reads_a_dequantize_through_reshapes_and_splits(tmp_path):
+    """onnxruntime fuses a conv into QLinearConv only when a DequantizeLinear feeds it: after a
+    channel shuffle and a Split, each output gets its input's Q/DQ pair (ShuffleNetV2 ran 17 of its
+    convs in float before)."""
+    from edgekd.quant import QATConfig
+    from edgekd.quant.ptq import PTQConfig, post_training_quantize
+
+    model = ChannelShuffle().eval()
+    sim = QATConfig(target="x86-onnxruntime").resolved()
+    int8 = post_training_quantize(model, [torch.rand(4, 3, 8, 8)], PTQConfig(observer="minmax"), sim)
+    [artifact] = export(int8, ["onnx"], tmp_path, "shuffle", (3, 8, 8))
+    graph = onnx.load(artifact.path).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3 and all(producer[n.input[0]] == "DequantizeLinear" for n in convs)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops
