@@ -658,6 +658,24 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             carried.add(next(iter(point.users)))
             continue
         carried.add(_insert_after(gm, point, make(kind)))
+    _quantize_model_outputs(gm, carried, make)
+
+
+def _quantize_model_outputs(gm: fx.GraphModule, carried: set[fx.Node], make: _QuantizerFactory) -> None:
+    """A model output on a quantized grid without a quantizer of its own (a classifier ending in
+    conv, ReLU, shared average pool, flatten: SqueezeNet) is re-quantized on its source's grid, so
+    a full-integer model has a scale for it."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    for arg in output.all_input_nodes:
+        if arg not in carried or _is_quantizer(gm, arg):
+            continue
+        source = arg
+        while isinstance(source, fx.Node) and not _is_quantizer(gm, source) and (
+                _is_scale_preserving(gm, source) or _is_shared_pool(gm, source, make.scheme)):
+            source = source.args[0]
+        module = gm.get_submodule(source.target) if isinstance(source, fx.Node) and _is_quantizer(gm, source) else None
+        if module is not None:
+            _insert_after(gm, arg, TiedQuantizer(module.source if isinstance(module, TiedQuantizer) else module))
 
 
 SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}

@@ -228,3 +228,22 @@ def test_attention_products_are_quantized_for_a_full_integer_tflite(tmp_path):
     onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "attn", specs, outputs=outputs)
     assert validate_onnx(onnx_art.path, sim.scheme).passed
     assert tflite_art.path.stat().st_size > 0
+
+
+class PoolHead(nn.Module):
+    """SqueezeNet's end: conv, ReLU, average pool, flatten, and that is the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return torch.flatten(self.pool(torch.relu(self.conv(x))), 1)
+
+
+def test_an_output_on_a_shared_pools_grid_is_quantized(tmp_path):
+    sim = QATConfig(target="arm-litert-xnnpack").resolved()
+    int8 = post_training_quantize(PoolHead().eval(), [torch.rand(4, 3, 8, 8)], PTQConfig(observer="minmax"), sim)
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "pool", (3, 8, 8))
+    assert validate_onnx(onnx_art.path, sim.scheme).passed and tflite_art.path.stat().st_size > 0
