@@ -588,7 +588,7 @@ def summarize(results: list[dict]) -> dict:
                               ("litert", "tflite", f"ptq-{TARGETS[1]}")):
         ratios = [x for x in (speedup(r, fmt, variant) for r in both) if x is not None]
         summary[f"int8_faster_{key}"] = f"{sum(x > 1 for x in ratios)}/{len(ratios)}"
-        summary[f"median_speedup_{key}"] = statistics.median(ratios) if ratios else None
+        summary[f"median_speedup_{key}"] = round(statistics.median(ratios), 2) if ratios else None
     summary["nms_standin"] = any(r.get("nms_standin") for r in results)
     return summary
 
