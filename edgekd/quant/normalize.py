@@ -19,6 +19,7 @@ output would otherwise keep the BatchNorm from folding and the activation from f
 from __future__ import annotations
 
 import inspect
+import operator
 
 import torch
 from torch import fx, nn
@@ -70,19 +71,10 @@ _NOT_AN_ATTR = object()
 
 
 def _attr(gm: fx.GraphModule, value):
-    """The tensor a ``get_attr`` node reads; plain values (flags, eps, None) as they are."""
+    """The parameter or buffer a ``get_attr`` node reads; plain values (flags, eps, None) as they are."""
     if isinstance(value, fx.Node):
-        return gm.get_parameter(value.target) if value.op == "get_attr" and _is_param(gm, value.target) else (
-            gm.get_buffer(value.target) if value.op == "get_attr" else _NOT_AN_ATTR)
+        return operator.attrgetter(value.target)(gm) if value.op == "get_attr" else _NOT_AN_ATTR
     return value
-
-
-def _is_param(gm: fx.GraphModule, target: str) -> bool:
-    try:
-        gm.get_parameter(target)
-        return True
-    except AttributeError:
-        return False
 
 
 def _owner(node: fx.Node, args: dict) -> str | None:

@@ -351,8 +351,9 @@ def keep_requantizable(model: nn.Module) -> int:
     return widened
 
 
-def _quantizer_before(gm: fx.GraphModule, node) -> ActivationQuantizer | None:
-    """The quantizer whose grid a layer's input is on (through reshapes and pools that keep it)."""
+def _quantizer_before(gm: fx.GraphModule, node, scheme: QuantScheme | None = None) -> ActivationQuantizer | None:
+    """The quantizer whose grid ``node``'s value is on (through reshapes, and the average pools
+    ``scheme`` keeps on their input's grid)."""
     while isinstance(node, fx.Node):
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
@@ -360,7 +361,7 @@ def _quantizer_before(gm: fx.GraphModule, node) -> ActivationQuantizer | None:
                 return module
             if isinstance(module, TiedQuantizer):
                 return module.source
-        if not _is_scale_preserving(gm, node):
+        if not (_is_scale_preserving(gm, node) or scheme is not None and _is_shared_pool(gm, node, scheme)):
             return None
         node = node.args[0]
     return None
@@ -530,9 +531,13 @@ def _insert_after(gm: fx.GraphModule, node: fx.Node, quantizer: ActivationQuanti
 
 def _insert_output_quantizer(gm: fx.GraphModule, node: fx.Node, kind: str, make: _QuantizerFactory,
                              fuse: list[str]) -> fx.Node:
+    """A quantizer of ``kind`` after ``node`` and the activations fused into it; the one already
+    there when that point is quantized."""
     point = node
     while len(point.users) == 1 and _is_fused_activation(gm, next(iter(point.users)), fuse):
         point = next(iter(point.users))
+    if len(point.users) == 1 and _is_quantizer(gm, next(iter(point.users))):
+        return next(iter(point.users))
     return _insert_after(gm, point, make(kind))
 
 
@@ -651,13 +656,7 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             kind = "activation"  # division by a constant is a multiplication
         if kind is None:
             continue  # an op without integer kernels (layer norm, ...) stays float
-        point = node
-        while len(point.users) == 1 and _is_fused_activation(gm, next(iter(point.users)), make.scheme.fuse):
-            point = next(iter(point.users))
-        if len(point.users) == 1 and _is_quantizer(gm, next(iter(point.users))):
-            carried.add(next(iter(point.users)))
-            continue
-        carried.add(_insert_after(gm, point, make(kind)))
+        carried.add(_insert_output_quantizer(gm, node, kind, make, make.scheme.fuse))
     _quantize_model_outputs(gm, carried, make)
 
 
@@ -669,13 +668,9 @@ def _quantize_model_outputs(gm: fx.GraphModule, carried: set[fx.Node], make: _Qu
     for arg in output.all_input_nodes:
         if arg not in carried or _is_quantizer(gm, arg):
             continue
-        source = arg
-        while isinstance(source, fx.Node) and not _is_quantizer(gm, source) and (
-                _is_scale_preserving(gm, source) or _is_shared_pool(gm, source, make.scheme)):
-            source = source.args[0]
-        module = gm.get_submodule(source.target) if isinstance(source, fx.Node) and _is_quantizer(gm, source) else None
-        if module is not None:
-            _insert_after(gm, arg, TiedQuantizer(module.source if isinstance(module, TiedQuantizer) else module))
+        source = _quantizer_before(gm, arg, make.scheme)
+        if source is not None:
+            _insert_after(gm, arg, TiedQuantizer(source))
 
 
 SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}

@@ -127,12 +127,12 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
     probe.CopyFrom(model)
     dynamic = _fix_static_inputs(model, inputs, batch, path)
     shapes, dtypes = _infer(model)
-    _measure_shapes(model, shapes, dtypes, path)
+    _measure_shapes(model, shapes, dtypes)
     batched = set()
     if dynamic:  # infer again at another batch: the tensors whose axis 0 moves with it
         _fix_static_inputs(probe, [i for i in probe.graph.input if i.name not in init_names], batch + 1, path)
         other, other_dtypes = _infer(probe)
-        _measure_shapes(probe, other, other_dtypes, path)
+        _measure_shapes(probe, other, other_dtypes)
         batched = {n for n, s in shapes.items() if s[:1] == (batch,) and other.get(n, ())[:1] == (batch + 1,)}
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     g = Graph(path, [], [i.name for i in inputs], [o.name for o in model.graph.output],
@@ -182,33 +182,38 @@ def _infer(model: onnx.ModelProto) -> tuple[dict, dict]:
     return shapes, dtypes
 
 
-def _measure_shapes(model: onnx.ModelProto, shapes: dict, dtypes: dict, path: str) -> None:
+def _measure_shapes(model: onnx.ModelProto, shapes: dict, dtypes: dict) -> None:
     """Shapes onnx's inference leaves unknown (it loses them after chains such as Shape ->
     Gather -> Range -> Reshape, as in YOLO's anchor grid or two consecutive ``chunk``s): run the
     model once in onnxruntime at the static input shapes and read every tensor's shape, so each
     Shape node folds to a constant and what it feeds folds after it."""
-    outputs = {o.name for o in model.graph.output}
     missing = [o for n in model.graph.node for o in n.output
                if o and o not in shapes and n.op_type not in ("Constant", "QuantizeLinear")]
-    if not missing:
+    try:
+        _run_for_shapes(model, missing, shapes, dtypes)
+    except Exception:
+        pass  # best effort: what stays unknown is filled (or named) after the walk
+
+
+def _run_for_shapes(model: onnx.ModelProto, names: list[str], shapes: dict, dtypes: dict) -> None:
+    """Run ``model`` once in onnxruntime on zeros of the inputs' static ``shapes`` with ``names``
+    as extra outputs, and record their shapes and dtypes. Raises what onnxruntime raises."""
+    if not names:
         return
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    for name in missing:
-        if name not in outputs:
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
             probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.zeros(shapes[i.name], dtypes.get(i.name, np.float32)) for i in session.get_inputs()}
-        values = session.run(missing, feeds)
-    except Exception:
-        return  # best effort: what stays unknown is filled (or named) after the walk
-    for name, value in zip(missing, values):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.zeros(shapes[i.name], dtypes.get(i.name, np.float32)) for i in session.get_inputs()}
+    for name, value in zip(names, session.run(names, feeds)):
         shapes[name] = tuple(value.shape)
         dtypes.setdefault(name, value.dtype)
 
@@ -531,29 +536,14 @@ def _fuse_activations(g: Graph) -> None:
 
 
 def _fill_missing_shapes(model: onnx.ModelProto, g: Graph) -> None:
-    """Shapes onnx inference could not find: run the model once in onnxruntime and read them."""
+    """Shapes still unknown after the walk (``_measure_shapes`` could not run the model): run it
+    in onnxruntime for those, or name them."""
     missing = [o for n in g.nodes for o in n.outputs if o and o not in g.shapes and o not in g.constants]
-    if not missing:
-        return
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in missing:
-        if name not in known:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = {i.name: np.zeros(g.shapes[i.name], g.dtypes.get(i.name, np.float32))
-                 for i in session.get_inputs()}
-        values = session.run(missing, feeds)
+        _run_for_shapes(model, missing, g.shapes, g.dtypes)
     except Exception as err:
         raise ExportError(f"{g.path}: cannot determine the static shapes of {missing[:5]} "
                           f"({str(err).strip().splitlines()[0][:200]})") from None
-    for name, value in zip(missing, values):
-        g.shapes[name] = tuple(value.shape)
-        g.dtypes.setdefault(name, value.dtype)
 
 
 _WINDOW_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool"}
