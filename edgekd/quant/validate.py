@@ -89,6 +89,14 @@ class _Graph:
         self.nodes = list(graph.node)
         self.producer = {o: n for n in self.nodes for o in n.output}
         self.inputs = {i.name for i in graph.input}
+        self.readers: dict[str, list] = {}
+        for n in self.nodes:
+            for name in dict.fromkeys(n.input):
+                self.readers.setdefault(name, []).append(n)
+
+    def users(self, name: str) -> list:
+        """The nodes that read tensor ``name``."""
+        return self.readers.get(name, [])
 
     def produced_by(self, name: str):
         return self.producer.get(name)
@@ -261,7 +269,7 @@ def _check_shared(g: _Graph, node, result: ValidationResult) -> None:
 def _requantizer(g: _Graph, name: str):
     """The QuantizeLinear that re-quantizes ``name``, following scale-keeping ops forward."""
     while True:
-        users = [n for n in g.nodes if name in n.input]
+        users = g.users(name)
         if len(users) != 1:
             return None
         if users[0].op_type == "QuantizeLinear":
@@ -277,7 +285,7 @@ def _fused_into_producer(g: _Graph, node, scheme: QuantScheme) -> bool:
     if node.op_type not in FUSED_OPS or not scheme.fuse:
         return False
     producer = g.produced_by(node.input[0])
-    users = [n for n in g.nodes if node.output[0] in n.input]
+    users = g.users(node.output[0])
     return (producer is not None and producer.op_type in WEIGHTED_OPS
             and len(users) == 1 and users[0].op_type == "QuantizeLinear")
 
@@ -303,11 +311,11 @@ def _check_writes_quantized(g: _Graph, node, result: ValidationResult) -> None:
     if not any(name and g.const(name) is None and _qparams_of(g, name) is not None for name in node.input):
         return  # not between quantized values (shape arithmetic, a float region's inside)
     out = node.output[0]
-    users = [n for n in g.nodes if out in n.input]
+    users = g.users(out)
     if (len(users) == 1 and node.op_type in WEIGHTED_OPS and users[0].op_type == "Add"
             and any(g.const(i) is not None for i in users[0].input)):  # a 3-D Linear: MatMul, then its bias
         out = users[0].output[0]
-        users = [n for n in g.nodes if out in n.input]
+        users = g.users(out)
     if len(users) == 1 and users[0].op_type in FUSED_OPS:
         out = users[0].output[0]
     if _requantizer(g, out) is None:
