@@ -60,6 +60,10 @@ class LeafTracer(fx.Tracer):
 class ShapeTracer(LeafTracer):
     """Traces while running the model on ``example``; each node's concrete value is kept."""
 
+    # a buffer read in forward is a node too (BERT's ``self.token_type_ids.expand(batch, length)``):
+    # a plain tensor method called with traced sizes fails in torch's argument parser
+    proxy_buffer_attributes = True
+
     def __init__(self, example: tuple[torch.Tensor, ...], leaf_modules: Sequence[str] = ()):
         super().__init__(leaf_modules)
         self.example = list(example)

@@ -1,7 +1,8 @@
 """Small ONNX graphs, one per supported op (and the variants that take other code paths), plus
 ``qdq`` to turn a float graph into a fully quantized QDQ graph the way a QAT export would.
 
-Each case is ``(onnx.ModelProto, expected TFLite op or None)``; inputs are float32 and static.
+Each case is ``(onnx.ModelProto, expected TFLite op or None)``; inputs are static, float32 unless
+a case types them (token ids and masks: int64 in [0, 4), bool).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def _w(*shape, scale=0.3):
 def model(nodes, inputs, output_shape, inits=(), opset=17, output="y"):
     graph = helper.make_graph(
         nodes, "case",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, spec[1] if len(spec) > 1 else TensorProto.FLOAT, spec[0])
+         for n, *spec in inputs],  # (name, shape) or (name, shape, ONNX element type)
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -182,6 +184,9 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
         helper.make_node("ReduceMean", ["c"], ["m"], axes=[1], keepdims=1),
         helper.make_node("Expand", ["m", "shape"], ["e"]), helper.make_node("Add", ["c", "e"], ["y"])],
         [("shape", np.asarray([1, 6, 8, 8], np.int64))]), "BROADCAST_TO")
+    c["cast_float_to_int_and_back"] = (model([helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT32),
+                                              helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)],
+                                             [("x", X4)], None), "CAST")
     c["cast_float_to_float"] = (conv_then([helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)]), "CONV_2D")
     # Split (x.split(sizes), chunk): parts recombined so each one reaches the output
     c["split_sizes_channels"] = (conv_then([
@@ -213,6 +218,30 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
         [helper.make_node("Shape", ["x"], ["s"]),
          helper.make_node("ConstantOfShape", ["s"], ["k"], value=numpy_helper.from_array(np.asarray([0.25], np.float32))),
          helper.make_node("Add", ["x", "k"], ["y"])], [("x", X4)], None), "ADD")
+    # integer inputs: token ids into an embedding table, attention masks made into boolean and
+    # additive masks (the ops a transformer exports for ``attention_mask``)
+    ids, mask, x = ("ids", [1, 6], TensorProto.INT64), ("m", [1, 6], TensorProto.INT64), ("x", [1, 6, 8])
+    c["embedding_lookup"] = (model([helper.make_node("Gather", ["table", "ids"], ["y"])], [ids], None,
+                                   [("table", _w(10, 8))]), "GATHER")
+    c["gather_at_runtime_indices"] = (model([helper.make_node("Gather", ["x", "ids"], ["y"], axis=1)], [x, ids],
+                                            None), "GATHER")
+    c["mask_where_and"] = (model([
+        helper.make_node("Cast", ["m"], ["b"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["b", "axis"], ["u"]),
+        helper.make_node("Greater", ["x", "half"], ["k"]), helper.make_node("And", ["u", "k"], ["a"]),
+        helper.make_node("Where", ["a", "x", "low"], ["y"])], [x, mask], None,
+        [("axis", np.asarray([2])), ("half", np.float32(0.5)), ("low", np.float32(-1.0))]), "SELECT_V2")
+    c["mask_comparisons_or_xor_not"] = (model([
+        helper.make_node("Equal", ["m", "one"], ["e"]), helper.make_node("Unsqueeze", ["e", "axis"], ["u"]),
+        helper.make_node("Less", ["x", "zero"], ["lt"]), helper.make_node("LessOrEqual", ["x", "half"], ["le"]),
+        helper.make_node("GreaterOrEqual", ["x", "zero"], ["ge"]), helper.make_node("Or", ["u", "lt"], ["o"]),
+        helper.make_node("Xor", ["o", "le"], ["xo"]), helper.make_node("Not", ["ge"], ["n"]),
+        helper.make_node("And", ["xo", "n"], ["c"]), helper.make_node("Where", ["c", "zero", "x"], ["y"])],
+        [x, mask], None, [("axis", np.asarray([2])), ("one", np.asarray(1, np.int64)),
+                          ("zero", np.float32(0.0)), ("half", np.float32(0.5))]), "LOGICAL_NOT")
+    c["mask_cast_to_float_times_x"] = (model([
+        helper.make_node("Unsqueeze", ["m", "axis"], ["u"]), helper.make_node("Cast", ["u"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "f"], ["y"])], [x, mask], None, [("axis", np.asarray([2]))]), "CAST")
     return c
 
 

@@ -141,3 +141,29 @@ def test_device_and_dtype_are_constants_of_the_trace():
     model = DeviceAware().eval()
     gm = prepare_qat(model, QATConfig(), example=torch.rand(2, 3, 4, 4))
     assert isinstance(gm.get_submodule("conv"), QuantConv2d)
+
+
+class TokenTypes(nn.Module):
+    """BERT's embeddings: a buffer sliced and expanded to sizes read from the input's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("token_type_ids", torch.zeros(1, 16, dtype=torch.long))
+        self.register_buffer("position_ids", torch.arange(16)[None])
+        self.words, self.types = nn.Embedding(10, 4), nn.Embedding(2, 4)
+
+    def forward(self, ids):
+        batch, length = ids.size()
+        positions = self.position_ids[:, :length]
+        types = torch.gather(self.token_type_ids.expand(positions.shape[0], -1), 1, positions)
+        return self.words(ids) + self.types(types.expand(batch, length))
+
+
+def test_a_buffer_expanded_to_traced_sizes_is_a_node_of_the_graph():
+    model = TokenTypes().eval()
+    with pytest.raises(TypeError):  # fx's own tracer: a real tensor's method with traced sizes
+        torch.fx.symbolic_trace(model)
+    gm = trace(model, (torch.randint(0, 10, (2, 8)),))
+    assert any(n.op == "get_attr" and n.target == "token_type_ids" for n in gm.graph.nodes)
+    ids = torch.randint(0, 10, (3, 12))  # another batch and length: the sizes stay symbolic
+    assert torch.equal(gm(ids), model(ids))

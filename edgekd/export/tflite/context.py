@@ -13,6 +13,10 @@ come from the ONNX QuantizeLinear that followed it. A tensor without one inherit
 that preserve scale (reshape-like, max-pool, pad, slice), or takes the scale of the reshape-like
 consumer that quantizes it. Nothing is calibrated: if no scale can be found, conversion stops
 and names the tensor.
+
+**Types.** Tensors the ONNX model types as integers or booleans (token ids, attention masks,
+the masks built from them) keep that type (INT32, INT64, BOOL) and are never quantized: only
+float32 tensors become int8 in an int8 model.
 """
 
 from __future__ import annotations
@@ -73,6 +77,15 @@ class Context:
 
     def is_const(self, name: str) -> bool:
         return name in self.g.constants
+
+    def dtype(self, name: str) -> np.dtype:
+        """The ONNX element type of tensor ``name`` (float32 where the file does not say)."""
+        if name in self.g.constants:
+            return np.dtype(self.g.constants[name].dtype)
+        return np.dtype(self.g.dtypes.get(name, np.float32))
+
+    def is_float(self, name: str) -> bool:
+        return np.issubdtype(self.dtype(name), np.floating)
 
     def const_value(self, name: str, node: Node, what: str) -> np.ndarray:
         if name not in self.g.constants:
@@ -165,7 +178,7 @@ class Context:
     # -- quantization ---------------------------------------------------------------------
     def quant_of(self, name: str, node: Node | None = None, inherit: Quant | None = None) -> Quant | None:
         """The int8 parameters of activation ``name`` (None in float models)."""
-        if not self.int8:
+        if not self.int8 or not self.is_float(name):
             return None
         q = self.g.act_quant.get(name) or self._forward_quant(name, set())
         if q is None:
@@ -205,6 +218,10 @@ class Context:
         out = out or node.outputs[0]
         logical = shape if shape is not None else self.shape(out, node)
         phys = permuted(logical, perm) if shape is None else list(shape)
+        if not self.is_float(out):  # integer and boolean tensors keep their ONNX type
+            index = self.tensor(out, phys, dtype=tflite_dtype(self.dtype(out), self.g.path, out))
+            self.b.op(op, inputs, [index], options, version)
+            return self.bind(out, index, perm, feature_perm)
         quant = self.quant_of(out, node, inherit=inherit or fixed_quant)
         if fixed_quant is not None and not fixed_quant.same_as(quant):
             if fixed_quant.scale[0] > quant.scale[0] * 1.001:  # precision TFLite cannot give back
@@ -219,6 +236,18 @@ class Context:
 
     def activation(self, node: Node) -> int:
         return self.b.enum("ActivationFunctionType", node.attr("_activation") or "NONE")
+
+
+NON_FLOAT_TYPES = (np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.bool_))
+
+
+def tflite_dtype(dtype: np.dtype, path: str, tensor: str) -> np.dtype:
+    """The TFLite type of a non-float ONNX tensor: its own (int32, int64, bool), or an error."""
+    dtype = np.dtype(dtype)
+    if dtype not in NON_FLOAT_TYPES:
+        raise ExportError(f"{path}: tensor {tensor!r} is {dtype}; the TFLite writer takes float32, "
+                          f"int32, int64 and bool tensors: cast it in the model")
+    return dtype
 
 
 def range_quant(lo: float, hi: float) -> Quant:

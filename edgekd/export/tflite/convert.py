@@ -5,6 +5,8 @@ The exported interface (documented in the README):
 - inputs and outputs keep their ONNX names, shapes and order; 4-D tensors are NCHW, with one
   TRANSPOSE after each 4-D input and before each 4-D output, unless ``layout="nhwc"`` asks for
   an NHWC interface (no transposes at all);
+- integer and boolean inputs (token ids, attention masks) keep their ONNX type (int32, int64,
+  bool) and are fed as they are;
 - a QDQ model becomes a full-integer model. ``io="float"`` (default) keeps float32 inputs and
   outputs with a QUANTIZE/DEQUANTIZE at the edges; ``io="int8"`` exposes the int8 tensors and
   their (scale, zero point) so the caller quantizes;
@@ -22,7 +24,7 @@ import numpy as np
 from edgekd import atomic
 from edgekd.errors import ExportError
 from edgekd.export.tflite.builder import ModelBuilder
-from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, identity, permuted
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, identity, permuted, tflite_dtype
 from edgekd.export.tflite.graph import Graph, load_graph
 
 
@@ -95,11 +97,12 @@ def _add_input(ctx: Context, name: str, io: str, layout: str) -> None:
     shape = ctx.shape(name)
     perm = _interface_perm(len(shape), layout)
     phys = permuted(shape, perm)
-    dtype = ctx.g.dtypes.get(name, np.float32)
-    if np.dtype(dtype) != np.float32:
-        raise ExportError(f"{ctx.g.path}: input {name!r} is {np.dtype(dtype)}; only float32 inputs "
-                          f"are supported")
-    if not ctx.int8:
+    dtype = ctx.dtype(name)
+    if not ctx.is_float(name):  # token ids, masks: fed as they are, never quantized
+        index = ctx.b.tensor(name, phys, tflite_dtype(dtype, ctx.g.path, name))
+    elif dtype != np.float32:
+        raise ExportError(f"{ctx.g.path}: input {name!r} is {dtype}; float inputs must be float32")
+    elif not ctx.int8:
         index = ctx.b.tensor(name, phys, np.float32)
     else:
         quant = ctx.quant_of(name)
@@ -125,7 +128,7 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
     if ref.feature_perm is not None:
         raise ExportError(f"{ctx.g.path}: output {onnx_name!r} holds NHWC-ordered features")
     index = ref.index
-    if ctx.int8 and io == "float":
+    if ctx.int8 and io == "float" and ctx.is_float(name):
         out = ctx.b.tensor(onnx_name, ctx.b.shape_of(index), np.float32)
         ctx.b.op("DEQUANTIZE", [index], [out])
         index = out

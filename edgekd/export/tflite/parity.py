@@ -79,7 +79,7 @@ def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np
     for detail, x in zip(interp.get_input_details(), feeds):
         if layout == "nhwc" and x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
-        if detail["dtype"] != np.float32:
+        if detail["dtype"] != np.float32 and detail["quantization"][0]:
             scale, zp = detail["quantization"]
             info = np.iinfo(detail["dtype"])
             x = np.clip(np.rint(x / scale) + zp, info.min, info.max)
@@ -89,7 +89,7 @@ def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np
     outs = []
     for detail in interp.get_output_details():
         y = interp.get_tensor(detail["index"])
-        if detail["dtype"] != np.float32:
+        if detail["dtype"] != np.float32 and detail["quantization"][0]:
             scale, zp = detail["quantization"]
             y = (y.astype(np.float32) - zp) * scale
         if layout == "nhwc" and y.ndim == 4:
@@ -99,19 +99,33 @@ def run_tflite(interp, feeds: list[np.ndarray], layout: str = "nchw") -> list[np
 
 
 def sample_inputs(graph, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic inputs: standard normal, or uniform over an int8 input's representable range."""
+    """Deterministic inputs: standard normal, uniform over an int8 input's representable range,
+    random booleans, or integers in [0, n) where n is the smallest axis they index (token ids
+    into an embedding table), else 0 and 1 (an attention mask)."""
     rng = np.random.default_rng(seed)
     feeds = []
     for name in graph.inputs:
         shape = graph.shape(name)
         quant = graph.act_quant.get(name)
-        if quant is not None:
+        dtype = np.dtype(graph.dtypes.get(name, np.float32))
+        if dtype == np.bool_:
+            feeds.append(rng.integers(0, 2, shape).astype(bool))
+        elif np.issubdtype(dtype, np.integer):
+            feeds.append(rng.integers(0, index_bound(graph, name), shape).astype(dtype))
+        elif quant is not None:
             lo = (-128 - quant.zero_point[0]) * quant.scale[0]
             hi = (127 - quant.zero_point[0]) * quant.scale[0]
             feeds.append(rng.uniform(lo, hi, shape).astype(np.float32))
         else:
             feeds.append(rng.standard_normal(shape).astype(np.float32))
     return feeds
+
+
+def index_bound(graph, name: str) -> int:
+    """The size of the smallest axis integer tensor ``name`` indexes by Gather (2 if none)."""
+    sizes = [graph.shape(n.inputs[0])[int(n.attr("axis", 0))] for n in graph.consumers(name)
+             if n.op == "Gather" and n.inputs[1] == name]
+    return min(sizes, default=2)
 
 
 def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=None,

@@ -1,5 +1,5 @@
 """Data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split, Gather, Pad, Slice,
-Resize, Expand (to a constant shape), and float-to-float Cast.
+Resize, Expand (to a constant shape).
 
 These ops keep the input's scale in int8 models (Concat requantizes inputs whose scale differs
 from the output's, as the TFLite spec requires). Layout is where care is needed:
@@ -16,7 +16,6 @@ from the output's, as the TFLite spec requires). Layout is where care is needed:
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from edgekd.export.tflite.context import (
     CONVERTERS,
@@ -116,18 +115,6 @@ def requantize(ctx: Context, node: Node) -> None:
 @CONVERTERS.register("Dropout")
 def identity_op(ctx: Context, node: Node) -> None:
     """Only reached when the node writes a graph output (others are dropped while loading)."""
-    x = ctx.get(node.inputs[0], None, node)
-    ctx.bind(node.outputs[0], x.index, x.perm, x.feature_perm)
-
-
-@CONVERTERS.register("Cast")
-def cast(ctx: Context, node: Node) -> None:
-    """A Cast that changes nothing (float32 to float32, as ``x.float()`` exports): no op. A cast
-    to or from another type has no place in the writer's float/int8 graphs and is refused."""
-    source = np.dtype(ctx.g.dtypes.get(node.inputs[0], np.float32))
-    target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attr("to"))))
-    if source != np.float32 or target != np.float32:
-        raise ctx.fail(node, f"a cast from {source} to {target} is not supported (float32 to float32 only)")
     x = ctx.get(node.inputs[0], None, node)
     ctx.bind(node.outputs[0], x.index, x.perm, x.feature_perm)
 
@@ -248,26 +235,47 @@ def split(ctx: Context, node: Node) -> None:
 
 @CONVERTERS.register("Gather")
 def gather(ctx: Context, node: Node) -> None:
-    """Gather of an activation at constant indices (``x[:, 0]``: a class token; a fixed channel
-    pick) as GATHER on the activation in ONNX order; int8 keeps the input's scale."""
-    if ctx.is_const(node.inputs[0]):
-        raise ctx.fail(node, "a lookup into a constant table by run-time indices (an embedding) needs "
-                             "integer model inputs, which the TFLite writer does not take yet")
-    if not ctx.is_const(node.inputs[1]):
-        raise ctx.fail(node, "Gather by run-time indices is not supported (constant indices only)")
-    shape = ctx.shape(node.inputs[0], node)
+    """Gather as GATHER in ONNX order: an embedding lookup (a constant table at run-time token
+    ids), an activation at constant indices (``x[:, 0]``: a class token; a fixed channel pick) or
+    at run-time ones. Int8 keeps the input's scale; a float table read by an int8 model is stored
+    at the output's scale (selecting rows commutes with quantizing them: exact). Run-time indices
+    must lie in [0, size): TFLite's GATHER, unlike ONNX, does not wrap negative ones."""
+    data, positions = node.inputs[:2]
+    shape = ctx.shape(data, node)
     rank = len(shape)
     axis = int(node.attr("axis", 0)) % rank
-    indices = np.asarray(ctx.const_value(node.inputs[1], node, "the indices")).astype(np.int64)
-    if indices.size and (indices.min() < -shape[axis] or indices.max() >= shape[axis]):
-        raise ctx.fail(node, f"an index is outside [-{shape[axis]}, {shape[axis] - 1}] on axis {axis}")
-    indices = np.where(indices < 0, indices + shape[axis], indices)
-    x = ctx.get(node.inputs[0], identity(rank), node)
-    out_rank = rank - 1 + indices.ndim
-    inherit = ctx.b.quant_of(x.index)
-    ctx.emit("GATHER", [x.index, ctx.int_const(indices)], node, perm=identity(out_rank),
+    if ctx.is_const(positions):
+        indices = np.asarray(ctx.const_value(positions, node, "the indices")).astype(np.int64)
+        if indices.size and (indices.min() < -shape[axis] or indices.max() >= shape[axis]):
+            raise ctx.fail(node, f"an index is outside [-{shape[axis]}, {shape[axis] - 1}] on axis {axis}")
+        indices = np.where(indices < 0, indices + shape[axis], indices)
+        index_tensor = ctx.int_const(indices)
+    else:
+        index_tensor = ctx.get(positions, identity(len(ctx.shape(positions, node))), node).index
+        indices = np.zeros(ctx.shape(positions, node))
+    if ctx.is_const(data):
+        table, inherit = _lookup_table(ctx, node, data)
+    else:
+        table = ctx.get(data, identity(rank), node).index
+        inherit = ctx.b.quant_of(table)
+    ctx.emit("GATHER", [table, index_tensor], node, perm=identity(rank - 1 + indices.ndim),
              options=ctx.b.options("Gather", axis=axis), inherit=inherit, fixed_quant=inherit,
              version=2 if ctx.int8 else 1)
+
+
+def _lookup_table(ctx: Context, node: Node, name: str):
+    """A constant table read by GATHER, and the scale its rows keep (None: not int8)."""
+    value = np.ascontiguousarray(ctx.g.constants[name])
+    out = node.outputs[0]
+    if not ctx.int8 or not ctx.is_float(out):
+        return ctx.b.tensor(f"{node.name}/table", value.shape, value.dtype, data=value), None
+    quant = ctx.g.act_quant.get(out) or ctx._forward_quant(out, set())
+    if quant is None and name in ctx.g.qconst and not ctx.g.qconst[name].quant.per_channel:
+        quant = ctx.g.qconst[name].quant
+    if quant is None:
+        raise ctx.fail(node, f"the table {name!r} is read by an int8 model but neither it nor the "
+                             f"lookup's output has a per-tensor scale: quantize the output in the ONNX model")
+    return ctx.b.tensor(f"{node.name}/table", value.shape, np.int8, data=quant.quantize(value), quant=quant), quant
 
 
 @CONVERTERS.register("Slice")
