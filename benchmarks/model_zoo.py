@@ -340,15 +340,20 @@ def openvino_kernels(xml: Path) -> dict:
 
 
 def tflite_kernels(path: Path) -> dict:
+    """Weighted TFLite ops by input type, and (int8 models) the float ops between DEQUANTIZE and QUANTIZE."""
     from edgekd.export.tflite.parity import interpreter
 
     interp = interpreter(path)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     counts = collections.Counter()
+    quantized = any(np.dtype(t["dtype"]) == np.int8 for t in tensors.values())
     for op in interp._get_ops_details():
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"):
             dtype = tensors[op["inputs"][0]]["dtype"]
             counts["int8" if np.dtype(dtype) in (np.int8, np.uint8) else "float"] += 1
+        elif quantized and op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "CAST") and any(
+                np.dtype(tensors[int(i)]["dtype"]) == np.float32 for i in op["outputs"]):
+            counts["float_other"] += 1  # float fallback: LayerNorm's steps, an L2 norm
     return dict(counts)
 
 
@@ -372,8 +377,10 @@ def output_specs(sample: np.ndarray) -> list:
     return [TensorSpec("output", "float32", ("batch", *[int(d) for d in sample.shape[1:]]))]
 
 
-def export_all(model, out: Path, name: str, specs, outputs, reference: list, feeds, record: dict) -> dict:
-    """ONNX, then IR and TFLite from it, each compared with ``reference`` on ``feeds``."""
+def export_all(model, out: Path, name: str, specs, outputs, reference: list, feeds, record: dict,
+               float_fallback: bool = False) -> dict:
+    """ONNX, then IR and TFLite from it, each compared with ``reference`` on ``feeds``; an int8
+    TFLite keeps ops the ONNX file leaves float in float where ``float_fallback`` (the target's)."""
     from edgekd.errors import ExportError
     from edgekd.export import export, export_onnx_file
     from edgekd.export.tflite import onnx_to_tflite
@@ -388,13 +395,14 @@ def export_all(model, out: Path, name: str, specs, outputs, reference: list, fee
         try:
             if fmt == "tflite":
                 try:
-                    files[fmt] = onnx_to_tflite(files["onnx"], out / f"{name}.tflite")
+                    files[fmt] = onnx_to_tflite(files["onnx"], out / f"{name}.tflite", float_fallback=float_fallback)
                     record.setdefault("tflite_check", "accepted")
                 except ExportError as err:
                     if "does not reproduce" not in str(err):
                         raise
                     record["tflite_check"] = "refused: " + first_line(err)
-                    files[fmt] = onnx_to_tflite(files["onnx"], out / f"{name}.tflite", check=False)
+                    files[fmt] = onnx_to_tflite(files["onnx"], out / f"{name}.tflite", check=False,
+                                                float_fallback=float_fallback)
             else:
                 files[fmt] = export_onnx_file(files["onnx"], [fmt], out, name)[0].path
         except Exception as err:
@@ -497,7 +505,8 @@ def int8_variant(model, method: str, target: str, calib, feeds, specs, outputs, 
     simulated = torch_outputs(int8, feeds)
     reference = torch_outputs(model, feeds)
     record["simulation_vs_float"] = compare(simulated, reference)
-    files = export_all(int8, out, f"{method}-{target}", specs, outputs, simulated, feeds, record)
+    fallback = sim.scheme.float_fallback and not sim.scheme.full_integer  # as a recipe's export resolves it
+    files = export_all(int8, out, f"{method}-{target}", specs, outputs, simulated, feeds, record, fallback)
     if "onnx" in files:
         validation = validate_onnx(files["onnx"], sim.scheme)
         record["validate"] = "conforms" if validation.passed else f"{len(validation.violations)} violations: " + \

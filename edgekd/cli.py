@@ -250,8 +250,12 @@ def validate(artifact: str, target: str, json_out: str | None) -> None:
 @click.option("--tflite-layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="TFLite interface layout of 4-D inputs/outputs: as ONNX (NCHW, one transpose "
                    "at each end) or NHWC (no transposes).")
+@click.option("--tflite-float-fallback/--tflite-full-integer", default=False, show_default=True,
+              help="Int8 models: run ops the ONNX file leaves float, or that TFLite has no int8 kernel "
+                   "for (LayerNorm, L2 norm), in float between DEQUANTIZE and QUANTIZE; default: "
+                   "full-integer only, such an op fails the export, naming it.")
 def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None, tflite_io: str,
-               tflite_layout: str) -> None:
+               tflite_layout: str, tflite_float_fallback: bool) -> None:
     """Export MODEL (an edgekd checkpoint .pt, or an .onnx file) to each --format.
 
     Int8 checkpoints (from QAT) export with their frozen scales as QDQ ONNX; OpenVINO IR and
@@ -263,7 +267,7 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
     from edgekd.units import format_size
 
     path = Path(model)
-    options = {"tflite": {"io": tflite_io, "layout": tflite_layout}}
+    options = {"tflite": {"io": tflite_io, "layout": tflite_layout, "float_fallback": tflite_float_fallback}}
     if path.suffix == ".onnx":
         artifacts = export_onnx_file(path, list(formats), out, name, options=options)
     else:

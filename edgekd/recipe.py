@@ -34,10 +34,14 @@ class TFLiteOptions(Config):
         io: "float" (quantize/dequantize inside the model) or "int8" (int8 inputs and outputs;
             the caller quantizes with the input tensor's scale and zero point). Int8 models only.
         layout: "nchw" (as the ONNX model; one transpose at each 4-D input and output) or "nhwc".
+        float_fallback: int8 models may run ops the ONNX file leaves float (LayerNorm, an L2
+            norm) in float between DEQUANTIZE and QUANTIZE. Unset: the target decides (allowed
+            unless its scheme is ``full_integer`` or has no ``float_fallback``).
     """
 
     io: Literal["float", "int8"] = "float"
     layout: Literal["nchw", "nhwc"] = "nchw"
+    float_fallback: bool | None = None
 
 
 @dataclass
@@ -54,12 +58,15 @@ class ExportConfig(Config):
         if not 13 <= self.opset <= 21:
             raise FieldError("opset", f"expected an ONNX opset in 13..21, got {self.opset}")
 
-    def options(self, quantized: bool = True) -> dict[str, dict]:
+    def options(self, quantized: bool = True, scheme=None) -> dict[str, dict]:
         """Per-format exporter options, as ``export(..., options=)`` takes them (a float model
-        has no int8 interface, so ``tflite.io`` applies to quantized models only)."""
+        has no int8 interface, so ``tflite.io`` applies to quantized models only). ``scheme``: the
+        target's quantization scheme, which decides an unset ``tflite.float_fallback``."""
         tflite = self.tflite.to_dict()
         if not quantized:
             tflite["io"] = "float"
+        if tflite["float_fallback"] is None:
+            tflite["float_fallback"] = scheme is not None and scheme.float_fallback and not scheme.full_integer
         return {"tflite": tflite}
 
 

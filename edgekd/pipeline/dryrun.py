@@ -89,7 +89,8 @@ def _export(ctx, model, formats: list[str], out: Path, name: str, who: str, quan
     for fmt in formats:  # one format at a time, so the message names the one that fails
         try:
             [artifact] = export(model.eval(), [fmt], out, name, task.input_spec(data), outputs=task.output_spec(data),
-                                opset=recipe.export.opset, options=recipe.export.options(quantized=quantized))
+                                opset=recipe.export.opset,
+                                options=recipe.export.options(quantized=quantized, scheme=ctx.qat_config.scheme))
         except EdgeKDError as err:
             raise DryRunError(f"dry run before training: {who} cannot be exported to {fmt}: {err}. Nothing "
                               f"was trained; change the model, or remove {fmt!r} from export.formats") from None

@@ -88,7 +88,7 @@ def export_products(ctx: RunContext) -> list[Exported]:
     for product in progress(products, desc="export", unit="model"):
         for artifact in export(product.model, recipe.export.formats, ctx.out / "artifacts", product.stage,
                                inputs, outputs=outputs, opset=recipe.export.opset,
-                               options=recipe.export.options(quantized=product.quantized)):
+                               options=recipe.export.options(quantized=product.quantized, scheme=scheme)):
             validation = None
             if product.quantized and artifact.format == "onnx":
                 precisions = layer_precisions(product.base, ctx.qat_config.layers, scheme)

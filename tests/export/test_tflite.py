@@ -250,8 +250,14 @@ def test_int8_tensor_without_scale_is_named(tmp_path):
     del q.graph.node[:]
     q.graph.node.extend(keep)
     q.graph.output[0].name = "y"
-    with pytest.raises(ExportError, match=r"tensor 'y' .* has no QuantizeLinear"):
+    with pytest.raises(ExportError, match=r"tensor 'y' .* has no QuantizeLinear.*or convert with float_fallback"):
         convert(_save(tmp_path, q))
+    result = convert(_save(tmp_path, q), float_fallback=True)  # the conv writes float: the file says so
+    assert result.float_nodes and result.ops.count("DEQUANTIZE") == 1 and "CONV_2D" in result.ops
+    interp = interpreter(result.data)
+    assert interp.get_output_details()[0]["dtype"] == np.float32
+    for parity in compare(tmp_path / "m.onnx", result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
+        assert parity.relative_error <= 1e-4, parity.describe()
 
 
 @pytest.mark.parametrize("int8", [False, True])
@@ -331,8 +337,20 @@ def test_int8_without_tflite_equivalent_is_refused_clearly(tmp_path, name):
     message = {"lrn": "LRN", "layer_norm_tokens": "int8 LayerNormalization has no TFLite kernel",
                "layer_norm_chw_no_bias": "int8 LayerNormalization has no TFLite kernel",
                "l2_normalize_pattern": "int8 ReduceL2 has no TFLite kernel"}.get(name, "int8 Gemm")
-    with pytest.raises(ExportError, match=message):
+    with pytest.raises(ExportError, match=message + ".*convert with float_fallback"):
         convert(_save(tmp_path, qdq(m, _feeds(m))))
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_ONLY))
+def test_float_fallback_runs_an_op_without_int8_kernel_between_dequantize_and_quantize(tmp_path, name):
+    m, _ = CASES[name]
+    path = _save(tmp_path, qdq(m, _feeds(m)))
+    result = convert(path, float_fallback=True)
+    assert len(result.float_nodes) >= 1 and {"DEQUANTIZE", "QUANTIZE"} <= set(result.ops)
+    assert all(n.split("_")[0] in {"LRN", "LayerNormalization", "ReduceL2", "Div", "Gemm"} for n in result.float_nodes)
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values()),
+                          coarse=result.coarse):
+        assert parity.within_one_step >= 0.99, parity.describe()
 
 
 def test_1d_convolutions_keep_their_layout_between_layers(tmp_path):

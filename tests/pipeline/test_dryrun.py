@@ -76,3 +76,16 @@ def test_the_same_student_passes_where_its_formats_hold_it(tmp_path, user_models
     assert result is not None and any(line.startswith("dry run: the untrained student exports to onnx")
                                       for line in logs)
     assert "dry_run" in result.report.timings_s
+
+
+def test_a_target_with_float_kernels_takes_the_layer_norm_in_a_float_fallback_tflite(tmp_path, user_models):
+    """x86-onnxruntime runs float ops between int8 ones: its TFLite keeps LayerNorm float."""
+    logs = []
+    recipe = _recipe(f"{user_models}:LayerNormStudent", ["onnx", "tflite"], qat=True)
+    recipe.qat.target = "x86-onnxruntime"
+    assert recipe.export.options(scheme=None)["tflite"]["float_fallback"] is False
+    result = run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache", log=logs.append)
+    assert any(line.startswith("dry run: the untrained student exports to onnx, tflite in float and int8")
+               for line in logs), logs
+    int8 = [e for e in result.report.entries if e.format == "tflite" and e.stage.endswith("int8")]
+    assert int8 and all(e.size_bytes > 0 and e.agreement is not None for e in int8)

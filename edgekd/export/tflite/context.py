@@ -14,6 +14,12 @@ that preserve scale (reshape-like, max-pool, pad, slice), or takes the scale of 
 consumer that quantizes it. Nothing is calibrated: if no scale can be found, conversion stops
 and names the tensor.
 
+**Float fallback.** With ``float_fallback`` an int8 model may keep ops in float where the ONNX
+file does (LayerNormalization, an L2 norm, a tensor without a QuantizeLinear): such a node reads
+DEQUANTIZE'd copies of its int8 inputs and its output is QUANTIZE'd where the file gives it a
+scale, as TFLite's "integer with float fallback" quantization does. Without it, a full-integer
+model is required and such a node fails the export, naming it.
+
 **Types.** Tensors the ONNX model types as integers or booleans (token ids, attention masks,
 the masks built from them) keep that type (INT32, INT64, BOOL) and are never quantized: only
 float32 tensors become int8 in an int8 model.
@@ -21,6 +27,7 @@ float32 tensors become int8 in an int8 model.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +44,10 @@ CONVERTERS: Registry = Registry("ONNX operator")  # op type -> fn(ctx, node)
 RESHAPE_LIKE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 SCALE_PRESERVING = RESHAPE_LIKE | {"MaxPool", "Pad", "Slice", "Identity", "Dropout", "Relu", "Clip",
                                    "Resize", "Upsample", "GlobalMaxPool"}
+
+
+class NoInt8Kernel(ExportError):
+    """A node TFLite has no int8 kernel for (converted in float under ``float_fallback``)."""
 
 
 @dataclass
@@ -70,6 +81,8 @@ class Context:
         self._consts: dict[tuple, int] = {}
         self.transposes = 0
         self.coarse: dict[str, float] = {}  # tensor -> step of a fixed scale coarser than its own
+        self.island = False  # converting one node in float inside an int8 model (float fallback)
+        self.float_nodes: list[str] = []  # the nodes converted so
 
     # -- ONNX-side facts ---------------------------------------------------------------------
     def shape(self, name: str, node: Node | None = None) -> tuple[int, ...]:
@@ -96,6 +109,37 @@ class Context:
     def fail(self, node: Node, message: str) -> ExportError:
         return ExportError(f"{self.g.path}: {node.where()}: {message}")
 
+    def no_int8(self, node: Node, message: str) -> NoInt8Kernel:
+        """The error of a node without an int8 kernel; raise it before emitting anything."""
+        return NoInt8Kernel(f"{self.g.path}: {node.where()}: {message}; convert with float_fallback "
+                            f"to run it in float between DEQUANTIZE and QUANTIZE")
+
+    # -- float fallback ------------------------------------------------------------------------
+    def has_scale(self, name: str, node: Node) -> bool:
+        """Whether float tensor ``name`` (written by ``node``) is int8 in the converted model."""
+        if self.g.act_quant.get(name) or self._forward_quant(name, set()):
+            return True
+        first = next((n for n in node.inputs if n and not self.is_const(n)), None)
+        return (node.op in SCALE_PRESERVING and first in self.refs
+                and self.b.quant_of(self.refs[first].index) is not None)
+
+    def needs_float(self, node: Node) -> bool:
+        """An int8 model's node that reads a float activation or writes a float tensor without a scale."""
+        reads_float = any(n in self.refs and self.is_float(n) and self.b.quant_of(self.refs[n].index) is None
+                          for n in node.inputs if n and not self.is_const(n))
+        return reads_float or any(self.is_float(o) and not self.has_scale(o, node) for o in node.outputs if o)
+
+    @contextmanager
+    def float_island(self, node: Node):
+        """Convert ``node`` in float: int8 inputs are read through DEQUANTIZE, and an output the
+        ONNX file quantizes is written through QUANTIZE."""
+        self.int8, self.island = False, True
+        try:
+            yield
+        finally:
+            self.int8, self.island = True, False
+        self.float_nodes.append(node.name)
+
     # -- activations in a layout -------------------------------------------------------------
     def get(self, name: str, perm: tuple[int, ...] | None = None, node: Node | None = None) -> Ref:
         """The activation ``name``, physically in ``perm`` (None: as stored)."""
@@ -104,6 +148,8 @@ class Context:
             raise ExportError(f"{self.g.path}: tensor {name!r}{where} was never produced; is the "
                               f"graph topologically sorted?")
         ref = self.refs[name]
+        if self.island and self.b.quant_of(ref.index) is not None:
+            return self._dequantized(name, perm)
         if perm is None or tuple(perm) == ref.perm:
             return ref
         if ref.feature_perm is not None:
@@ -126,6 +172,20 @@ class Context:
             self._views[key] = Ref(out, tuple(perm))
         return self._views[key]
 
+    def _dequantized(self, name: str, perm: tuple[int, ...] | None) -> Ref:
+        """A float copy of int8 activation ``name`` (in ``perm``), made once."""
+        self.island = False
+        try:
+            ref = self.get(name, perm)
+        finally:
+            self.island = True
+        key = (name, ref.perm, "float")
+        if key not in self._views:
+            out = self.tensor(f"{name}/dequantized", self.b.shape_of(ref.index), dtype=np.float32)
+            self.b.op("DEQUANTIZE", [ref.index], [out])
+            self._views[key] = Ref(out, ref.perm, ref.feature_perm)
+        return self._views[key]
+
     def bind(self, name: str, index: int, perm: tuple[int, ...], feature_perm=None) -> Ref:
         self.refs[name] = Ref(index, tuple(perm), feature_perm)
         return self.refs[name]
@@ -136,7 +196,7 @@ class Context:
         """A new non-constant tensor; dtype and quantization copied from ``like`` unless given."""
         if like is not None:
             dtype = dtype or self.b.dtype_of(like)
-            quant = quant or self.b.quant_of(like)
+            quant = quant or (self.b.quant_of(like) if np.dtype(dtype) != np.float32 else None)
         dtype = dtype or (np.int8 if self.int8 else np.float32)
         return self.b.tensor(name, shape, dtype, quant=quant)
 
@@ -187,7 +247,8 @@ class Context:
             where = f" (output of {node.where()})" if node else ""
             raise ExportError(f"{self.g.path}: tensor {name!r}{where} has no QuantizeLinear; a "
                               f"full-integer TFLite model needs a scale for every activation. "
-                              f"Quantize this tensor in the ONNX model (edgekd never re-calibrates)")
+                              f"Quantize this tensor in the ONNX model (edgekd never re-calibrates), or "
+                              f"convert with float_fallback to compute it in float")
         return q
 
     def _forward_quant(self, name: str, seen: set) -> Quant | None:
@@ -221,6 +282,14 @@ class Context:
         if not self.is_float(out):  # integer and boolean tensors keep their ONNX type
             index = self.tensor(out, phys, dtype=tflite_dtype(self.dtype(out), self.g.path, out))
             self.b.op(op, inputs, [index], options, version)
+            return self.bind(out, index, perm, feature_perm)
+        if self.island:  # float op; int8 again where the ONNX file quantizes the result
+            quant = self.g.act_quant.get(out) or self._forward_quant(out, set())
+            index = self.tensor(out if quant is None else f"{out}/float", phys, dtype=np.float32)
+            self.b.op(op, inputs, [index], options, version)
+            if quant is not None:
+                real, index = index, self.tensor(out, phys, dtype=np.int8, quant=quant)
+                self.b.op("QUANTIZE", [real], [index])
             return self.bind(out, index, perm, feature_perm)
         quant = self.quant_of(out, node, inherit=inherit or fixed_quant)
         if fixed_quant is not None and not fixed_quant.same_as(quant):

@@ -7,7 +7,8 @@ The exported interface (documented in the README):
   an NHWC interface (no transposes at all);
 - integer and boolean inputs (token ids, attention masks) keep their ONNX type (int32, int64,
   bool) and are fed as they are;
-- a QDQ model becomes a full-integer model. ``io="float"`` (default) keeps float32 inputs and
+- a QDQ model becomes a full-integer model (with ``float_fallback``, ops the ONNX file leaves
+  float, or that TFLite has no int8 kernel for, run in float between DEQUANTIZE and QUANTIZE). ``io="float"`` (default) keeps float32 inputs and
   outputs with a QUANTIZE/DEQUANTIZE at the edges; ``io="int8"`` exposes the int8 tensors and
   their (scale, zero point) so the caller quantizes;
 - the batch dimension is fixed (``batch``, default 1); the LiteRT runner resizes it on demand.
@@ -24,7 +25,15 @@ import numpy as np
 from edgekd import atomic
 from edgekd.errors import ExportError
 from edgekd.export.tflite.builder import ModelBuilder
-from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, identity, permuted, tflite_dtype
+from edgekd.export.tflite.context import (
+    CONVERTERS,
+    NHWC,
+    Context,
+    NoInt8Kernel,
+    identity,
+    permuted,
+    tflite_dtype,
+)
 from edgekd.export.tflite.graph import Graph, load_graph
 
 
@@ -38,6 +47,7 @@ class Conversion:
     ops: list[str] = field(default_factory=list)
     transposes: int = 0
     coarse: dict[str, float] = field(default_factory=dict)  # output -> TFLite's coarser step
+    float_nodes: list[str] = field(default_factory=list)  # int8 model's nodes run in float (fallback)
 
 
 def supported_ops() -> list[str]:
@@ -47,8 +57,14 @@ def supported_ops() -> list[str]:
 
 
 def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
-            layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1) -> Conversion:
+            layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1,
+            float_fallback: bool = False) -> Conversion:
     """Convert an ONNX model (float, or QDQ int8) to TFLite flatbuffer bytes.
+
+    ``float_fallback``: an int8 model's ops that the ONNX file leaves float, or that have no
+    TFLite int8 kernel (LayerNormalization, ReduceL2, LRN, division by a tensor), run in float
+    between DEQUANTIZE and QUANTIZE (``Conversion.float_nodes`` lists them). Off: the model must
+    be full-integer and such an op fails the export, naming it.
 
     Raises:
         ExportError: an unsupported op (names op type, node and the supported list), an int8
@@ -77,7 +93,7 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
         _add_input(ctx, name, io, layout)
     for node in g.nodes:
         try:
-            CONVERTERS.get(node.op)(ctx, node)
+            _convert_node(ctx, node, float_fallback)
         except ExportError:
             raise
         except Exception as err:  # a converter bug must still name the node it failed on
@@ -86,7 +102,23 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
     for name, onnx_name in zip(g.outputs, g.output_names):
         _add_output(ctx, name, onnx_name, io, layout)
     return Conversion(builder.serialize(), g, g.quantized, builder.op_names(), ctx.transposes,
-                      {n: ctx.coarse[n] for n in g.outputs if n in ctx.coarse})
+                      {n: ctx.coarse[n] for n in g.outputs if n in ctx.coarse}, ctx.float_nodes)
+
+
+def _convert_node(ctx: Context, node, float_fallback: bool) -> None:
+    """One node: int8 in an int8 model, or (``float_fallback``) in float where it must be."""
+    convert_op = CONVERTERS.get(node.op)
+    if float_fallback and ctx.int8 and ctx.needs_float(node):
+        with ctx.float_island(node):
+            convert_op(ctx, node)
+        return
+    try:
+        convert_op(ctx, node)
+    except NoInt8Kernel:
+        if not float_fallback:
+            raise
+        with ctx.float_island(node):
+            convert_op(ctx, node)
 
 
 def _interface_perm(rank: int, layout: str) -> tuple[int, ...]:
@@ -128,7 +160,7 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
     if ref.feature_perm is not None:
         raise ExportError(f"{ctx.g.path}: output {onnx_name!r} holds NHWC-ordered features")
     index = ref.index
-    if ctx.int8 and io == "float" and ctx.is_float(name):
+    if ctx.b.quant_of(ref.index) is not None and io == "float":
         out = ctx.b.tensor(onnx_name, ctx.b.shape_of(index), np.float32)
         ctx.b.op("DEQUANTIZE", [index], [out])
         index = out
@@ -143,15 +175,17 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
 
 
 def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["float", "int8"] = "float",
-                   layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1, check: bool = True) -> Path:
+                   layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1, check: bool = True,
+                   float_fallback: bool = False) -> Path:
     """Write ``out_path`` (.tflite) from ``onnx_path``; with ``check``, compare with onnxruntime.
+    ``float_fallback``: see ``convert``.
 
     Raises:
         ExportError: the model cannot be converted, or (with ``check``) the TFLite file does not
             reproduce onnxruntime's outputs (float: 1e-4 relative; int8: 99% of the outputs
             within ceil(sqrt(L)) quantization steps for L requantizing ops, see ``parity``).
     """
-    result = convert(onnx_path, io=io, layout=layout, batch=batch)
+    result = convert(onnx_path, io=io, layout=layout, batch=batch, float_fallback=float_fallback)
     if check:  # before writing: a file that does not reproduce the model is never left behind
         from edgekd.export.tflite.parity import check_parity, int8_steps
 

@@ -109,7 +109,7 @@ def _batch_matmul(ctx: Context, node: Node, a: str, b: str, transpose_b: bool) -
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
     c = node.inputs[2] if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] and beta else None
     if ctx.int8 and (alpha != 1.0 or c):
-        raise ctx.fail(node, "int8 Gemm of two activations with alpha or a bias is not supported "
+        raise ctx.no_int8(node, "int8 Gemm of two activations with alpha or a bias is not supported "
                              "(no scale for the intermediate product)")
     ra, rb = len(ctx.shape(a, node)), len(ctx.shape(b, node))
     if ra < 2 or rb < 2:

@@ -72,7 +72,7 @@ def variadic(ctx: Context, node: Node) -> None:
         ctx.bind(node.outputs[0], x.index, x.perm)
         return
     if len(names) > 2 and ctx.int8:
-        raise ctx.fail(node, f"int8 {node.op} of {len(names)} inputs has no scales for the partial "
+        raise ctx.no_int8(node, f"int8 {node.op} of {len(names)} inputs has no scales for the partial "
                              f"results; split it into two-input ops in the model")
     if op != "ADD" and ctx.int8:  # int8 MAXIMUM/MINIMUM do not rescale: both inputs at the output's
         inputs, perm = _operands(ctx, node)
@@ -98,12 +98,12 @@ def variadic(ctx: Context, node: Node) -> None:
 @CONVERTERS.register("Mul")
 @CONVERTERS.register("Div")
 def binary(ctx: Context, node: Node) -> None:
+    if node.op == "Div" and ctx.int8 and not ctx.is_const(node.inputs[1]):
+        raise ctx.no_int8(node, "int8 division by a run-time tensor is not supported (only by a constant)")
     inputs, perm = _operands(ctx, node)
     op = _BINARY[node.op]
     if node.op == "Div" and ctx.is_const(node.inputs[1]):
         op = "MUL"  # division by a constant is multiplication by its reciprocal
-    elif node.op == "Div" and ctx.int8:
-        raise ctx.fail(node, "int8 division by a run-time tensor is not supported (only by a constant)")
     kind = {"ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div"}[op]
     options = ctx.b.options(kind, fusedActivationFunction=ctx.activation(node))
     ctx.emit(op, inputs, node, perm=perm, options=options, version=2 if ctx.int8 else 1)
@@ -294,7 +294,7 @@ def local_response_norm(ctx: Context, node: Node) -> None:
     if size % 2 == 0:
         raise ctx.fail(node, f"LRN with an even size ({size}) has an asymmetric window TFLite cannot express")
     if ctx.int8:
-        raise ctx.fail(node, "TFLite's LOCAL_RESPONSE_NORMALIZATION runs in float only")
+        raise ctx.no_int8(node, "TFLite's LOCAL_RESPONSE_NORMALIZATION runs in float only")
     if len(ctx.shape(node.inputs[0], node)) != 4:
         raise ctx.fail(node, "LRN is supported on N x C x H x W tensors only")
     x = ctx.get(node.inputs[0], NHWC, node)
@@ -310,8 +310,8 @@ def layer_norm(ctx: Context, node: Node) -> None:
     layer-norm builtin, so mean = MEAN(x), d = x - mean, y = d * RSQRT(MEAN(d * d) + eps) * scale
     + bias, with the reduced axes mapped through the stored layout (no transposes)."""
     if ctx.int8:
-        raise ctx.fail(node, "int8 LayerNormalization has no TFLite kernel (it would need a scale for every "
-                             "step of the decomposition); keep it float in the ONNX model (export float TFLite)")
+        raise ctx.no_int8(node, "int8 LayerNormalization has no TFLite kernel (it would need a scale for every "
+                                "step of the decomposition)")
     if len([o for o in node.outputs if o]) > 1:
         raise ctx.fail(node, "the Mean / InvStdDev outputs (training) are not supported")
     shape = ctx.shape(node.inputs[0], node)

@@ -170,7 +170,7 @@ def _reduce_axes(ctx: Context, node: Node, rank: int) -> list[int]:
 def reduce_l2(ctx: Context, node: Node) -> None:
     """ReduceL2 (``F.normalize``'s norm) as SQRT(SUM(x * x)), float only."""
     if ctx.int8:
-        raise ctx.fail(node, "int8 ReduceL2 has no TFLite kernel (the sum of squares needs its own scale)")
+        raise ctx.no_int8(node, "int8 ReduceL2 has no TFLite kernel (the sum of squares needs its own scale)")
     rank = len(ctx.shape(node.inputs[0], node))
     axes = sorted(set(_reduce_axes(ctx, node, rank)))
     keep = bool(node.attr("keepdims", 1))
