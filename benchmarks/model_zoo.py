@@ -300,13 +300,20 @@ WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def float_weighted_left(onnx_path: Path) -> list[str]:
-    """ONNX conv/matmul nodes that read a float activation or a float weight (no DequantizeLinear)."""
+    """ONNX conv/matmul nodes that read a float activation or a float weight (no DequantizeLinear,
+    directly or through the Transpose a Linear's weight takes before MatMul)."""
     import onnx
 
     graph = onnx.load(str(onnx_path)).graph
-    producer = {o: n.op_type for n in graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and (node.op_type == "DequantizeLinear"
+                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
+
     return [f"{n.op_type} {n.name}" for n in graph.node if n.op_type in WEIGHTED
-            and any(producer.get(i) != "DequantizeLinear" for i in n.input[:2])]
+            and not all(dequantized(i) for i in n.input[:2])]
 
 
 def ort_kernels(path: Path) -> dict:

@@ -269,11 +269,13 @@ def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
         for name in node.input:
             users.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
+    initializers = {i.name for i in graph.initializer}
     added, nodes = 0, []
     for node in graph.node:
         nodes.append(node)
         dq = producer.get(node.input[0]) if node.input else None
         if (node.op_type not in SCALE_KEEPING_OPS or dq is None or dq.op_type != "DequantizeLinear"
+                or dq.input[0] in initializers  # a weight (a Linear's transposed W): constant, not requantized
                 or node.output[0] in outputs
                 or any(u.op_type == "QuantizeLinear" for u in users.get(node.output[0], []))):
             continue

@@ -32,6 +32,14 @@ from torch import nn
 QMIN, QMAX = -128, 127
 
 
+# Attention masks are added to the scores as 0, or as a large negative number (-10000 in older
+# BERT code, the dtype's lowest value in newer): a value below MASKED_BELOW is a masked position,
+# not a score. A quantizer of masked scores observes only the scores, and its range reaches at
+# least MASK_MARGIN below their maximum, so a masked position (the lowest code) gets a softmax
+# weight of at most exp(-MASK_MARGIN) of the row's largest.
+MASKED_BELOW = -5e3
+MASK_MARGIN = 20.0
+
 # The smallest activation scale (a range of 2.4e-4 over 256 codes): below it, the int32 bias of
 # the layer that reads the tensor (bias / (input scale x weight scale)) overflows.
 MIN_ACTIVATION_SCALE = 2.0 ** -20
@@ -101,6 +109,7 @@ class ActivationQuantizer(nn.Module):
         self.observer = None  # during calibration: an edgekd.quant.observers observer
         self.learnable = False  # LSQ: ``learned_scale`` is trained (see make_learnable)
         self.frozen = False
+        self.masked = False  # scores plus an additive attention mask (see MASKED_BELOW)
         if fixed is not None:
             self.scale.fill_(fixed[0])
             self.zero_point.fill_(fixed[1])
@@ -142,6 +151,10 @@ class ActivationQuantizer(nn.Module):
     def _observe(self, x: torch.Tensor) -> None:
         if self.fixed is not None:
             return  # the runtime writes this output at a fixed scale
+        if self.masked:
+            x = x[x > MASKED_BELOW]
+            if not x.numel():
+                return
         lo, hi = x.min(), x.max()
         if not torch.isfinite(lo) or not torch.isfinite(hi):
             return  # a NaN/inf batch must not poison the range; the trainer reports it
@@ -171,6 +184,8 @@ class ActivationQuantizer(nn.Module):
 
     def _update_qparams(self) -> None:
         lo, hi = self.min_val, self.max_val
+        if self.masked:
+            lo = torch.minimum(lo, hi - MASK_MARGIN)
         if float(lo) == float(hi) == 0.0:  # only zeros seen (a dead layer): any grid holds them exactly;
             hi = torch.ones_like(hi)       # one of unit range keeps the biases of what reads it in int32
         scale, zp = affine_qparams(lo, hi, self.qmin, self.qmax, self.symmetric, MIN_ACTIVATION_SCALE)
@@ -202,6 +217,26 @@ class TiedQuantizer(nn.Module):
         if src.learnable and not src.frozen:
             scale = src.learned_scale.detach().abs().clamp_min(1e-8)
         return fake_quantize_activation(x, scale, src.zero_point, src.qmin, src.qmax)
+
+
+class MaskQuantizer(nn.Module):
+    """An additive attention mask (0 where attended, very negative where masked) quantized for
+    the integer add with the scores: twice the scale of the sum's quantizer ``source``, zero
+    point at the top code. 0 is exact, and the lowest code, 2 x 255 of the sum's steps below 0,
+    takes any score below the sum's range, so a masked position saturates to the sum's lowest
+    code: the integer form of adding -inf. Held like ``TiedQuantizer`` holds its source."""
+
+    def __init__(self, source: ActivationQuantizer):
+        super().__init__()
+        object.__setattr__(self, "source", source)
+        self.register_buffer("zero_point", torch.tensor(source.qmax, dtype=torch.int32))  # a constant in ONNX
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        src = self.source
+        if not src.enabled or not src.calibrated:
+            return x
+        scale = src.learned_scale.detach().abs().clamp_min(1e-8) if src.learnable and not src.frozen else src.scale
+        return fake_quantize_activation(x, scale * 2, self.zero_point, src.qmin, src.qmax)
 
 
 class PerChannelWeightQuantizer(nn.Module):

@@ -43,6 +43,7 @@ from edgekd.quant.fake_quant import (
     QUANT_LAYERS,
     QUANT_MODULES,
     ActivationQuantizer,
+    MaskQuantizer,
     PerChannelWeightQuantizer,
     TiedQuantizer,
 )
@@ -69,7 +70,8 @@ SCALE_PRESERVING_FUNCTIONS = {torch.flatten, nn.functional.max_pool2d, nn.functi
                               torch.reshape, operator.getitem, torch.chunk, torch.split, torch.unbind,
                               torch.transpose, torch.permute}
 SCALE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "chunk",
-                            "split", "unbind", "transpose", "permute"}
+                            "split", "unbind", "transpose", "permute", "expand", "expand_as", "repeat", "clone",
+                            "to", "type_as", "float"}  # (``to``/``float`` of a float tensor: its dtype, no change)
 AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool1d)
 AVG_POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d}
 
@@ -639,6 +641,16 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             carried.add(node)
             continue
         tensors = [a for a in node.all_input_nodes if a not in static]
+        if _is_lookup(gm, node) and (make.scheme.full_integer or not make.scheme.float_fallback):
+            carried.add(_insert_output_quantizer(gm, node, "activation", make, make.scheme.fuse))
+            continue  # an embedding's rows, int8 where no float op may read them
+        if _is_masked_scores(gm, node, tensors, carried, make.scheme):
+            carried.add(_quantize_masked_scores(gm, node, next(a for a in tensors if a not in carried), make))
+            continue
+        if tensors and _region_kind(gm, node) == "softmax" and not _is_quantizer(gm, next(iter(node.users), node)):
+            # probabilities are in [0, 1] whatever the input: quantized, they feed an int8 matmul
+            carried.add(_insert_output_quantizer(gm, node, "softmax", make, make.scheme.fuse))
+            continue
         if not tensors or not all(a in carried for a in tensors):
             continue
         if _is_scale_preserving(gm, node) or _is_shared_pool(gm, node, make.scheme):
@@ -650,6 +662,9 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
         users = list(node.users)
         if len(users) == 1 and _is_quantizer(gm, users[0]):
             continue  # already quantized where it is computed
+        if _read_in_float_only(gm, node, make.scheme):
+            carried.difference_update(_drop_input_quantizers(gm, node))
+            continue
         kind = _region_kind(gm, node)
         if kind is None and node.target in (operator.truediv, torch.div) and (
                 not isinstance(node.args[1], fx.Node) or node.args[1] in static):
@@ -658,6 +673,64 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             continue  # an op without integer kernels (layer norm, ...) stays float
         carried.add(_insert_output_quantizer(gm, node, kind, make, make.scheme.fuse))
     _quantize_model_outputs(gm, carried, make)
+
+
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm)
+NORM_FUNCTIONS = {nn.functional.layer_norm, nn.functional.group_norm}
+
+
+def _is_lookup(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _node_kind(gm, node, {"lookup": (nn.Embedding,)}, {"lookup": {nn.functional.embedding}}) == "lookup"
+
+
+def _read_in_float_only(gm: fx.GraphModule, node: fx.Node, scheme: QuantScheme) -> bool:
+    """A value only normalization layers read, on a target that runs them in float: quantizing
+    it (a transformer's residual sum before its LayerNorm) would add error no kernel needs."""
+    users = list(node.users)
+    return (scheme.float_fallback and not scheme.full_integer and bool(users)
+            and all(_node_kind(gm, u, {"norm": NORM_MODULES}, {"norm": NORM_FUNCTIONS}) == "norm" for u in users))
+
+
+def _drop_input_quantizers(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """Remove the quantizers only ``node`` reads (it computes in float): a transformer's FFN output,
+    whose outlier features lose most to int8, goes to the residual sum unrounded. Returns them."""
+    dropped = []
+    for arg in list(node.all_input_nodes):
+        while len(arg.users) == 1 and _is_scale_preserving(gm, arg) and isinstance(arg.args[0], fx.Node):
+            arg = arg.args[0]  # (through a dropout or a reshape)
+        if (_is_quantizer(gm, arg) and len(arg.users) == 1 and isinstance(gm.get_submodule(arg.target),
+                                                                          ActivationQuantizer)):
+            arg.replace_all_uses_with(arg.args[0])
+            gm.graph.erase_node(arg)
+            gm.delete_submodule(arg.target)
+            dropped.append(arg)
+    return dropped
+
+
+def _is_masked_scores(gm: fx.GraphModule, node: fx.Node, tensors: list[fx.Node], carried: set[fx.Node],
+                      scheme: QuantScheme) -> bool:
+    """Attention scores plus an additive mask, read by a softmax, on a target with no float ops
+    (elsewhere the add and the softmax run in float and only the probabilities are quantized)."""
+    is_add = node.op == "call_function" and node.target in ADD_FUNCTIONS or (
+        node.op == "call_method" and node.target == "add")
+    users = list(node.users)
+    return (is_add and (scheme.full_integer or not scheme.float_fallback) and len(tensors) == 2
+            and sum(a in carried for a in tensors) == 1 and len(users) == 1
+            and _region_kind(gm, users[0]) == "softmax")
+
+
+def _quantize_masked_scores(gm: fx.GraphModule, node: fx.Node, mask: fx.Node, make: _QuantizerFactory) -> fx.Node:
+    """An integer add of scores and mask: the sum's quantizer observes the scores only, and the
+    mask is quantized so that a masked position saturates to the sum's lowest code."""
+    out = _insert_output_quantizer(gm, node, "add", make, make.scheme.fuse)
+    quantizer = gm.get_submodule(out.target)
+    quantizer.masked = True
+    name = f"{node.name}_mask_quant"
+    gm.add_submodule(name, MaskQuantizer(quantizer))
+    with gm.graph.inserting_before(node):
+        qmask = gm.graph.call_module(name, (mask,))
+    node.replace_input_with(mask, qmask)
+    return out
 
 
 def _quantize_model_outputs(gm: fx.GraphModule, carried: set[fx.Node], make: _QuantizerFactory) -> None:

@@ -258,6 +258,8 @@ def test_int8_tensor_without_scale_is_named(tmp_path):
     assert interp.get_output_details()[0]["dtype"] == np.float32
     for parity in compare(tmp_path / "m.onnx", result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
         assert parity.relative_error <= 1e-4, parity.describe()
+        # a float output of an int8 model is judged in int8 steps over its own range
+        assert parity.step is not None and parity.within_one_step == 1.0 and "step(s)" in parity.describe()
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -376,6 +376,30 @@ NUMPY_FOLDS = {"GatherElements": _gather_elements}  # folded here instead of by 
 
 
 def _fold(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
+    _fold_values(proto, node, g)
+    _carry_qconst(node, g)
+
+
+_MOVES_VALUES = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def _carry_qconst(node: Node, g: Graph) -> None:
+    """A quantized constant moved by a folded Transpose/Reshape (a Linear's weight, transposed
+    for MatMul) stays quantized: same codes, moved alike, the channel axis following them."""
+    qc = g.qconst.get(node.inputs[0]) if node.inputs else None
+    if qc is None or node.op not in _MOVES_VALUES:
+        return
+    out = node.outputs[0]
+    values = g.constants[out]
+    if node.op == "Transpose":
+        perm = list(node.attr("perm", reversed(range(qc.values.ndim))))
+        g.qconst[out] = QConst(qc.values.transpose(perm), Quant(qc.quant.scale, qc.quant.zero_point,
+                                                              perm.index(qc.quant.axis)), qc.bits)
+    elif not qc.quant.per_channel:
+        g.qconst[out] = QConst(qc.values.reshape(values.shape), qc.quant, qc.bits)
+
+
+def _fold_values(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
     from onnx.reference import ReferenceEvaluator
 
     if node.op in NUMPY_FOLDS:

@@ -1,0 +1,126 @@
+"""Transformers in int8: token embeddings, attention with an additive padding mask, residual sums
+before LayerNorm, per target (full-integer TFLite vs onnxruntime with float kernels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgekd.export import export
+from edgekd.quant import QATConfig
+from edgekd.quant.fake_quant import MASK_MARGIN, MASKED_BELOW, ActivationQuantizer, MaskQuantizer
+from edgekd.quant.ptq import PTQConfig, post_training_quantize
+from edgekd.quant.validate import validate_onnx
+from edgekd.tasks.spec import TensorSpec
+
+VOCAB, WIDTH, LENGTH = 40, 16, 8
+
+
+class MaskedAttention(nn.Module):
+    """Token ids and a padding mask in, one attention layer (the mask as transformers build it:
+    0 where attended, the dtype's lowest value elsewhere), a feed-forward block with a residual
+    sum and LayerNorm when ``norm``."""
+
+    def __init__(self, norm: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.q, self.k, self.v, self.o = (nn.Linear(WIDTH, WIDTH) for _ in range(4))
+        self.norm = norm
+        if norm:
+            self.ffn_in, self.ffn_out = nn.Linear(WIDTH, 32), nn.Linear(32, WIDTH)
+            self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+
+    def forward(self, ids, mask):
+        x = self.embed(ids)  # (N, L, D)
+        additive = torch.where(mask[:, None, :].bool(), 0.0, torch.finfo(torch.float32).min)  # (N, 1, L)
+        scores = self.q(x) @ self.k(x).transpose(1, 2) * WIDTH ** -0.5 + additive  # (N, L, L)
+        h = self.o(torch.softmax(scores, dim=-1) @ self.v(x))
+        if not self.norm:
+            return h
+        h = self.ln1(x + h)
+        return self.ln2(h + self.ffn_out(torch.relu(self.ffn_in(h))))
+
+
+def _batches(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (n, LENGTH), generator=g)
+    lengths = torch.randint(2, LENGTH + 1, (n,), generator=g)
+    mask = (torch.arange(LENGTH)[None] < lengths[:, None]).long()  # padding at the end
+    return ids, mask
+
+
+SPECS = [TensorSpec("ids", "int64", ("batch", LENGTH), 0, VOCAB - 1),
+         TensorSpec("mask", "int64", ("batch", LENGTH), 0, 1)]
+OUT = [TensorSpec("output", "float32", ("batch", LENGTH, WIDTH))]
+
+
+def _int8(model, target):
+    torch.manual_seed(0)
+    sim = QATConfig(target=target).resolved()
+    return post_training_quantize(model.eval(), [_batches(16, 1)], PTQConfig(observer="minmax"), sim), sim
+
+
+def test_masked_scores_quantizer_ignores_the_mask_and_keeps_a_margin():
+    q = ActivationQuantizer()
+    q.masked, q.observing = True, True
+    q(torch.tensor([-3.0e38, -1.0e4, -2.0, 0.0, 5.0]))
+    assert (float(q.min_val), float(q.max_val)) == (-2.0, 5.0)  # the two masked values are not scores
+    q.observing = False
+    lo = float((-128 - q.zero_point) * q.scale)
+    assert lo == pytest.approx(5.0 - MASK_MARGIN, rel=1e-2)  # masked positions land >= 20 below the top
+    assert MASKED_BELOW < -1e3
+
+
+def test_full_integer_attention_masks_in_int8_and_padding_changes_nothing(tmp_path):
+    torch.manual_seed(0)
+    model = MaskedAttention()
+    int8, sim = _int8(model, "arm-litert-xnnpack")
+    assert any(isinstance(m, MaskQuantizer) for m in int8.modules())
+    assert int8.get_submodule("embed_quant")  # the lookup's rows are int8
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "attn", SPECS, outputs=OUT)
+    assert validate_onnx(onnx_art.path, sim.scheme).passed  # full integer, and the TFLite check passed
+
+    from edgekd.export.tflite.parity import interpreter, run_tflite
+
+    interp = interpreter(tflite_art.path)
+    assert not [t["name"] for t in interp.get_tensor_details()
+                if t["dtype"] == np.float32 and t["name"] not in ("output",)]  # no float inside
+    ids, mask = _batches(4, 7)
+    other = torch.where(mask.bool(), ids, (ids + 17) % VOCAB)  # other tokens where padded only
+    with torch.no_grad():
+        reference = model(ids, mask)
+    runs = [np.concatenate([run_tflite(interp, [row[None].numpy(), m[None].numpy()])[0] for row, m in zip(i, mask)])
+            for i in (ids, other)]  # (the file's batch is 1)
+    attended = mask.bool().numpy()
+    np.testing.assert_array_equal(runs[0][attended], runs[1][attended])  # padding gets weight 0 in int8
+    cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(runs[0][attended]),
+                                                   reference[mask.bool()], dim=-1)
+    assert float(cosine.min()) > 0.97, cosine
+
+
+def test_onnxruntime_target_keeps_the_residual_stream_float_and_probabilities_int8(tmp_path):
+    torch.manual_seed(0)
+    int8, sim = _int8(MaskedAttention(norm=True), "x86-onnxruntime")
+    assert not any(isinstance(m, MaskQuantizer) for m in int8.modules())  # scores + mask: float add
+    graph = int8.graph
+    norms = [n for n in graph.nodes if n.op == "call_module" and n.target in ("ln1", "ln2")]
+    for norm in norms:  # what LayerNorm reads (the residual sum, and the FFN output into it) stays float
+        add = norm.args[0]
+        assert not any(u.op == "call_module" and "quant" in u.target for u in add.users)
+        assert all(not (a.op == "call_module" and "quant" in a.target) for a in add.all_input_nodes[1:])
+    (onnx_art,) = export(int8, ["onnx"], tmp_path, "enc", SPECS, outputs=OUT)
+    assert validate_onnx(onnx_art.path, sim.scheme).passed
+    model = onnx.load(onnx_art.path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def dequantized(name: str) -> bool:  # a DequantizeLinear, or a weight's transpose of one
+        node = producer.get(name)
+        return node is not None and (node.op_type == "DequantizeLinear"
+                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
+
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    # every MatMul, the probabilities @ values one included, reads dequantized int8 on both sides
+    assert len(matmuls) == 8 and all(dequantized(i) for n in matmuls for i in n.input)
