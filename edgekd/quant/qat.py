@@ -50,7 +50,7 @@ from edgekd.quant.fake_quant import (
 from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.normalize import normalize
-from edgekd.quant.trace import trace
+from edgekd.quant.trace import TRACERS, trace
 from edgekd.quant.scheme import RANGES, QuantScheme
 
 # 4-bit weights are fake-quantized as 8-bit ops (the TorchScript ONNX exporter maps only 8-bit
@@ -133,6 +133,9 @@ class QATConfig(Config):
         leaf_modules: modules torch.fx must not trace into (module paths, globs or class
             names, e.g. ``Detect``): each runs as one float op between quantized ones, for code
             no trace can follow (``edgekd.quant.trace``).
+        tracer: how the model becomes a graph: ``auto`` (torch.fx, then torch.export where fx
+            cannot trace it), ``fx`` or ``export`` (``edgekd.quant.aten``; leaf_modules do not
+            apply). Both need an example batch beyond the plain fx trace.
         mixed_precision: choose ``layers`` automatically from a per-layer sensitivity pass
             (``edgekd.quant.mixed_precision``); explicit ``layers`` entries still win.
         target: the target profile whose arithmetic is simulated (name or YAML path); in a
@@ -155,6 +158,7 @@ class QATConfig(Config):
     activation_bits: int = 8
     layers: dict[str, str] = field(default_factory=dict)
     leaf_modules: list[str] = field(default_factory=list)
+    tracer: Literal["auto", "fx", "export"] = "auto"
     mixed_precision: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
     target: str | None = None
     scheme: QuantScheme | None = None
@@ -179,6 +183,9 @@ class QATConfig(Config):
             if precision not in LAYER_PRECISIONS:
                 raise FieldError(f"layers.{key}", f"expected one of {', '.join(LAYER_PRECISIONS)}, got "
                                                   f"{precision!r}{did_you_mean(str(precision), LAYER_PRECISIONS)}")
+        if self.tracer not in TRACERS:
+            raise FieldError("tracer", f"expected one of {', '.join(TRACERS)}, got {self.tracer!r}"
+                                       f"{did_you_mean(str(self.tracer), TRACERS)}")
         if self.activation_bits != 8:
             raise FieldError("activation_bits", f"expected 8, got {self.activation_bits}; 16-bit "
                                                 f"activations are set by a target scheme (e.g. qnn-htp-a16)")
@@ -213,19 +220,19 @@ def prepare_qat(model: nn.Module, config: QATConfig, example=None) -> fx.GraphMo
     Python that reads shapes, lengths or chunks is followed (``edgekd.quant.trace``).
 
     Raises:
-        QuantizationError: the model cannot be traced by torch.fx or has nothing to quantize.
+        QuantizationError: the model cannot be traced (torch.fx, torch.export) or has nothing to quantize.
     """
     scheme = config.resolved().scheme
     model = copy.deepcopy(model).eval()
     if example is not None:
         example = model_inputs.as_tuple(model_inputs.take(example, slice(0, 2)))
     try:
-        gm = trace(model, example, config.leaf_modules)
+        gm = trace(model, example, config.leaf_modules, config.tracer)
     except Exception as err:  # fx raises many types for untraceable Python
         hint = ("" if example is not None else "; with an example input (prepare_qat(..., example=batch)) "
                 "Python that reads shapes, lengths or chunks is traced too")
         raise QuantizationError(
-            f"{type(model).__name__} cannot be traced by torch.fx for QAT "
+            f"{type(model).__name__} cannot be traced for QAT "
             f"({type(err).__name__}: {' '.join(str(err).split())[:300]}){hint}. Move data-dependent "
             f"control flow out of forward(), or name the module that holds it in qat.leaf_modules "
             f"(it then runs as one float op)") from None

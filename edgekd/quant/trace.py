@@ -15,6 +15,10 @@ A decision on tensor *values* (``if x.max() > 1``) is refused, never baked in: t
 silently take one branch for every input. Such code, or anything else that cannot be traced,
 belongs in a module named in ``leaf_modules`` (module paths, globs or class names): it is called
 as one opaque op, and its layers stay float.
+
+Where neither fx tracer can follow the Python (a real tensor's method called with traced sizes,
+C++ argument parsing that proxies cannot pass), ``torch.export`` traces it at the ATen level and
+``edgekd.quant.aten`` lowers that graph back into torch layers and functions (``tracer``).
 """
 
 from __future__ import annotations
@@ -29,19 +33,50 @@ from torch import fx, nn
 from torch.fx.proxy import Attribute, TraceError
 
 
+TRACERS = ("auto", "fx", "export")
+
+
 def trace(model: nn.Module, example: tuple[torch.Tensor, ...] | None = None,
-          leaf_modules: Sequence[str] = ()) -> fx.GraphModule:
-    """A GraphModule of ``model``: the plain fx trace, or (when that fails and ``example`` is
-    given) the shape-aware one. Raises what the last tracer raised."""
+          leaf_modules: Sequence[str] = (), tracer: str = "auto") -> fx.GraphModule:
+    """A GraphModule of ``model``.
+
+    ``tracer``: "fx" tries the plain fx trace, then (with ``example``) the shape-aware one;
+    "export" uses ``torch.export`` (``edgekd.quant.aten``; needs ``example``; leaf modules do
+    not apply); "auto" tries fx, then ``torch.export`` when fx cannot trace the model. Raises
+    ``TraceError`` naming what each route said.
+    """
+    if tracer not in TRACERS:
+        raise ValueError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")
+    if tracer == "export":
+        if example is None:
+            raise TraceError("the torch.export route needs an example input")
+        from edgekd.quant.aten import export_graph
+
+        return export_graph(model, example)
     try:
         return fx.GraphModule(model, LeafTracer(leaf_modules).trace(model), type(model).__name__)
     except Exception:  # fx raises many types for untraceable Python
         if example is None:
             raise
-    tracer = ShapeTracer(example, leaf_modules)
-    with torch.no_grad():
-        graph = tracer.trace(model)
-    return fx.GraphModule(model, graph, type(model).__name__)
+    try:
+        with torch.no_grad():
+            graph = ShapeTracer(example, leaf_modules).trace(model)
+        return fx.GraphModule(model, graph, type(model).__name__)
+    except Exception as err:
+        if tracer == "fx":
+            raise
+        fx_error = err
+    from edgekd.quant.aten import export_graph
+
+    try:
+        return export_graph(model, example)
+    except Exception as err:
+        raise TraceError(f"torch.fx: {type(fx_error).__name__}: {_first_line(fx_error)}; torch.export: "
+                         f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
 
 
 class LeafTracer(fx.Tracer):

@@ -83,7 +83,7 @@ def test_untraceable_model_gives_clear_error():
                 return self.conv(x)
             return x
 
-    with pytest.raises(QuantizationError, match="cannot be traced by torch.fx"):
+    with pytest.raises(QuantizationError, match="cannot be traced for QAT"):
         prepare_qat(Dynamic(), QATConfig())
 
 
