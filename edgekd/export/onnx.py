@@ -246,7 +246,8 @@ def pack_4bit_weights(model: onnx.ModelProto, scales: dict[str, str]) -> onnx.Mo
     return model
 
 
-SCALE_KEEPING_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice")
+SCALE_KEEPING_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice",
+                     "Gather")  # (a ViT's class token, x[:, 0], read by its head)
 
 
 def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:

@@ -49,6 +49,7 @@ from edgekd.quant.fake_quant import (
 )
 from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
+from edgekd.quant.attention import decompose_attention
 from edgekd.quant.normalize import normalize
 from edgekd.quant.trace import TRACERS, trace
 from edgekd.quant.scheme import RANGES, QuantScheme
@@ -237,6 +238,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, example=None) -> fx.GraphMo
             f"control flow out of forward(), or name the module that holds it in qat.leaf_modules "
             f"(it then runs as one float op)") from None
     normalize(gm, model)  # a zoo's own BatchNorm/Linear/Conv subclasses back to torch.nn layers
+    decompose_attention(gm)  # fused attention as matmul, softmax, matmul: each product quantized
     if config.freeze_bn_epoch > 0:
         fuse_conv_bn(gm)  # trained live until freeze_bn_epoch, folded by ``freeze``
     fold_batchnorm(gm)  # every BN (all of them, or those fuse_conv_bn could not pair)
@@ -637,6 +639,7 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
     such an op (an add) is fused: the quantizer goes after it. SiLU becomes x * sigmoid(x) with
     the sigmoid's output quantized (TFLite's LOGISTIC writes 1/256), as its kernels compute it."""
     carried: set[fx.Node] = set()  # nodes whose value is on an integer grid
+    region: list[fx.Node] = []  # the quantizers this pass put after ops between layers
     static: set[fx.Node] = set()  # constants, and what is computed from shapes alone (an anchor grid)
     for node in list(gm.graph.nodes):
         if node.op in ("placeholder", "output"):
@@ -648,12 +651,13 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             carried.add(node)
             continue
         tensors = [a for a in node.all_input_nodes if a not in static]
+        if _is_masked_scores(gm, node, carried, static, make.scheme):
+            mask = next(a for a in node.all_input_nodes if a not in carried)
+            carried.add(_quantize_masked_scores(gm, node, mask, make))
+            continue
         if _is_lookup(gm, node) and (make.scheme.full_integer or not make.scheme.float_fallback):
             carried.add(_insert_output_quantizer(gm, node, "activation", make, make.scheme.fuse))
             continue  # an embedding's rows, int8 where no float op may read them
-        if _is_masked_scores(gm, node, tensors, carried, make.scheme):
-            carried.add(_quantize_masked_scores(gm, node, next(a for a in tensors if a not in carried), make))
-            continue
         if tensors and _region_kind(gm, node) == "softmax" and not _is_quantizer(gm, next(iter(node.users), node)):
             # probabilities are in [0, 1] whatever the input: quantized, they feed an int8 matmul
             carried.add(_insert_output_quantizer(gm, node, "softmax", make, make.scheme.fuse))
@@ -678,12 +682,51 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             kind = "activation"  # division by a constant is a multiplication
         if kind is None:
             continue  # an op without integer kernels (layer norm, ...) stays float
-        carried.add(_insert_output_quantizer(gm, node, kind, make, make.scheme.fuse))
+        inserted = _insert_output_quantizer(gm, node, kind, make, make.scheme.fuse)
+        carried.add(inserted)
+        region.append(inserted)
+    if make.scheme.float_fallback and not make.scheme.full_integer:
+        carried.difference_update(_prune_unread_by_int8(gm, region))
     _quantize_model_outputs(gm, carried, make)
 
 
 NORM_MODULES = (nn.LayerNorm, nn.GroupNorm)
 NORM_FUNCTIONS = {nn.functional.layer_norm, nn.functional.group_norm}
+
+
+def _prune_unread_by_int8(gm: fx.GraphModule, region: list[fx.Node]) -> list[fx.Node]:
+    """On a target with float kernels, remove the quantizers after ops between layers that no
+    int8 kernel reads: a pre-LN transformer's residual stream, read by LayerNorms and the next
+    residual sum, stays float as onnxruntime would compute it, instead of being rounded at every
+    block. Last first, so a sum that only fed a removed one goes too. Returns the removed nodes."""
+    removed = []
+    for qnode in reversed(region):
+        if qnode in removed or qnode.graph is not gm.graph or _read_by_int8(gm, qnode):
+            continue
+        qnode.replace_all_uses_with(qnode.args[0])
+        gm.graph.erase_node(qnode)
+        gm.delete_submodule(qnode.target)
+        removed.append(qnode)
+    return removed
+
+
+def _read_by_int8(gm: fx.GraphModule, qnode: fx.Node) -> bool:
+    """Whether a quantized layer, or an op with an integer kernel whose own output is quantized,
+    reads ``qnode``'s value (through ops that keep its grid)."""
+    stack = list(qnode.users)
+    while stack:
+        user = stack.pop()
+        if user.op == "output":
+            continue
+        if user.op == "call_module" and isinstance(gm.get_submodule(user.target), (*QUANT_LAYERS, QuantConvBn2d)):
+            return True
+        if _is_quantizer(gm, user):
+            return True
+        if _region_kind(gm, user) is not None and any(_is_quantizer(gm, u) for u in user.users):
+            return True  # an integer op (an add, a matmul), not a float one whose output is quantized (LayerNorm)
+        if _is_scale_preserving(gm, user):
+            stack.extend(user.users)
+    return False
 
 
 def _is_lookup(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -714,16 +757,19 @@ def _drop_input_quantizers(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
     return dropped
 
 
-def _is_masked_scores(gm: fx.GraphModule, node: fx.Node, tensors: list[fx.Node], carried: set[fx.Node],
+def _is_masked_scores(gm: fx.GraphModule, node: fx.Node, carried: set[fx.Node], static: set[fx.Node],
                       scheme: QuantScheme) -> bool:
-    """Attention scores plus an additive mask, read by a softmax, on a target with no float ops
+    """Attention scores plus an additive mask, read by a softmax: on a target with no float ops,
+    or when the mask is a constant (causal) one that would otherwise be quantized with the scores
     (elsewhere the add and the softmax run in float and only the probabilities are quantized)."""
     is_add = node.op == "call_function" and node.target in ADD_FUNCTIONS or (
         node.op == "call_method" and node.target == "add")
-    users = list(node.users)
-    return (is_add and (scheme.full_integer or not scheme.float_fallback) and len(tensors) == 2
-            and sum(a in carried for a in tensors) == 1 and len(users) == 1
-            and _region_kind(gm, users[0]) == "softmax")
+    inputs, users = node.all_input_nodes, list(node.users)
+    if not (is_add and len(inputs) == 2 and sum(a in carried for a in inputs) == 1 and len(users) == 1
+            and _region_kind(gm, users[0]) == "softmax"):
+        return False
+    mask = next(a for a in inputs if a not in carried)
+    return scheme.full_integer or not scheme.float_fallback or mask in static
 
 
 def _quantize_masked_scores(gm: fx.GraphModule, node: fx.Node, mask: fx.Node, make: _QuantizerFactory) -> fx.Node:

@@ -24,6 +24,7 @@ C++ argument parsing that proxies cannot pass), ``torch.export`` traces it at th
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -53,14 +54,15 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...] | None = None,
         from edgekd.quant.aten import export_graph
 
         return export_graph(model, example)
+    fixed = _unfed_defaults(model, example)
     try:
-        return fx.GraphModule(model, LeafTracer(leaf_modules).trace(model), type(model).__name__)
+        return fx.GraphModule(model, LeafTracer(leaf_modules).trace(model, fixed), type(model).__name__)
     except Exception:  # fx raises many types for untraceable Python
         if example is None:
             raise
     try:
         with torch.no_grad():
-            graph = ShapeTracer(example, leaf_modules).trace(model)
+            graph = ShapeTracer(example, leaf_modules).trace(model, fixed)
         return fx.GraphModule(model, graph, type(model).__name__)
     except Exception as err:
         if tracer == "fx":
@@ -73,6 +75,16 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...] | None = None,
     except Exception as err:
         raise TraceError(f"torch.fx: {type(fx_error).__name__}: {_first_line(fx_error)}; torch.export: "
                          f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+def _unfed_defaults(model: nn.Module, example) -> dict[str, Any]:
+    """forward()'s optional arguments the inputs do not fill (timm's ``attn_mask=None``,
+    ``is_causal=False``), fixed at their defaults: traced as inputs, they would reach the graph
+    as tensors (an ONNX export then passes ``is_causal`` as one)."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    fed = len(example) if example is not None else sum(p.default is inspect.Parameter.empty for p in params)
+    return {p.name: p.default for p in params[fed:]
+            if p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
 def _first_line(err: BaseException) -> str:

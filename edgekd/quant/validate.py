@@ -93,6 +93,26 @@ class _Graph:
         for n in self.nodes:
             for name in dict.fromkeys(n.input):
                 self.readers.setdefault(name, []).append(n)
+        self.unit_output: dict[int, str] = {}  # first node of an exact-GELU pattern -> its output
+        self.inside: set[int] = set()  # the pattern's other nodes: one GELU kernel with it
+        for erf in (n for n in self.nodes if n.op_type == "Erf"):
+            self._gelu(erf)
+
+    def _gelu(self, erf) -> None:
+        """x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5 (torch's exact GELU below opset 20), which
+        runtimes fuse into one GELU (the TFLite writer does too)."""
+        first = self.producer.get(erf.input[0])
+        if first is None or first.op_type not in ("Div", "Mul"):
+            return
+        chain, node = [erf], erf
+        for op in ("Add", "Mul", "Mul"):
+            users = self.users(node.output[0])
+            if len(users) != 1 or users[0].op_type != op:
+                return
+            node = users[0]
+            chain.append(node)
+        self.unit_output[id(first)] = node.output[0]
+        self.inside |= {id(n) for n in chain}
 
     def users(self, name: str) -> list:
         """The nodes that read tensor ``name``."""
@@ -128,6 +148,8 @@ def validate_onnx(path: str | Path, scheme: QuantScheme, layers: dict[str, str] 
             _check_activation(g, node, scheme, result)
         if SHARED_KINDS.get(node.op_type) in scheme.shared_scales:
             _check_shared(g, node, result)
+        if id(node) in g.inside:
+            continue  # checked as the GELU it is part of
         if not scheme.float_fallback and node.op_type not in NO_COMPUTE and not _fused_into_producer(g, node, scheme):
             _check_integer_only(g, node, result)
         if (scheme.full_integer or not scheme.float_fallback) and node.op_type not in (
@@ -310,7 +332,7 @@ def _check_writes_quantized(g: _Graph, node, result: ValidationResult) -> None:
     that keep the scale)."""
     if not any(name and g.const(name) is None and _qparams_of(g, name) is not None for name in node.input):
         return  # not between quantized values (shape arithmetic, a float region's inside)
-    out = node.output[0]
+    out = g.unit_output.get(id(node), node.output[0])
     users = g.users(out)
     if (len(users) == 1 and node.op_type in WEIGHTED_OPS and users[0].op_type == "Add"
             and any(g.const(i) is not None for i in users[0].input)):  # a 3-D Linear: MatMul, then its bias

@@ -124,3 +124,53 @@ def test_onnxruntime_target_keeps_the_residual_stream_float_and_probabilities_in
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     # every MatMul, the probabilities @ values one included, reads dequantized int8 on both sides
     assert len(matmuls) == 8 and all(dequantized(i) for n in matmuls for i in n.input)
+
+
+class FusedAttention(nn.Module):
+    """timm's attention: ``F.scaled_dot_product_attention``, and optional forward() arguments
+    the inputs do not fill (a trace must not make them graph inputs)."""
+
+    def __init__(self, causal: bool = False):
+        super().__init__()
+        self.qkv, self.proj, self.causal = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH), causal
+
+    def forward(self, x, attn_mask=None, is_causal=False):  # (N, L, D)
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, 2, WIDTH // 2).permute(2, 0, 3, 1, 4).unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                       is_causal=is_causal or self.causal)
+        return self.proj(y.transpose(1, 2).reshape(n, length, WIDTH))
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "bool", "float"])
+def test_fused_attention_is_spelled_out_exactly(mask):
+    from edgekd.quant.attention import decompose_attention
+    from edgekd.quant.trace import trace
+
+    torch.manual_seed(0)
+    x = torch.randn(2, LENGTH, WIDTH)
+    given = {"bool": torch.rand(LENGTH, LENGTH) > 0.3, "float": torch.randn(LENGTH, LENGTH)}.get(mask)
+    model = FusedAttention(causal=mask == "causal").eval()
+    if given is not None:
+        given[:, 0] = True if mask == "bool" else given[:, 0]  # every row attends somewhere
+        model.register_buffer("mask", given)
+        model.forward = lambda x, _f=model.forward: _f(x, attn_mask=model.mask)
+    gm = trace(model, (x,))
+    assert decompose_attention(gm) == 1
+    assert not any(n.target is nn.functional.scaled_dot_product_attention for n in gm.graph.nodes)
+    assert torch.allclose(gm(x), model(x), atol=1e-5)
+
+
+def test_fused_attention_quantizes_to_a_full_integer_tflite(tmp_path):
+    torch.manual_seed(0)
+    model = FusedAttention(causal=True).eval()
+    sim = QATConfig(target="arm-litert-xnnpack").resolved()
+    int8 = post_training_quantize(model, [torch.randn(16, LENGTH, WIDTH)], PTQConfig(observer="minmax"), sim)
+    assert any(isinstance(m, MaskQuantizer) for m in int8.modules())  # the causal mask, constant
+    specs = [TensorSpec("input", "float32", ("batch", LENGTH, WIDTH))]
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "fused", specs, outputs=OUT)
+    assert validate_onnx(onnx_art.path, sim.scheme).passed
+    x = torch.randn(4, LENGTH, WIDTH)
+    with torch.no_grad():
+        cosine = nn.functional.cosine_similarity(int8(x).flatten(), model(x).flatten(), 0)
+    assert float(cosine) > 0.99

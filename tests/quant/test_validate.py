@@ -92,3 +92,37 @@ def test_a_float_op_between_quantized_ones_violates_a_full_integer_target(tmp_pa
     assert "output must be quantized" in result.violations[0].rule
     assert validate_onnx(float_gate, scheme("x86-cpu")).passed
     assert validate_onnx(_silu_graph(tmp_path, gate_quantized=True), scheme("arm-litert-xnnpack")).passed
+
+
+def _gelu_graph(tmp_path, quantized: bool):
+    """x -> Q/DQ -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5) -> [Q/DQ] -> y: torch's exact
+    GELU below opset 20, its output quantized or not."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+             [("s", 0.02), ("r2", np.sqrt(2)), ("one", 1.0), ("half", 0.5)]] + [
+        numpy_helper.from_array(np.array(0, np.int8), "z")]
+    out = "g" if quantized else "y"
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("Div", ["xd", "r2"], ["d"], name="gelu/div"),
+             helper.make_node("Erf", ["d"], ["e"], name="gelu/erf"),
+             helper.make_node("Add", ["e", "one"], ["a"], name="gelu/add"),
+             helper.make_node("Mul", ["xd", "a"], ["m"], name="gelu/mul"),
+             helper.make_node("Mul", ["m", "half"], [out], name="gelu/half")]
+    if quantized:
+        nodes += [helper.make_node("QuantizeLinear", ["g", "s", "z"], ["gq"]),
+                  helper.make_node("DequantizeLinear", ["gq", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    path = tmp_path / f"gelu-{quantized}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_an_exact_gelu_pattern_is_checked_as_one_op(tmp_path):
+    assert validate_onnx(_gelu_graph(tmp_path, quantized=True), scheme("arm-litert-xnnpack")).passed
+    result = validate_onnx(_gelu_graph(tmp_path, quantized=False), scheme("arm-litert-xnnpack"))
+    assert [v.node for v in result.violations] == ["Div node 'gelu/div'"]  # once, not for each step

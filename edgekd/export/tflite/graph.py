@@ -372,7 +372,26 @@ def _gather_elements(node: Node, g: Graph, data: np.ndarray, indices: np.ndarray
     return np.take_along_axis(data, np.where(indices < 0, indices + size, indices), axis)
 
 
-NUMPY_FOLDS = {"GatherElements": _gather_elements}  # folded here instead of by onnx's reference evaluator
+def _quantize_linear(node: Node, g: Graph, x: np.ndarray, scale: np.ndarray, zero_point=None) -> np.ndarray:
+    """QuantizeLinear of a constant, saturating as the spec says also for values beyond float
+    range after division (a causal mask's lowest float; onnx's evaluator casts inf to int)."""
+    dtype = np.dtype(zero_point.dtype if zero_point is not None else np.uint8)
+    if node.attr("output_dtype", 0) or dtype.kind not in "iu" or node.attr("block_size", 0):
+        return _reference_fold(node, g)
+    scale = np.asarray(scale, np.float32)
+    zp = np.zeros_like(scale, dtype) if zero_point is None else np.asarray(zero_point)
+    if scale.size > 1:  # per axis
+        shape = [1] * x.ndim
+        shape[int(node.attr("axis", 1)) % x.ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    info = np.iinfo(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = np.rint(np.clip(x.astype(np.float32) / scale, -2.0 ** 40, 2.0 ** 40))  # (finite before the cast)
+    return np.clip(q + zp.astype(np.int64), info.min, info.max).astype(dtype)
+
+
+NUMPY_FOLDS = {"GatherElements": _gather_elements,  # folded here instead of by onnx's reference evaluator
+               "QuantizeLinear": _quantize_linear}
 
 
 def _fold(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
@@ -400,12 +419,20 @@ def _carry_qconst(node: Node, g: Graph) -> None:
 
 
 def _fold_values(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
-    from onnx.reference import ReferenceEvaluator
-
     if node.op in NUMPY_FOLDS:
-        value = NUMPY_FOLDS[node.op](node, g, *(g.constants[n] for n in node.inputs))
+        value = NUMPY_FOLDS[node.op](node, g, *(g.constants[n] for n in node.inputs if n))
         g.constants[node.outputs[0]] = np.asarray(value)
         return
+    _reference_fold(node, g, proto)
+
+
+def _reference_fold(node: Node, g: Graph, proto: onnx.NodeProto | None = None) -> np.ndarray:
+    """Fold ``node`` with onnx's reference evaluator; returns (and stores) its first output."""
+    from onnx.reference import ReferenceEvaluator
+
+    if proto is None:
+        proto = helper.make_node(node.op, node.inputs, node.outputs, name=node.name,
+                                 **{k: v for k, v in node.attrs.items() if not k.startswith("_")})
 
     names = [n for n in node.inputs if n]
     graph = helper.make_graph(
@@ -425,6 +452,7 @@ def _fold_values(proto: onnx.NodeProto, node: Node, g: Graph) -> None:
         raise ExportError(f"{g.path}: cannot fold constant {node.where()}: {str(err)[:200]}") from None
     for out, value in zip([o for o in node.outputs if o], values):
         g.constants[out] = np.asarray(value)
+    return g.constants[node.outputs[0]]
 
 
 def _fold_batchnorm(g: Graph) -> None:
