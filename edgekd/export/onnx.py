@@ -276,14 +276,14 @@ def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
         nodes.append(node)
         dq = producer.get(node.input[0]) if node.input else None
         if (node.op_type not in SCALE_KEEPING_OPS or dq is None or dq.op_type != "DequantizeLinear"
-                or dq.input[0] in initializers  # a weight (a Linear's transposed W): constant, not requantized
-                or node.output[0] in outputs
-                or any(u.op_type == "QuantizeLinear" for u in users.get(node.output[0], []))):
+                or dq.input[0] in initializers):  # a weight (a Linear's transposed W): constant, not requantized
             continue
         params = list(dq.input[1:3])
-        for i, out in enumerate(node.output):  # every output of a Split
-            if not out:
-                continue
+        for i, out in enumerate(node.output):  # every output of a Split (YOLO's C2f: one part into a
+            # concat that quantizes it itself, the other into a conv, which needs the pair)
+            if not out or out in outputs or any(u.op_type == "QuantizeLinear" and _same_params(graph, u, dq)
+                                                for u in users.get(out, [])):
+                continue  # (a QuantizeLinear to another grid, a concat's, is a requantization: pair still needed)
             kept = f"{out}/kept"
             node.output[i] = kept
             nodes.append(onnx.helper.make_node("QuantizeLinear", [kept, *params], [f"{out}/q"],
@@ -296,6 +296,16 @@ def requantize_scale_keeping_outputs(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     return added
+
+
+def _same_params(graph: onnx.GraphProto, q, dq) -> bool:
+    """Whether QuantizeLinear ``q`` uses the scale and zero point of DequantizeLinear ``dq``."""
+    if list(q.input[1:3]) == list(dq.input[1:3]):
+        return True
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer
+              if i.name in (*q.input[1:3], *dq.input[1:3])}
+    pairs = list(zip(q.input[1:3], dq.input[1:3]))
+    return all(a in values and b in values and np.array_equal(values[a], values[b]) for a, b in pairs)
 
 
 def copy_onnx(onnx_path: Path, out_path: Path) -> Path:

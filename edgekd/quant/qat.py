@@ -72,7 +72,7 @@ SCALE_PRESERVING_FUNCTIONS = {torch.flatten, nn.functional.max_pool2d, nn.functi
                               torch.transpose, torch.permute}
 SCALE_PRESERVING_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "chunk",
                             "split", "unbind", "transpose", "permute", "expand", "expand_as", "repeat", "clone",
-                            "to", "type_as", "float"}  # (``to``/``float`` of a float tensor: its dtype, no change)
+                            "to", "type_as", "float", "reshape_as", "view_as"}  # (``to``/``float`` of a float tensor: no change)
 AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AvgPool1d)
 AVG_POOL_FUNCTIONS = {nn.functional.adaptive_avg_pool2d, nn.functional.avg_pool2d}
 
@@ -664,8 +664,15 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             continue
         if not tensors or not all(a in carried for a in tensors):
             continue
-        if _is_scale_preserving(gm, node) or _is_shared_pool(gm, node, make.scheme):
-            carried.add(node)  # keeps its input's grid (or is re-quantized on it by a TiedQuantizer)
+        if _is_scale_preserving(gm, node):
+            carried.add(node)  # keeps its input's grid
+            continue
+        if _is_shared_pool(gm, node, make.scheme):  # re-quantized on its input's grid
+            source = _quantizer_before(gm, node.args[0], make.scheme)
+            if source is None or any(_is_quantizer(gm, u) for u in node.users):
+                carried.add(node)
+            else:
+                carried.add(_insert_after(gm, node, TiedQuantizer(source)))
             continue
         if _node_kind(gm, node, {"silu": SILU}, {"silu": SILU_FUNCTIONS}) == "silu":
             carried.add(_split_silu(gm, node, make))

@@ -20,6 +20,7 @@ from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.normalize import normalize
 from edgekd.quant.ptq import PTQConfig, post_training_quantize
 from edgekd.quant.validate import validate_onnx
+from edgekd.tasks.spec import TensorSpec
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -246,4 +247,60 @@ def test_an_output_on_a_shared_pools_grid_is_quantized(tmp_path):
     sim = QATConfig(target="arm-litert-xnnpack").resolved()
     int8 = post_training_quantize(PoolHead().eval(), [torch.rand(4, 3, 8, 8)], PTQConfig(observer="minmax"), sim)
     onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "pool", (3, 8, 8))
+    assert validate_onnx(onnx_art.path, sim.scheme).passed and tflite_art.path.stat().st_size > 0
+
+
+class LinearNorm(nn.Module):
+    """LeViT's ``LinearNorm``: a Linear, BatchNorm1d over the flattened tokens, ``reshape_as``."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(i, o), nn.BatchNorm1d(o)
+
+    def forward(self, x):
+        x = self.linear(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+class LeViTLike(nn.Module):
+    """Tokens through LinearNorm into attention, and EfficientViT's head: average pool, flatten,
+    BatchNorm1d, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = LinearNorm(8, 24), LinearNorm(8, 8)
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.pool, self.norm, self.head = nn.AdaptiveAvgPool2d(1), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x):  # (N, 16, 8)
+        q, k, v = self.qkv(x).split(8, dim=-1)
+        x = self.proj(torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v)
+        y = self.conv(x.transpose(1, 2).reshape(-1, 8, 4, 4))
+        return self.head(self.norm(torch.flatten(self.pool(y), 1)))
+
+
+@pytest.mark.parametrize("target", ["x86-onnxruntime", "arm-litert-xnnpack"])
+def test_levit_and_efficientvit_shapes_are_integer_throughout(target, tmp_path):
+    """reshape_as keeps the grid (the attention products read int8), and a shared average pool
+    read by a BatchNorm1d (not a layer) is re-quantized on its input's grid for TFLite."""
+    torch.manual_seed(0)
+    model = LeViTLike().eval()
+    for bn in (model.qkv.bn, model.proj.bn, model.norm):
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 2.0)
+    sim = QATConfig(target=target).resolved()
+    int8 = post_training_quantize(model, [torch.randn(8, 16, 8)], PTQConfig(observer="minmax"), sim)
+    specs = [TensorSpec("input", "float32", ("batch", 16, 8))]
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "levit", specs,
+                                  options={"tflite": {"float_fallback": not sim.scheme.full_integer}})
+    graph = onnx.load(onnx_art.path).graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(name: str) -> bool:  # a DequantizeLinear, or a transpose of one (weights, k^T)
+        node = producer.get(name)
+        return node is not None and (node.op_type == "DequantizeLinear"
+                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
+
+    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert len(matmuls) == 5 and all(dequantized(i) for n in matmuls for i in n.input[:2])
     assert validate_onnx(onnx_art.path, sim.scheme).passed and tflite_art.path.stat().st_size > 0
