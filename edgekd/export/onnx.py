@@ -66,6 +66,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path,
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {first}") from None
     graph = onnx.load_from_string(buffer.getvalue())
     inline_constant_identities(graph)
+    drop_float_casts(graph)
     graph = expand_16bit_fake_quant(graph)
     store_int8_weights(graph)
     four_bit = _four_bit_scales(model)
@@ -104,6 +105,32 @@ def inline_constant_identities(model: onnx.ModelProto) -> int:
         for i, name in enumerate(node.input):
             if name in alias:
                 node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(alias)
+
+
+def drop_float_casts(model: onnx.ModelProto) -> int:
+    """Remove Casts from float32 to float32 (``x.float()``, ``x.to(x.dtype)``, as timm's
+    attention under ``autocast(enabled=False)`` exports): between a DequantizeLinear and a MatMul
+    or Conv such a Cast keeps onnxruntime from fusing the int8 kernel. Returns how many."""
+    graph = model.graph
+    try:
+        types = {vi.name: vi.type.tensor_type.elem_type
+                 for vi in [*onnx.shape_inference.infer_shapes(model).graph.value_info, *graph.input]}
+    except Exception:  # inference is best effort: without types nothing is dropped
+        return 0
+    outputs = {o.name for o in graph.output}
+    float32 = onnx.TensorProto.FLOAT
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Cast" and n.output[0] not in outputs and types.get(n.input[0]) == float32
+             and next((a.i for a in n.attribute if a.name == "to"), None) == float32}
+    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            while name in alias:
+                name = alias[name]
+            node.input[i] = name
     del graph.node[:]
     graph.node.extend(keep)
     return len(alias)

@@ -611,7 +611,8 @@ REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid
 REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
                                    nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,
                                    operator.mul, torch.mul, torch.mean,
-                                   operator.matmul, torch.matmul, torch.bmm},  # attention's q @ k.T
+                                   operator.matmul, torch.matmul, torch.bmm,  # attention's q @ k.T
+                                   nn.functional.pad},  # (its own grid: a pad value such as 1.0 must be on it)
                     "add": ADD_FUNCTIONS | {operator.sub, torch.sub}, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
                     "avg_pool": AVG_POOL_FUNCTIONS}
 REGION_METHODS = {"add": "add", "sub": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",
@@ -697,6 +698,7 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
     _quantize_model_outputs(gm, carried, make)
 
 
+MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
 NORM_MODULES = (nn.LayerNorm, nn.GroupNorm)
 NORM_FUNCTIONS = {nn.functional.layer_norm, nn.functional.group_norm}
 
@@ -727,6 +729,9 @@ def _read_by_int8(gm: fx.GraphModule, qnode: fx.Node) -> bool:
             continue
         if user.op == "call_module" and isinstance(gm.get_submodule(user.target), (*QUANT_LAYERS, QuantConvBn2d)):
             return True
+        if _node_kind(gm, user, {}, {"matmul": MATMUL_FUNCTIONS}) == "matmul" or (
+                user.op == "call_method" and user.target in ("matmul", "bmm")):
+            return True  # a product of two activations: int8 inputs, whatever its output (MatMulIntegerToFloat)
         if _is_quantizer(gm, user):
             return True
         if _region_kind(gm, user) is not None and any(_is_quantizer(gm, u) for u in user.users):

@@ -493,3 +493,15 @@ def test_max_pool_of_values_below_zero_still_pads_with_the_lowest_value(tmp_path
     result = convert(_save(tmp_path, m))
     assert "PADV2" in result.ops
     assert _parity_ok(tmp_path, m)[1]
+
+
+def test_int8_pad_value_beyond_the_input_range_is_padded_on_the_output_grid(tmp_path):
+    """EfficientViT pads with 1.0 where its input's grid may not reach: the pad runs on the
+    output's grid (which the ONNX model chose to hold the value), not saturated at the input's."""
+    m = onnx.ModelProto()
+    m.CopyFrom(CASES["pad_value"][0])
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.float32(8.0), "v"))
+    path = _save(tmp_path, qdq(m, _feeds(m), spec=False))  # the output's own scale: its range holds 8
+    result = convert(path)
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
+        assert parity.within_one_step >= 0.99, parity.describe()

@@ -174,3 +174,47 @@ def test_fused_attention_quantizes_to_a_full_integer_tflite(tmp_path):
     with torch.no_grad():
         cosine = nn.functional.cosine_similarity(int8(x).flatten(), model(x).flatten(), 0)
     assert float(cosine) > 0.99
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT's LiteMLA: ReLU kernels, values padded with 1.0, two products computed in
+    float32 (``.float()`` under autocast), a division by the padded row's sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x):  # (N, L, D)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k = torch.relu(q), torch.relu(k)
+        v = nn.functional.pad(v, (0, 1), mode="constant", value=1.0)  # (N, L, D + 1)
+        q, k, v = q.float(), k.float(), v.float()
+        out = q @ (k.transpose(-1, -2) @ v)  # (N, L, D + 1)
+        return self.proj(out[..., :-1] / (out[..., -1:] + 1e-4))
+
+
+def test_linear_attention_products_run_int8_where_the_division_runs_float(tmp_path):
+    torch.manual_seed(0)
+    int8, sim = _int8_dense(LinearAttention(), "x86-onnxruntime")
+    specs = [TensorSpec("input", "float32", ("batch", LENGTH, WIDTH))]
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "lite", specs, outputs=OUT,
+                                  options={"tflite": {"float_fallback": True}})  # (checked at export)
+    graph = onnx.load(onnx_art.path).graph
+    assert not [n.name for n in graph.node if n.op_type == "Cast"  # float -> float casts dropped
+                and onnx.helper.get_attribute_value(n.attribute[0]) == onnx.TensorProto.FLOAT]
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and (node.op_type == "DequantizeLinear"
+                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
+
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 4 and all(dequantized(i) for n in matmuls for i in n.input)
+    assert validate_onnx(onnx_art.path, sim.scheme).passed
+
+
+def _int8_dense(model, target):
+    torch.manual_seed(0)
+    sim = QATConfig(target=target).resolved()
+    return post_training_quantize(model.eval(), [torch.randn(16, LENGTH, WIDTH)], PTQConfig(observer="minmax"), sim), sim

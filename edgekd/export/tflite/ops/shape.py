@@ -178,6 +178,11 @@ def pad(ctx: Context, node: Node) -> None:
     x = ctx.get(node.inputs[0], None, node)
     paddings = ctx.int_const([list(full.get(a, (0, 0))) for a in x.perm])
     inherit = ctx.b.quant_of(x.index)
+    if inherit is not None and mode == "constant" and value != 0.0:
+        # pad on the output's grid, which the ONNX model chose to hold the value (EfficientViT pads
+        # with 1.0, beyond its input's range: padded at the input's scale it would saturate)
+        inherit = ctx.quant_of(node.outputs[0], node, inherit=inherit)
+        x = ctx.bind(f"{node.outputs[0]}/input", ctx.requantize(x.index, inherit, f"{node.name}/requantized"), x.perm)
     if mode == "reflect":
         ctx.emit("MIRROR_PAD", [x.index, paddings], node, perm=x.perm, inherit=inherit, fixed_quant=inherit,
                  options=ctx.b.options("MirrorPad", mode=ctx.b.enum("MirrorPadMode", "REFLECT")))
