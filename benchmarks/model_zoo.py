@@ -8,11 +8,13 @@ on smooth synthetic images (so activations have realistic ranges), then:
 (b) **int8** for two targets (``x86-onnxruntime``: U8S8; ``arm-litert-xnnpack``: the TFLite int8
     spec): edgekd PTQ (``--observer``, default minmax: the data is synthetic, and what is checked
     is conformance, not accuracy; 8 calibration batches of 8), exported to ONNX, IR and
-    TFLite. Checked: the ONNX file against the target's scheme (``edgekd.quant.validate``);
+    TFLite (x86: with the float fallback that target allows, as a recipe's export resolves it;
+    arm: full-integer). Checked: the ONNX file against the target's scheme (``edgekd.quant.validate``);
     float conv/matmul left in the ONNX graph; what each runtime really runs (onnxruntime's
     optimized graph: QLinearConv/QGemm vs Conv/Gemm; OpenVINO's runtime model: the precision of
     each Convolution/FullyConnected/MatMul; TFLite: the input type of each CONV_2D /
-    DEPTHWISE_CONV_2D / FULLY_CONNECTED / BATCH_MATMUL); each runtime against the PyTorch
+    DEPTHWISE_CONV_2D / FULLY_CONNECTED / BATCH_MATMUL, and the other ops computing in float);
+    the simulation against the float model (the quality PTQ keeps); each runtime against the PyTorch
     simulation of the same int8 model on the same inputs (cosine of the outputs; pass >= 0.99);
     whether edgekd's own export check accepted the TFLite file; latency float vs int8 in each
     runtime (1 thread, median of >= 5 runs and >= 0.5 s, float and int8 back to back per runtime).
@@ -358,7 +360,7 @@ def tflite_kernels(path: Path) -> dict:
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"):
             dtype = tensors[op["inputs"][0]]["dtype"]
             counts["int8" if np.dtype(dtype) in (np.int8, np.uint8) else "float"] += 1
-        elif quantized and op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "CAST") and any(
+        elif quantized and op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "CAST", "DELEGATE") and any(
                 np.dtype(tensors[int(i)]["dtype"]) == np.float32 for i in op["outputs"]):
             counts["float_other"] += 1  # float fallback: LayerNorm's steps, an L2 norm
     return dict(counts)
@@ -605,6 +607,9 @@ def summarize(results: list[dict]) -> dict:
         ratios = [x for x in (speedup(r, fmt, variant) for r in both) if x is not None]
         summary[f"int8_faster_{key}"] = f"{sum(x > 1 for x in ratios)}/{len(ratios)}"
         summary[f"median_speedup_{key}"] = round(statistics.median(ratios), 2) if ratios else None
+    closeness = [r[f"ptq-{TARGETS[0]}"]["simulation_vs_float"]["min_cosine"] for r in results
+                 if int8_pass(r, TARGETS[0]) and "simulation_vs_float" in r.get(f"ptq-{TARGETS[0]}", {})]
+    summary["x86_ptq_min_cosine_to_float_median"] = round(statistics.median(closeness), 4) if closeness else None
     summary["nms_standin"] = any(r.get("nms_standin") for r in results)
     return summary
 

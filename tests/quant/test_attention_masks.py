@@ -52,6 +52,19 @@ def _batches(n: int, seed: int):
     return ids, mask
 
 
+def dequantized_inputs(graph) -> dict[str, bool]:
+    """For each MatMul/Gemm of an ONNX graph: whether both operands are int8 values read back
+    (a DequantizeLinear, or a transpose of one: a Linear's weight, k^T)."""
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and (node.op_type == "DequantizeLinear"
+                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
+
+    return {n.name: all(dequantized(i) for i in n.input[:2]) for n in graph.node if n.op_type in ("MatMul", "Gemm")}
+
+
 SPECS = [TensorSpec("ids", "int64", ("batch", LENGTH), 0, VOCAB - 1),
          TensorSpec("mask", "int64", ("batch", LENGTH), 0, 1)]
 OUT = [TensorSpec("output", "float32", ("batch", LENGTH, WIDTH))]
@@ -113,17 +126,9 @@ def test_onnxruntime_target_keeps_the_residual_stream_float_and_probabilities_in
         assert all(not (a.op == "call_module" and "quant" in a.target) for a in add.all_input_nodes[1:])
     (onnx_art,) = export(int8, ["onnx"], tmp_path, "enc", SPECS, outputs=OUT)
     assert validate_onnx(onnx_art.path, sim.scheme).passed
-    model = onnx.load(onnx_art.path)
-    producer = {o: n for n in model.graph.node for o in n.output}
-
-    def dequantized(name: str) -> bool:  # a DequantizeLinear, or a weight's transpose of one
-        node = producer.get(name)
-        return node is not None and (node.op_type == "DequantizeLinear"
-                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
-
-    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     # every MatMul, the probabilities @ values one included, reads dequantized int8 on both sides
-    assert len(matmuls) == 8 and all(dequantized(i) for n in matmuls for i in n.input)
+    reads = dequantized_inputs(onnx.load(onnx_art.path).graph)
+    assert len(reads) == 8 and all(reads.values()), reads
 
 
 class FusedAttention(nn.Module):
@@ -202,15 +207,8 @@ def test_linear_attention_products_run_int8_where_the_division_runs_float(tmp_pa
     graph = onnx.load(onnx_art.path).graph
     assert not [n.name for n in graph.node if n.op_type == "Cast"  # float -> float casts dropped
                 and onnx.helper.get_attribute_value(n.attribute[0]) == onnx.TensorProto.FLOAT]
-    producer = {o: n for n in graph.node for o in n.output}
-
-    def dequantized(name: str) -> bool:
-        node = producer.get(name)
-        return node is not None and (node.op_type == "DequantizeLinear"
-                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
-
-    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
-    assert len(matmuls) == 4 and all(dequantized(i) for n in matmuls for i in n.input)
+    reads = dequantized_inputs(graph)
+    assert len(reads) == 4 and all(reads.values()), reads
     assert validate_onnx(onnx_art.path, sim.scheme).passed
 
 

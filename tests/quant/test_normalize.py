@@ -293,14 +293,8 @@ def test_levit_and_efficientvit_shapes_are_integer_throughout(target, tmp_path):
     specs = [TensorSpec("input", "float32", ("batch", 16, 8))]
     onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "levit", specs,
                                   options={"tflite": {"float_fallback": not sim.scheme.full_integer}})
-    graph = onnx.load(onnx_art.path).graph
-    producer = {o: n for n in graph.node for o in n.output}
+    from tests.quant.test_attention_masks import dequantized_inputs
 
-    def dequantized(name: str) -> bool:  # a DequantizeLinear, or a transpose of one (weights, k^T)
-        node = producer.get(name)
-        return node is not None and (node.op_type == "DequantizeLinear"
-                                     or node.op_type == "Transpose" and dequantized(node.input[0]))
-
-    matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    assert len(matmuls) == 5 and all(dequantized(i) for n in matmuls for i in n.input[:2])
+    reads = dequantized_inputs(onnx.load(onnx_art.path).graph)
+    assert len(reads) == 5 and all(reads.values()), reads
     assert validate_onnx(onnx_art.path, sim.scheme).passed and tflite_art.path.stat().st_size > 0
