@@ -169,6 +169,16 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                     [("x", tokens)], None, [("g", _w(16)), ("b", _w(16))]), "RSQRT")
     c["layer_norm_chw_no_bias"] = (conv_then([helper.make_node("LayerNormalization", ["c", "g"], ["y"], axis=1)],
                                              [("g", _w(6, 8, 8))]), "RSQRT")
+    # LayerNormalization as torch exports it below opset 17: ReduceMean, Sub, Pow, Sqrt, Div, Mul, Add
+    c["layer_norm_opset13_pattern"] = (model([
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]), helper.make_node("Sub", ["x", "m"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1]),
+        helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+        helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+        helper.make_node("Add", ["ng", "b"], ["y"])], [("x", tokens)], None,
+        [("two", np.float32(2.0)), ("eps", np.float32(1e-5)), ("g", _w(16)), ("b", _w(16))], opset=13), "SQRT")
+    c["pow_general"] = (model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Pow", ["r", "e"], ["y"])],
+                              [("x", X4)], None, [("e", np.float32(1.5))]), "POW")
     # Gather at constant indices: a class token (scalar index) and a channel pick (vector)
     c["gather_class_token"] = (model([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], [("x", [1, 6, 16])],
                                      None, [("i", np.asarray(0, np.int64))]), "GATHER")

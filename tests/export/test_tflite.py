@@ -50,7 +50,9 @@ FLOAT_ONLY = {"lrn": "TFLite's LOCAL_RESPONSE_NORMALIZATION kernel is float only
               "layer_norm_tokens": "no TFLite kernel: an int8 decomposition needs scales the ONNX file lacks",
               "layer_norm_chw_no_bias": "as layer_norm_tokens",
               "l2_normalize_pattern": "no int8 kernel for the sum of squares (and int8 DIV by a tensor)",
-              "gemm_two_inputs_alpha_bias": "no ONNX scale exists for the product before alpha and bias"}
+              "gemm_two_inputs_alpha_bias": "no ONNX scale exists for the product before alpha and bias",
+              "layer_norm_opset13_pattern": "SQRT has no int8 TFLite kernel",
+              "pow_general": "POW has no int8 TFLite kernel"}
 INT8_CASES = [n for n, (m, _) in CASES.items()  # per-channel QDQ needs opset 13
               if m.opset_import[0].version >= 13 and n not in FLOAT_ONLY]
 
@@ -338,7 +340,9 @@ def test_int8_without_tflite_equivalent_is_refused_clearly(tmp_path, name):
     m, _ = CASES[name]
     message = {"lrn": "LRN", "layer_norm_tokens": "int8 LayerNormalization has no TFLite kernel",
                "layer_norm_chw_no_bias": "int8 LayerNormalization has no TFLite kernel",
-               "l2_normalize_pattern": "int8 ReduceL2 has no TFLite kernel"}.get(name, "int8 Gemm")
+               "l2_normalize_pattern": "int8 ReduceL2 has no TFLite kernel",
+               "layer_norm_opset13_pattern": "(SQRT runs in float only|division by a run-time tensor)",
+               "pow_general": "x \\*\\* 1.5 has no int8 TFLite kernel"}.get(name, "int8 Gemm")
     with pytest.raises(ExportError, match=message + ".*convert with float_fallback"):
         convert(_save(tmp_path, qdq(m, _feeds(m))))
 
@@ -349,7 +353,8 @@ def test_float_fallback_runs_an_op_without_int8_kernel_between_dequantize_and_qu
     path = _save(tmp_path, qdq(m, _feeds(m)))
     result = convert(path, float_fallback=True)
     assert len(result.float_nodes) >= 1 and {"DEQUANTIZE", "QUANTIZE"} <= set(result.ops)
-    assert all(n.split("_")[0] in {"LRN", "LayerNormalization", "ReduceL2", "Div", "Gemm"} for n in result.float_nodes)
+    assert all(n.split("_")[0] in {"LRN", "LayerNormalization", "ReduceL2", "Div", "Gemm", "Sqrt", "Pow"}
+               for n in result.float_nodes), result.float_nodes
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values()),
                           coarse=result.coarse):
         assert parity.within_one_step >= 0.99, parity.describe()

@@ -1,5 +1,5 @@
-"""Element-wise ops and activations: Add, Sub, Mul, Div, Relu, Clip, LeakyRelu, PRelu, Sigmoid,
-Tanh, HardSigmoid, HardSwish, Gelu (native, or the erf pattern fused by ``graph``), Softmax,
+"""Element-wise ops and activations: Add, Sub, Mul, Div, Pow (constant exponent), Sqrt, Relu, Clip,
+LeakyRelu, PRelu, Sigmoid, Tanh, HardSigmoid, HardSwish, Gelu (native, or the erf pattern fused by ``graph``), Softmax,
 standalone BatchNormalization, LayerNormalization (float).
 
 Layout-neutral: the output keeps the layout of the activation input; a constant operand is
@@ -187,6 +187,35 @@ def sigmoid(ctx: Context, node: Node) -> None:
 @CONVERTERS.register("Tanh")
 def tanh(ctx: Context, node: Node) -> None:
     _unary(ctx, node, "TANH", fixed_quant=TANH_QUANT if ctx.int8 else None)
+
+
+@CONVERTERS.register("Sqrt")
+def sqrt(ctx: Context, node: Node) -> None:
+    """SQRT (LayerNorm as torch exports it below opset 17: ReduceMean, Sub, Pow, Sqrt, Div)."""
+    if ctx.int8:
+        raise ctx.no_int8(node, "TFLite's SQRT runs in float only")
+    _unary(ctx, node, "SQRT")
+
+
+@CONVERTERS.register("Pow")
+def power(ctx: Context, node: Node) -> None:
+    """x ** c for a constant c: 2 as MUL(x, x) (delegated to XNNPACK, int8 too), 0.5 as SQRT,
+    others as POW (float)."""
+    exponent = np.asarray(ctx.const_value(node.inputs[1], node, "the exponent")).reshape(-1)
+    if exponent.size != 1:
+        raise ctx.fail(node, "Pow with a per-element exponent is not supported (one constant only)")
+    c = float(exponent[0])
+    x = ctx.get(node.inputs[0], None, node)
+    if c == 2.0:
+        ctx.emit("MUL", [x.index, x.index], node, perm=x.perm, options=ctx.b.options("Mul"),
+                 version=2 if ctx.int8 else 1)
+        return
+    if ctx.int8:
+        raise ctx.no_int8(node, f"x ** {c:g} has no int8 TFLite kernel (only x ** 2, as a MUL)")
+    if c == 0.5:
+        ctx.emit("SQRT", [x.index], node, perm=x.perm)
+        return
+    ctx.emit("POW", [x.index, ctx.float_const(np.float32(c), f"{node.name}/exponent")], node, perm=x.perm)
 
 
 @CONVERTERS.register("Gelu")
