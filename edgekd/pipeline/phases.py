@@ -84,18 +84,45 @@ def export_products(ctx: RunContext) -> list[Exported]:
     recipe, scheme = ctx.recipe, ctx.qat_config.scheme
     products = [p for p in ctx.products.values() if p.exported and p.model is not None]
     inputs, outputs = ctx.task.input_spec(ctx.data), ctx.task.output_spec(ctx.data)
+    samples = check_samples(ctx, inputs)
     done: list[Exported] = []
     for product in progress(products, desc="export", unit="model"):
+        options = recipe.export.options(quantized=product.quantized, scheme=scheme)
+        if "tflite" in recipe.export.formats:
+            options["tflite"]["check_samples"] = samples  # the export check runs on test data
         for artifact in export(product.model, recipe.export.formats, ctx.out / "artifacts", product.stage,
-                               inputs, outputs=outputs, opset=recipe.export.opset,
-                               options=recipe.export.options(quantized=product.quantized, scheme=scheme)):
+                               inputs, outputs=outputs, opset=recipe.export.opset, options=options):
             validation = None
             if product.quantized and artifact.format == "onnx":
                 precisions = layer_precisions(product.base, ctx.qat_config.layers, scheme)
                 validation = validate_onnx(artifact.path, scheme, precisions)
                 ctx.log(validation.summary())
+            if artifact.format == "tflite":
+                _log_export_check(ctx, artifact)
             done.append(Exported(product, artifact, validation))
     return done
+
+
+CHECK_SAMPLES = 32  # test samples each TFLite file is checked on against onnxruntime at export
+
+
+def check_samples(ctx: RunContext, specs) -> list[list[np.ndarray]]:
+    """The first ``CHECK_SAMPLES`` test samples, each a list of batch-1 arrays in the model's
+    input order and dtypes (what ``onnx_to_tflite``'s export check feeds)."""
+    x = ctx.data.x_test
+    count = min(CHECK_SAMPLES, model_inputs.num_samples(x))
+    return [[t.numpy().astype(np.dtype(spec.dtype)) for t, spec in
+             zip(model_inputs.as_tuple(model_inputs.take(x, slice(i, i + 1))), specs)] for i in range(count)]
+
+
+def _log_export_check(ctx: RunContext, artifact: Artifact) -> None:
+    from edgekd.export.tflite import read_export_check
+
+    for check in read_export_check(artifact.path) or []:
+        measured = (f"{100 * check['within_steps']:.1f}% within tolerance" if check["within_steps"] is not None
+                    else f"relative error {check['relative_error']:.2e}")
+        ctx.log(f"{artifact.path.name} export check, output {check['output']!r}: {measured} "
+                f"(tolerance: {check['tolerance']}; {check['inputs']} {check['source']} samples)")
 
 
 def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[TargetProfile],
@@ -124,6 +151,10 @@ def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[Ta
             else:
                 continue
             entry.info["compressed_size_bytes"] = compressed[artifact.path]
+            if artifact.format == "tflite":
+                from edgekd.export.tflite import read_export_check
+
+                entry.info["export_check"] = read_export_check(artifact.path)
             entries.append(entry)
     return entries
 

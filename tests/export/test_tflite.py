@@ -510,3 +510,20 @@ def test_int8_pad_value_beyond_the_input_range_is_padded_on_the_output_grid(tmp_
     result = convert(path)
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
         assert parity.within_one_step >= 0.99, parity.describe()
+
+
+def test_the_export_check_runs_on_given_samples_and_is_stored_per_output(tmp_path):
+    from edgekd.export.tflite import read_export_check
+
+    m, _ = CASES["conv_relu_fused"]
+    path = _save(tmp_path, qdq(m, _feeds(m)))
+    samples = [list(_feeds(m, seed=s).values()) for s in range(5)]
+    written = onnx_to_tflite(path, tmp_path / "checked.tflite", check_samples=samples)
+    [check] = read_export_check(written)
+    assert (check["output"], check["source"], check["inputs"], check["passed"]) == ("y/dq", "data", 5, True)
+    assert check["tolerance"].startswith("99% of elements within") and check["within_steps"] >= 0.99
+    unchecked = onnx_to_tflite(path, tmp_path / "unchecked.tflite", check=False)
+    assert read_export_check(unchecked) is None
+    assert read_export_check(onnx_to_tflite(path, tmp_path / "noise.tflite"))[0]["source"] == "noise"
+    interp = interpreter(written)  # the metadata leaves the model as it was
+    assert [d["name"] for d in interp.get_input_details()] == ["x"]

@@ -89,3 +89,8 @@ def test_a_target_with_float_kernels_takes_the_layer_norm_in_a_float_fallback_tf
                for line in logs), logs
     int8 = [e for e in result.report.entries if e.format == "tflite" and e.stage.endswith("int8")]
     assert int8 and all(e.size_bytes > 0 and e.agreement is not None for e in int8)
+    # the export check ran on test data, per output, with its tolerance stated, and is reported
+    check = int8[0].info["export_check"]
+    assert [(c["source"], c["passed"]) for c in check] == [("data", True)] and check[0]["inputs"] >= 8
+    assert "step(s)" in check[0]["tolerance"]
+    assert any("export check, output" in line and "data samples" in line for line in logs)

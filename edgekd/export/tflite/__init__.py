@@ -9,7 +9,8 @@ from edgekd.export.tflite.convert import (
     Conversion,
     convert,
     onnx_to_tflite,
+    read_export_check,
     supported_ops,
 )
 
-__all__ = ["Conversion", "convert", "onnx_to_tflite", "supported_ops"]
+__all__ = ["Conversion", "convert", "onnx_to_tflite", "read_export_check", "supported_ops"]

@@ -91,6 +91,7 @@ class ModelBuilder:
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self.description = description
+        self.metadata: dict[str, bytes] = {}  # name -> bytes, written as the model's metadata entries
 
     # -- tensors -------------------------------------------------------------------------------
     def tensor(self, name: str, shape, dtype, *, data: np.ndarray | None = None,
@@ -191,9 +192,17 @@ class ModelBuilder:
         model.version = 3
         model.operatorCodes = self._codes
         model.subgraphs = [sub]
-        model.buffers = self.buffers
+        model.buffers = list(self.buffers)
         model.description = self.description
         model.signatureDefs = [sig]
+        model.metadata = []
+        for name, data in self.metadata.items():
+            buffer = s.BufferT()
+            buffer.data = np.frombuffer(data, np.uint8)
+            entry = s.MetadataT()
+            entry.name, entry.buffer = name, len(model.buffers)
+            model.buffers.append(buffer)
+            model.metadata.append(entry)
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
         return bytes(builder.Output())
@@ -203,3 +212,13 @@ class ModelBuilder:
         m.name = self.tensors[index].name
         m.tensorIndex = index
         return m
+
+
+def read_metadata(data: bytes, name: str) -> bytes | None:
+    """The bytes of metadata entry ``name`` of a TFLite flatbuffer (None when absent)."""
+    model = schema().Model.GetRootAsModel(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == name:
+            return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    return None

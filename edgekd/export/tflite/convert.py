@@ -16,6 +16,7 @@ The exported interface (documented in the README):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,7 @@ class Conversion:
     transposes: int = 0
     coarse: dict[str, float] = field(default_factory=dict)  # output -> TFLite's coarser step
     float_nodes: list[str] = field(default_factory=list)  # int8 model's nodes run in float (fallback)
+    builder: ModelBuilder | None = None  # to write the file again with metadata (the export check)
 
 
 def supported_ops() -> list[str]:
@@ -102,7 +104,7 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
     for name, onnx_name in zip(g.outputs, g.output_names):
         _add_output(ctx, name, onnx_name, io, layout)
     return Conversion(builder.serialize(), g, g.quantized, builder.op_names(), ctx.transposes,
-                      {n: ctx.coarse[n] for n in g.outputs if n in ctx.coarse}, ctx.float_nodes)
+                      {n: ctx.coarse[n] for n in g.outputs if n in ctx.coarse}, ctx.float_nodes, builder)
 
 
 def _convert_node(ctx: Context, node, float_fallback: bool) -> None:
@@ -174,11 +176,18 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
     ctx.b.outputs.append(index)
 
 
+EXPORT_CHECK_KEY = "edgekd.export_check"  # TFLite metadata: what the export check measured, per output
+
+
 def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["float", "int8"] = "float",
                    layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1, check: bool = True,
-                   float_fallback: bool = False) -> Path:
+                   float_fallback: bool = False, check_samples=None) -> Path:
     """Write ``out_path`` (.tflite) from ``onnx_path``; with ``check``, compare with onnxruntime.
-    ``float_fallback``: see ``convert``.
+    ``float_fallback``: see ``convert``. ``check_samples``: real inputs to check on (a list of
+    samples, each a list of batch-1 arrays in the ONNX inputs' order: the pipeline passes test
+    data); without them the check feeds ``parity.sample_inputs``. What it measured (tolerance,
+    errors, how many inputs of which source, per output) is stored in the file's metadata
+    (``EXPORT_CHECK_KEY``; ``read_export_check``).
 
     Raises:
         ExportError: the model cannot be converted, or (with ``check``) the TFLite file does not
@@ -186,9 +195,21 @@ def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["
             within ceil(sqrt(L)) quantization steps for L requantizing ops, see ``parity``).
     """
     result = convert(onnx_path, io=io, layout=layout, batch=batch, float_fallback=float_fallback)
+    data = result.data
     if check:  # before writing: a file that does not reproduce the model is never left behind
         from edgekd.export.tflite.parity import check_parity, int8_steps
 
-        check_parity(onnx_path, result.data, result.graph, layout=layout, coarse=result.coarse,
-                     steps=int8_steps(result.ops))
-    return atomic.write_bytes(Path(out_path).with_suffix(".tflite"), result.data)
+        parities = check_parity(onnx_path, result.data, result.graph, layout=layout, coarse=result.coarse,
+                                steps=int8_steps(result.ops), samples=check_samples)
+        result.builder.metadata[EXPORT_CHECK_KEY] = json.dumps([p.to_dict() for p in parities]).encode()
+        data = result.builder.serialize()
+    return atomic.write_bytes(Path(out_path).with_suffix(".tflite"), data)
+
+
+def read_export_check(path: str | Path) -> list[dict] | None:
+    """The export check stored in a TFLite file written by ``onnx_to_tflite`` (one dict per
+    output: tolerance, passed, inputs, source, errors), or None when it was not checked."""
+    from edgekd.export.tflite.builder import read_metadata
+
+    stored = read_metadata(Path(path).read_bytes(), EXPORT_CHECK_KEY)
+    return json.loads(stored) if stored else None

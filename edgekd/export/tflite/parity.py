@@ -37,6 +37,20 @@ class Parity:
     within_one_step: float | None = None  # fraction of elements within one step
     steps: int = 1                  # steps allowed
     within_steps: float | None = None  # fraction of elements within ``steps`` steps
+    inputs: int = 1                 # samples compared
+    source: str = "noise"           # "noise" (sample_inputs) or "data" (the caller's samples)
+
+    def tolerance(self) -> str:
+        if self.step is None:
+            return f"relative error <= {FLOAT_RTOL:g}"
+        return f"{100 * INT8_MIN_WITHIN:.0f}% of elements within {self.steps} step(s) of {self.step:.3g}"
+
+    def to_dict(self) -> dict:
+        """What the export check measured, as stored in the file (``EXPORT_CHECK_KEY``)."""
+        return {"output": self.output, "tolerance": self.tolerance(), "passed": self.ok,
+                "inputs": self.inputs, "source": self.source, "max_abs_error": self.max_abs_error,
+                "relative_error": self.relative_error, "within_steps": self.within_steps,
+                "within_one_step": self.within_one_step}
 
     @property
     def ok(self) -> bool:
@@ -49,7 +63,8 @@ class Parity:
             return f"{self.output}: relative error {self.relative_error:.2e} (limit {FLOAT_RTOL:.0e})"
         return (f"{self.output}: {100 * self.within_steps:.2f}% of elements within {self.steps} "
                 f"step(s) of {self.step:.3g} (need {100 * INT8_MIN_WITHIN:.0f}%), "
-                f"{100 * self.within_one_step:.2f}% within one, max error {self.max_abs_error:.3g}")
+                f"{100 * self.within_one_step:.2f}% within one, max error {self.max_abs_error:.3g} "
+                f"({self.inputs} {'sample(s) of data' if self.source == 'data' else 'noise input(s)'})")
 
 
 REQUANTIZING_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "SUB",
@@ -129,16 +144,18 @@ def index_bound(graph, name: str) -> int:
     return min(sizes, default=2)
 
 
-def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=None,
+def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=None, samples=None,
             layout: str = "nchw", coarse: dict[str, float] | None = None, steps: int = 1) -> list[Parity]:
-    """Run both models on ``feeds`` (default: ``sample_inputs``) and measure each output's error.
+    """Run both models on ``feeds`` (one input set; default: ``sample_inputs``), or on each input
+    set of ``samples`` (real data, one batch-1 sample each), and measure each output's error over
+    all of them.
 
     ``coarse`` maps outputs to the step of a fixed TFLite scale (softmax, logistic: 1/256) that
     is coarser than the ONNX model's own: one step is then measured at that coarser scale.
     """
     import onnxruntime as ort
 
-    feeds = feeds if feeds is not None else sample_inputs(graph)
+    runs = list(samples) if samples else [feeds if feeds is not None else sample_inputs(graph)]
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # The reference is what the ONNX graph means, QDQ evaluated in float (basic graph rewrites
@@ -147,23 +164,26 @@ def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=N
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    expected = session.run(graph.output_names, dict(zip(names, feeds)))
     try:
-        got = run_tflite(interpreter(tflite), feeds, layout)
+        interp = interpreter(tflite)
+        pairs = [(session.run(graph.output_names, dict(zip(names, feed))), run_tflite(interp, feed, layout))
+                 for feed in runs]
     except (ValueError, RuntimeError) as err:  # the interpreter rejects the file or its input
         raise ExportError(f"{onnx_path}: LiteRT cannot run the converted model: "
                           f"{str(err).strip().splitlines()[0][:300]}") from None
     result = []
-    for name, alias, e, t in zip(graph.output_names, graph.outputs, expected, got):
-        e = np.asarray(e, np.float32)
+    for k, (name, alias) in enumerate(zip(graph.output_names, graph.outputs)):
+        e = np.concatenate([np.asarray(ex[k], np.float32).reshape(-1) for ex, _ in pairs])
+        t = np.concatenate([np.asarray(got[k], np.float32).reshape(-1) for _, got in pairs])
         if t.size != e.size:
-            raise ExportError(f"{onnx_path}: output {name!r} has shape {tuple(t.shape)} in TFLite but "
-                              f"{tuple(e.shape)} in onnxruntime")
-        t = np.asarray(t, np.float32).reshape(e.shape)
+            shapes = (tuple(pairs[0][1][k].shape), tuple(np.shape(pairs[0][0][k])))
+            raise ExportError(f"{onnx_path}: output {name!r} has shape {shapes[0]} in TFLite but "
+                              f"{shapes[1]} in onnxruntime")
         err = np.abs(t - e)
         quant = graph.act_quant.get(alias)
         scale = max(float(np.abs(e).max(initial=0.0)), 1e-12)
-        p = Parity(name, float(err.max(initial=0.0)), float(err.max(initial=0.0)) / scale)
+        p = Parity(name, float(err.max(initial=0.0)), float(err.max(initial=0.0)) / scale,
+                   inputs=len(runs), source="data" if samples else "noise")
         if quant is None and graph.quantized:  # float math after int8 layers (a pooled, normalised
             # embedding): int8 rounding upstream shows here; measured in steps of an int8 grid over its range
             step = max(float(e.max(initial=0.0) - e.min(initial=0.0)) / 255, 1e-12)
@@ -178,9 +198,10 @@ def compare(onnx_path: str | Path, tflite: bytes | str | Path, graph, *, feeds=N
 
 
 def check_parity(onnx_path: str | Path, tflite: bytes | str | Path, graph, layout: str = "nchw",
-                 coarse: dict[str, float] | None = None, steps: int = 1) -> list[Parity]:
-    """``compare`` and raise ExportError naming the outputs that disagree."""
-    results = compare(onnx_path, tflite, graph, layout=layout, coarse=coarse, steps=steps)
+                 coarse: dict[str, float] | None = None, steps: int = 1, samples=None) -> list[Parity]:
+    """``compare`` (on ``samples`` of real data when given) and raise ExportError naming the
+    outputs that disagree."""
+    results = compare(onnx_path, tflite, graph, layout=layout, coarse=coarse, steps=steps, samples=samples)
     bad = [p for p in results if not p.ok]
     if bad:
         raise ExportError(f"{onnx_path}: the TFLite model does not reproduce onnxruntime: "
