@@ -457,7 +457,7 @@ def test_a_teacher_that_does_not_fit_the_data_is_refused_before_training(tmp_pat
 
 
 def test_a_student_checkpoint_is_used_or_refused(tmp_path):
-    from edgekd.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
+    from edgekd.models import ModelSpec, create_model, save_checkpoint
 
     recipe = _tiny_recipe_file(tmp_path / "r.yaml", **{"student.checkpoint": str(tmp_path / "missing.pt")})
     code, text = _cli("run", recipe, "--out", tmp_path / "o1", "--cache", tmp_path / "c")

@@ -12,12 +12,8 @@ parameters come from the flatbuffer, since CompiledModel's tensor details carry 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import gc
-import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np

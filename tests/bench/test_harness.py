@@ -3,7 +3,7 @@ import json
 import pytest
 
 from edgekd.bench import BenchSettings, LatencyStats, benchmark
-from edgekd.errors import BenchmarkError, ConfigError, ModelLoadError
+from edgekd.errors import ConfigError, ModelLoadError
 
 QUICK = BenchSettings(warmup_runs=2, min_runs=30, min_seconds=0.05, max_seconds=5.0)
 
