@@ -638,7 +638,12 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
     TFLite's int8 models have no float ops at all, and onnxruntime then runs QLinearAdd /
     QLinearMul / QLinearSigmoid instead of dequantizing around a float op. A ReLU/ReLU6 after
     such an op (an add) is fused: the quantizer goes after it. SiLU becomes x * sigmoid(x) with
-    the sigmoid's output quantized (TFLite's LOGISTIC writes 1/256), as its kernels compute it."""
+    the sigmoid's output quantized (TFLite's LOGISTIC writes 1/256), as its kernels compute it.
+
+    Transformers: softmax probabilities are quantized whatever their input; scores plus an
+    additive attention mask become an integer add where the target has no float ops (or the mask
+    is constant); token embeddings are int8 there too. Where the target has float kernels, what
+    only LayerNorm reads stays float, and quantizers no int8 kernel reads are removed."""
     carried: set[fx.Node] = set()  # nodes whose value is on an integer grid
     region: list[fx.Node] = []  # the quantizers this pass put after ops between layers
     static: set[fx.Node] = set()  # constants, and what is computed from shapes alone (an anchor grid)
@@ -708,9 +713,9 @@ def _prune_unread_by_int8(gm: fx.GraphModule, region: list[fx.Node]) -> list[fx.
     int8 kernel reads: a pre-LN transformer's residual stream, read by LayerNorms and the next
     residual sum, stays float as onnxruntime would compute it, instead of being rounded at every
     block. Last first, so a sum that only fed a removed one goes too. Returns the removed nodes."""
-    removed = []
+    removed, alive = [], set(gm.graph.nodes)  # (region may hold a quantizer twice, or one already dropped)
     for qnode in reversed(region):
-        if qnode in removed or qnode.graph is not gm.graph or _read_by_int8(gm, qnode):
+        if qnode in removed or qnode not in alive or _read_by_int8(gm, qnode):
             continue
         qnode.replace_all_uses_with(qnode.args[0])
         gm.graph.erase_node(qnode)
