@@ -63,6 +63,11 @@ def export_graph(model: nn.Module, example: tuple[torch.Tensor, ...]) -> fx.Grap
     # they are: fx's default calling convention instead of the exporter's pytree one
     gm = fx.GraphModule(exported, exported.graph, type(model).__name__)
     gm.graph._codegen = fx.graph.CodeGen()
+    for node in [n for n in gm.graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
+        gm.graph.erase_node(node)  # the exporter's shape guards: a closure that cannot be pickled
+    gm._tracer_cls = gm.graph._tracer_cls = None  # unpickling re-traces the code with fx's own tracer
+    for attribute in ("_in_spec", "_out_spec"):  # the exporter's calling convention, no longer used
+        gm.__dict__.pop(attribute, None)
     output = next(n for n in gm.graph.nodes if n.op == "output")
     values = output.args[0]
     if out_spec.is_leaf():

@@ -63,6 +63,7 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...] | None = None,
     try:
         with torch.no_grad():
             graph = ShapeTracer(example, leaf_modules).trace(model, fixed)
+        graph._tracer_cls = LeafTracer  # unpickling re-traces the generated code: no example needed
         return fx.GraphModule(model, graph, type(model).__name__)
     except Exception as err:
         if tracer == "fx":

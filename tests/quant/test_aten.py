@@ -103,3 +103,18 @@ def test_an_output_the_export_route_cannot_carry_is_named():
 def test_tracer_must_be_a_known_route():
     with pytest.raises(Exception, match="tracer"):
         QATConfig(tracer="jit")
+
+
+def test_a_model_quantized_through_torch_export_survives_torch_save():
+    import io
+
+    model, x = _positions(), torch.randn(4, 8, 6)
+    int8 = prepare_qat(model, QATConfig(), example=x)
+    calibrate(int8, [x])
+    int8 = freeze(int8)
+    buffer = io.BytesIO()
+    torch.save(int8, buffer)  # (the exporter's guard closure could not be pickled)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    other = torch.randn(5, 8, 6)
+    assert torch.equal(loaded(other), int8(other))

@@ -167,3 +167,19 @@ def test_a_buffer_expanded_to_traced_sizes_is_a_node_of_the_graph():
     assert any(n.op == "get_attr" and n.target == "token_type_ids" for n in gm.graph.nodes)
     ids = torch.randint(0, 10, (3, 12))  # another batch and length: the sizes stay symbolic
     assert torch.equal(gm(ids), model(ids))
+
+
+def test_a_model_traced_on_an_example_survives_torch_save():
+    import io
+
+    model, x = Detector().eval(), torch.rand(2, 3, 32, 32)
+    int8 = prepare_qat(model, QATConfig(), example=x)
+    calibrate(int8, [x])
+    int8 = freeze(int8)
+    buffer = io.BytesIO()
+    torch.save(int8, buffer)  # unpickling re-traces the generated code: it must not need the example
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    expected, got = int8(x), loaded(x)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got)) if isinstance(got, (list, tuple)) \
+        else torch.equal(expected, got)
