@@ -79,12 +79,13 @@ def trace(model: nn.Module, example: tuple[torch.Tensor, ...] | None = None,
 
 
 def _unfed_defaults(model: nn.Module, example) -> dict[str, Any]:
-    """forward()'s optional arguments the inputs do not fill (timm's ``attn_mask=None``,
+    """forward()'s optional arguments the example does not fill (timm's ``attn_mask=None``,
     ``is_causal=False``), fixed at their defaults: traced as inputs, they would reach the graph
-    as tensors (an ONNX export then passes ``is_causal`` as one)."""
+    as tensors (an ONNX export then passes ``is_causal`` as one). Without an example, none."""
+    if example is None:  # which arguments a caller passes is unknown: all stay inputs
+        return {}
     params = list(inspect.signature(model.forward).parameters.values())
-    fed = len(example) if example is not None else sum(p.default is inspect.Parameter.empty for p in params)
-    return {p.name: p.default for p in params[fed:]
+    return {p.name: p.default for p in params[len(example):]
             if p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
