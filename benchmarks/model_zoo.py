@@ -437,32 +437,37 @@ def measure_latency(files_by_variant: dict[str, dict], feed, record: dict) -> No
                     record.setdefault(variant, {})[fmt] = first_line(err)
 
 
-def run_one(name: str, n_inputs: int, qat_epochs: int, out: Path) -> dict:
+def prepared(name: str, n_inputs: int):
+    """Model ``name`` built (BatchNorm statistics re-estimated on smooth images, reparameterized
+    where it has a deploy form), with ``n_inputs`` check inputs and its calibration batches."""
     import torch
 
-    standin = nms_standin()
     torch.manual_seed(0)
-    result = {"model": name, "nms_standin": standin}
     model, inputs, reparameterize = ZOO[name]()
-    text = inputs[0][0] != "input"
-    if text:
+    if inputs[0][0] != "input":  # text
         feeds = token_batches(n_inputs, inputs[0][1][0], seed=1)
         calib = [tuple(torch.from_numpy(np.concatenate([f[k] for f in feeds[i:i + 8]])) for k in range(2))
                  for i in range(0, len(feeds), 8)]
-    else:
-        shape = inputs[0][1]
-        model.train()
-        with torch.no_grad():  # BatchNorm statistics of smooth images, not the N(0, 1) of a fresh net
-            for i in range(8):
-                model(torch.from_numpy(images(8, shape, seed=100 + i)))
-        model.eval()
-        if reparameterize:
-            from timm.utils.model import reparameterize_model
-
-            model = reparameterize_model(model)
-        feeds = [(x[None],) for x in images(n_inputs, shape, seed=1)]
-        calib = [(torch.from_numpy(images(8, shape, seed=200 + i)),) for i in range(8)]
+        return model.eval(), inputs, feeds, calib
+    shape = inputs[0][1]
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics of smooth images, not the N(0, 1) of a fresh net
+        for i in range(8):
+            model(torch.from_numpy(images(8, shape, seed=100 + i)))
     model.eval()
+    if reparameterize:
+        from timm.utils.model import reparameterize_model
+
+        model = reparameterize_model(model)
+    feeds = [(x[None],) for x in images(n_inputs, shape, seed=1)]
+    calib = [(torch.from_numpy(images(8, shape, seed=200 + i)),) for i in range(8)]
+    return model.eval(), inputs, feeds, calib
+
+
+def run_one(name: str, n_inputs: int, qat_epochs: int, out: Path) -> dict:
+    standin = nms_standin()
+    result = {"model": name, "nms_standin": standin}
+    model, inputs, feeds, calib = prepared(name, n_inputs)
     result["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
     result["inputs"] = {n: list(s) for n, s in inputs}
     specs = input_specs(inputs)
