@@ -57,9 +57,13 @@ INT8_CASES = [n for n, (m, _) in CASES.items()  # per-channel QDQ needs opset 13
               if m.opset_import[0].version >= 13 and n not in FLOAT_ONLY]
 
 
+INT8_OP = {"hard_swish": "MUL"}  # int8 HardSwish as x * hard_sigmoid(x): XNNPACK takes no int8 HARD_SWISH
+
+
 @pytest.mark.parametrize("name", INT8_CASES)
 def test_int8_op_within_one_step(tmp_path, name):
     m, expected_op = CASES[name]
+    expected_op = INT8_OP.get(name, expected_op)
     path = _save(tmp_path, qdq(m, _feeds(m)))
     result = convert(path)
     assert result.int8
@@ -527,3 +531,11 @@ def test_the_export_check_runs_on_given_samples_and_is_stored_per_output(tmp_pat
     assert read_export_check(onnx_to_tflite(path, tmp_path / "noise.tflite"))[0]["source"] == "noise"
     interp = interpreter(written)  # the metadata leaves the model as it was
     assert [d["name"] for d in interp.get_input_details()] == ["x"]
+
+
+def test_int8_hard_swish_is_delegated_to_xnnpack_in_one_partition(tmp_path):
+    m, _ = CASES["hard_swish"]
+    result = convert(_save(tmp_path, qdq(m, _feeds(m))))
+    assert "HARD_SWISH" not in result.ops
+    ops = [op["op_name"] for op in interpreter(result.data)._get_ops_details()]
+    assert ops.count("DELEGATE") == 1  # (HARD_SWISH, not delegated in int8, split it into two)

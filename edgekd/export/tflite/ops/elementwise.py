@@ -229,8 +229,17 @@ def gelu(ctx: Context, node: Node) -> None:
 
 @CONVERTERS.register("HardSwish")
 def hard_swish(ctx: Context, node: Node) -> None:
-    x = ctx.get(node.inputs[0], None, node)  # one HARD_SWISH version serves float and int8
-    ctx.emit("HARD_SWISH", [x.index], node, perm=x.perm)
+    """HARD_SWISH in float. In int8, x * hard_sigmoid(x) from ADD (RELU6 fused), MUL, MUL: XNNPACK
+    does not delegate int8 HARD_SWISH, and each one split MobileNetV3's int8 file into another
+    partition (20 in all); the gate is on [0, 1] at 1/255."""
+    x = ctx.get(node.inputs[0], None, node)
+    if not ctx.int8:
+        ctx.emit("HARD_SWISH", [x.index], node, perm=x.perm)
+        return
+    clamped, sixth = _clamped_affine(ctx, node, x, 1.0, 3.0)  # relu6(x + 3)
+    gate = ctx.tensor(f"{node.name}/gate", ctx.b.shape_of(x.index), like=x.index, quant=range_quant(0.0, 1.0))
+    ctx.b.op("MUL", [clamped, sixth], [gate], ctx.b.options("Mul"), 2)
+    ctx.emit("MUL", [x.index, gate], node, perm=x.perm, options=ctx.b.options("Mul"), version=2)
 
 
 @CONVERTERS.register("HardSigmoid")
@@ -243,24 +252,31 @@ def hard_sigmoid(ctx: Context, node: Node) -> None:
     two constants (the interval the input can represent, mapped through the affine function);
     the clamped sum is on [0, 6].
     """
-    alpha, beta = 6 * float(node.attr("alpha", 0.2)), 6 * float(node.attr("beta", 0.5))
     x = ctx.get(node.inputs[0], None, node)
+    clamped, sixth = _clamped_affine(ctx, node, x, 6 * float(node.attr("alpha", 0.2)), 6 * float(node.attr("beta", 0.5)))
+    ctx.emit("MUL", [clamped, sixth], node, perm=x.perm, options=ctx.b.options("Mul"),
+             version=2 if ctx.int8 else 1)
+
+
+def _clamped_affine(ctx: Context, node: Node, x: Ref, alpha: float, beta: float) -> tuple[int, int]:
+    """relu6(alpha * x + beta) (MUL unless alpha is 1, ADD with RELU6 fused; int8 scales exact
+    from the input's), and the constant 1/6 in the matching type."""
     shape = ctx.b.shape_of(x.index)
     q_mul = q_add = None
     if ctx.int8:
         q = ctx.b.quant_of(x.index)
         lo, hi = sorted(((-128 - q.zero_point[0]) * q.scale[0] * alpha, (127 - q.zero_point[0]) * q.scale[0] * alpha))
         q_mul, q_add = range_quant(lo, hi), range_quant(0.0, 6.0)
-    a = const_like(ctx, node, np.asarray(alpha), x, f"{node.name}/alpha")
-    scaled = ctx.tensor(f"{node.name}/scaled", shape, like=x.index, quant=q_mul)
-    ctx.b.op("MUL", [x.index, a], [scaled], ctx.b.options("Mul"), 2 if ctx.int8 else 1)
+    scaled = x.index
+    if alpha != 1.0:
+        a = const_like(ctx, node, np.asarray(alpha), x, f"{node.name}/alpha")
+        scaled = ctx.tensor(f"{node.name}/scaled", shape, like=x.index, quant=q_mul)
+        ctx.b.op("MUL", [x.index, a], [scaled], ctx.b.options("Mul"), 2 if ctx.int8 else 1)
     b = const_like(ctx, node, np.asarray(beta), x, f"{node.name}/beta")
     clamped = ctx.tensor(f"{node.name}/relu6", shape, like=x.index, quant=q_add)
     ctx.b.op("ADD", [scaled, b], [clamped], ctx.b.options("Add", fusedActivationFunction=ctx.b.enum(
         "ActivationFunctionType", "RELU6")), 2 if ctx.int8 else 1)
-    sixth = const_like(ctx, node, np.asarray(1 / 6), x, f"{node.name}/one_sixth")
-    ctx.emit("MUL", [clamped, sixth], node, perm=x.perm, options=ctx.b.options("Mul"),
-             version=2 if ctx.int8 else 1)
+    return clamped, const_like(ctx, node, np.asarray(1 / 6), x, f"{node.name}/one_sixth")
 
 
 @CONVERTERS.register("Softmax")
