@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -217,7 +218,11 @@ def test_load_yaml_uses_the_path_in_errors(tmp_path):
 
 DEMO = demo_recipe().to_dict()
 RECIPE_FIELDS = list(DEMO)
-SECTIONS = [k for k, v in DEMO.items() if isinstance(v, dict)]  # data, teacher, distill, qat, ...
+_HINTS = typing.get_type_hints(Recipe)
+# data, teacher, distill, qat, ...: the sections that are configs (not free-form maps such as
+# ``shapes``, where any key with a valid value is accepted)
+SECTIONS = [k for k, v in DEMO.items() if isinstance(v, dict) and isinstance(_HINTS[k], type)
+            and issubclass(_HINTS[k], Config)]
 NESTED_FIELDS = sorted({k for s in SECTIONS for k in DEMO[s]})
 
 values = st.recursive(
