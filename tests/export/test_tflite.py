@@ -539,3 +539,20 @@ def test_int8_hard_swish_is_delegated_to_xnnpack_in_one_partition(tmp_path):
     assert "HARD_SWISH" not in result.ops
     ops = [op["op_name"] for op in interpreter(result.data)._get_ops_details()]
     assert ops.count("DELEGATE") == 1  # (HARD_SWISH, not delegated in int8, split it into two)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_concat_of_many_inputs_is_a_chain_xnnpack_delegates_whole(tmp_path, int8):
+    """XNNPACK takes CONCATENATION of at most 5 inputs; DenseNet joins up to 32 feature maps."""
+    n = 12
+    nodes = [helper.make_node("Relu", [f"x{i}"], [f"r{i}"]) for i in range(n)] + [
+        helper.make_node("Concat", [f"r{i}" for i in range(n)], ["c"], axis=1), helper.make_node("Relu", ["c"], ["y"])]
+    m = model(nodes, [(f"x{i}", [1, 2, 4, 4]) for i in range(n)], None)
+    path = _save(tmp_path, qdq(m, _feeds(m)) if int8 else m)
+    result = convert(path)
+    assert result.ops.count("CONCATENATION") == 3  # 5 + 4 + 3 inputs: 5, then 5, then 4 (with the parts)
+    if not int8:  # (the int8 case requantizes each input to the concat's grid: QUANTIZE ops between)
+        ops = [op["op_name"] for op in interpreter(result.data)._get_ops_details()]
+        assert ops.count("DELEGATE") == 1
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
+        assert (parity.within_one_step >= 0.99) if int8 else (parity.relative_error <= FLOAT_RTOL), parity.describe()

@@ -154,8 +154,18 @@ def concat(ctx: Context, node: Node) -> None:
         if ctx.int8:
             index = ctx.requantize(index, out_quant, f"{node.name}/input{i}_requantized")
         inputs.append(index)
-    ctx.emit("CONCATENATION", inputs, node, perm=perm,
-             options=ctx.b.options("Concatenation", axis=perm.index(axis)), fixed_quant=out_quant)
+    options = ctx.b.options("Concatenation", axis=perm.index(axis))
+    while len(inputs) > MAX_DELEGATED_CONCAT:  # DenseNet joins up to 32 feature maps at once
+        head, inputs = inputs[:MAX_DELEGATED_CONCAT], inputs[MAX_DELEGATED_CONCAT:]
+        shape = ctx.b.shape_of(head[0])
+        shape[perm.index(axis)] = sum(ctx.b.shape_of(i)[perm.index(axis)] for i in head)
+        part = ctx.tensor(f"{node.outputs[0]}/part{len(inputs)}", shape, like=head[0], quant=out_quant)
+        ctx.b.op("CONCATENATION", head, [part], options)
+        inputs = [part, *inputs]
+    ctx.emit("CONCATENATION", inputs, node, perm=perm, options=options, fixed_quant=out_quant)
+
+
+MAX_DELEGATED_CONCAT = 5  # inputs XNNPACK takes in one CONCATENATION; more is split into a chain of them
 
 
 @CONVERTERS.register("Pad")
