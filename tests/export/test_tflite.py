@@ -556,3 +556,24 @@ def test_a_concat_of_many_inputs_is_a_chain_xnnpack_delegates_whole(tmp_path, in
         assert ops.count("DELEGATE") == 1
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
         assert (parity.within_one_step >= 0.99) if int8 else (parity.relative_error <= FLOAT_RTOL), parity.describe()
+
+
+@pytest.mark.parametrize("op", ["Greater", "GreaterOrEqual", "Less", "LessOrEqual"])
+@pytest.mark.parametrize("const_first", [False, True])
+def test_int8_comparison_with_a_constant_between_two_codes_decides_as_the_real_one(tmp_path, op, const_first):
+    """x > 0.3 where 0.3 lies between two codes of x's grid: rounded to the nearest code, the
+    constant would flip the answer for the values on that code."""
+    operands = ["c", "xd"] if const_first else ["xd", "c"]
+    scale, zero = np.float32(0.04), np.int8(0)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node(op, operands, ["b"]), helper.make_node("Cast", ["b"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("QuantizeLinear", ["f", "one_s", "one_z"], ["fq"]),
+             helper.make_node("DequantizeLinear", ["fq", "one_s", "one_z"], ["y"])]
+    inits = [("s", scale), ("z", zero), ("c", np.float32(0.3)), ("one_s", np.float32(1 / 255)), ("one_z", np.int8(-128))]
+    m = model(nodes, [("x", [1, 64])], [1, 64], inits, opset=13)
+    path = _save(tmp_path, m)
+    result = convert(path)
+    x = (np.arange(-32, 32, dtype=np.float32) * 0.04)[None]  # every code, 0.28 and 0.32 around 0.3 included
+    [parity] = compare(path, result.data, result.graph, feeds=[x])
+    assert parity.max_abs_error == 0.0, parity.describe()

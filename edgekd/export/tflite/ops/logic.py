@@ -63,7 +63,31 @@ def _operands(ctx: Context, node: Node, names: list[str]) -> tuple[list[int], tu
 @CONVERTERS.register("GreaterOrEqual")
 def compare(ctx: Context, node: Node) -> None:
     inputs, perm = _operands(ctx, node, node.inputs[:2])
+    consts = [i for i, n in enumerate(node.inputs[:2]) if ctx.is_const(n)]
+    quant = ctx.b.quant_of(inputs[1 - consts[0]]) if len(consts) == 1 else None
+    if quant is not None and node.op != "Equal":  # an int8 activation against a constant
+        inputs[consts[0]] = _threshold(ctx, node, consts[0], perm, quant)
     ctx.emit(_COMPARISONS[node.op], inputs, node, perm=perm, version=2 if ctx.int8 else 1)
+
+
+# x OP c on codes q: the constant's code rounded so that the integer comparison decides as the
+# real one does (q > t iff q > floor(t); q >= t iff q >= ceil(t); ...), not to the nearest code
+_ROUNDING = {("Greater", 1): np.floor, ("LessOrEqual", 1): np.floor, ("GreaterOrEqual", 1): np.ceil,
+             ("Less", 1): np.ceil, ("Greater", 0): np.ceil, ("LessOrEqual", 0): np.ceil,
+             ("GreaterOrEqual", 0): np.floor, ("Less", 0): np.floor}
+
+
+def _threshold(ctx: Context, node: Node, position: int, perm: tuple[int, ...], quant) -> int:
+    """The constant operand at ``position`` as int8 codes on ``quant``'s grid, rounded toward
+    the side that keeps the comparison exact (a value between two codes is never one of them)."""
+    value = np.asarray(ctx.g.constants[node.inputs[position]], np.float64)
+    if value.size == 1:
+        value = value.reshape(())
+    elif value.ndim:
+        value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(perm)
+    codes = _ROUNDING[(node.op, position)](value / quant.scale[0] + quant.zero_point[0])
+    data = np.ascontiguousarray(np.clip(codes, -128, 127).astype(np.int8))
+    return ctx.b.tensor(f"{node.name}/{node.inputs[position]}/threshold", data.shape, np.int8, data=data, quant=quant)
 
 
 @CONVERTERS.register("And")
