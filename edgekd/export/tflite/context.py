@@ -117,7 +117,7 @@ class Context:
     # -- float fallback ------------------------------------------------------------------------
     def has_scale(self, name: str, node: Node) -> bool:
         """Whether float tensor ``name`` (written by ``node``) is int8 in the converted model."""
-        if self.g.act_quant.get(name) or self._forward_quant(name, set()):
+        if self.file_quant(name):
             return True
         first = next((n for n in node.inputs if n and not self.is_const(n)), None)
         return (node.op in SCALE_PRESERVING and first in self.refs
@@ -240,7 +240,7 @@ class Context:
         """The int8 parameters of activation ``name`` (None in float models)."""
         if not self.int8 or not self.is_float(name):
             return None
-        q = self.g.act_quant.get(name) or self._forward_quant(name, set())
+        q = self.file_quant(name)
         if q is None:
             q = inherit if node is not None and node.op in SCALE_PRESERVING else None
         if q is None:
@@ -250,6 +250,11 @@ class Context:
                               f"Quantize this tensor in the ONNX model (edgekd never re-calibrates), or "
                               f"convert with float_fallback to compute it in float")
         return q
+
+    def file_quant(self, name: str) -> Quant | None:
+        """The scale the ONNX file gives ``name``: its own QuantizeLinear, or the one of the
+        reshape-like op alone reading it."""
+        return self.g.act_quant.get(name) or self._forward_quant(name, set())
 
     def _forward_quant(self, name: str, seen: set) -> Quant | None:
         consumers = self.g.consumers(name)
@@ -284,7 +289,7 @@ class Context:
             self.b.op(op, inputs, [index], options, version)
             return self.bind(out, index, perm, feature_perm)
         if self.island:  # float op; int8 again where the ONNX file quantizes the result
-            quant = self.g.act_quant.get(out) or self._forward_quant(out, set())
+            quant = self.file_quant(out)
             index = self.tensor(out if quant is None else f"{out}/float", phys, dtype=np.float32)
             self.b.op(op, inputs, [index], options, version)
             if quant is not None:
@@ -317,6 +322,17 @@ def tflite_dtype(dtype: np.dtype, path: str, tensor: str) -> np.dtype:
         raise ExportError(f"{path}: tensor {tensor!r} is {dtype}; the TFLite writer takes float32, "
                           f"int32, int64 and bool tensors: cast it in the model")
     return dtype
+
+
+def laid_out(value: np.ndarray, perm: tuple[int, ...]) -> np.ndarray:
+    """A constant operand aligned to an activation stored in ``perm``: a scalar stays 0-d (it
+    broadcasts in any layout), anything else is left-padded to its rank and permuted alike."""
+    value = np.asarray(value)
+    if value.size == 1:
+        return value.reshape(())
+    if value.ndim:
+        value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(perm)
+    return np.ascontiguousarray(value)
 
 
 def range_quant(lo: float, hi: float) -> Quant:

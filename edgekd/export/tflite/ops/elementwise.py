@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekd.export.tflite.builder import Quant
-from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref, identity, range_quant
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref, identity, laid_out, range_quant
 from edgekd.export.tflite.graph import Node, activation_of
 
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
@@ -28,11 +28,7 @@ def const_like(ctx: Context, node: Node, value: np.ndarray, like: Ref, name: str
     value = np.asarray(value, np.float32)
     if value.ndim > rank:
         raise ctx.fail(node, f"constant of rank {value.ndim} broadcast against a rank-{rank} tensor")
-    if value.ndim and value.size > 1:
-        value = value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(like.perm)
-    elif value.size == 1:
-        value = value.reshape(())  # scalar constants broadcast in any layout
-    return ctx.operand_const(np.ascontiguousarray(value), name, quant)
+    return ctx.operand_const(laid_out(value, like.perm), name, quant)
 
 
 def _operands(ctx: Context, node: Node) -> tuple[list[int], tuple[int, ...]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgekd.export.tflite.context import CONVERTERS, Context, Ref, identity, range_quant
+from edgekd.export.tflite.context import CONVERTERS, Context, Ref, identity, laid_out, range_quant
 from edgekd.export.tflite.graph import Node
 
 _COMPARISONS = {"Equal": "EQUAL", "Less": "LESS", "LessOrEqual": "LESS_EQUAL", "Greater": "GREATER",
@@ -38,12 +38,7 @@ def _aligned(ctx: Context, node: Node, names: list[str]) -> tuple[dict[str, Ref]
 
 def _constant(ctx: Context, node: Node, name: str, perm: tuple[int, ...], dtype, quant=None) -> int:
     """Constant operand ``name`` in ``perm``'s layout, as ``dtype`` (int8 codes with ``quant``)."""
-    value = np.asarray(ctx.g.constants[name])
-    if value.size == 1:
-        value = value.reshape(())
-    elif value.ndim:
-        value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(perm)
-    value = np.ascontiguousarray(value)
+    value = laid_out(ctx.g.constants[name], perm)
     data = quant.quantize(value) if quant is not None else value.astype(dtype)
     return ctx.b.tensor(f"{node.name}/{name}", value.shape, data.dtype, data=data, quant=quant)
 
@@ -80,11 +75,7 @@ _ROUNDING = {("Greater", 1): np.floor, ("LessOrEqual", 1): np.floor, ("GreaterOr
 def _threshold(ctx: Context, node: Node, position: int, perm: tuple[int, ...], quant) -> int:
     """The constant operand at ``position`` as int8 codes on ``quant``'s grid, rounded toward
     the side that keeps the comparison exact (a value between two codes is never one of them)."""
-    value = np.asarray(ctx.g.constants[node.inputs[position]], np.float64)
-    if value.size == 1:
-        value = value.reshape(())
-    elif value.ndim:
-        value = value.reshape((1,) * (len(perm) - value.ndim) + value.shape).transpose(perm)
+    value = laid_out(np.asarray(ctx.g.constants[node.inputs[position]], np.float64), perm)
     codes = _ROUNDING[(node.op, position)](value / quant.scale[0] + quant.zero_point[0])
     data = np.ascontiguousarray(np.clip(codes, -128, 127).astype(np.int8))
     return ctx.b.tensor(f"{node.name}/{node.inputs[position]}/threshold", data.shape, np.int8, data=data, quant=quant)
@@ -150,7 +141,7 @@ def cast(ctx: Context, node: Node) -> None:
     if not ctx.int8:
         ctx.emit("CAST", [x.index], node, perm=x.perm)
         return
-    quant = ctx.g.act_quant.get(out) or ctx._forward_quant(out, set())
+    quant = ctx.file_quant(out)
     if quant is None and source == np.bool_:
         quant = range_quant(0.0, 1.0)
     if quant is None:

@@ -284,7 +284,7 @@ def _lookup_table(ctx: Context, node: Node, name: str):
     out = node.outputs[0]
     if not ctx.int8 or not ctx.is_float(out):
         return ctx.b.tensor(f"{node.name}/table", value.shape, value.dtype, data=value), None
-    quant = ctx.g.act_quant.get(out) or ctx._forward_quant(out, set())
+    quant = ctx.file_quant(out)
     if quant is None and name in ctx.g.qconst and not ctx.g.qconst[name].quant.per_channel:
         quant = ctx.g.qconst[name].quant
     if quant is None:
