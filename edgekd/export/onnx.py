@@ -100,11 +100,18 @@ def inline_constant_identities(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in graph.output}
     alias = {n.output[0]: n.input[0] for n in graph.node
              if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
-    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    return _bypass(graph, "Identity", alias)
+
+
+def _bypass(graph: onnx.GraphProto, op_type: str, alias: dict[str, str]) -> int:
+    """Remove the ``op_type`` nodes whose output is in ``alias`` (output -> the tensor to read
+    instead), rewiring their readers through chains of them. Returns how many went."""
+    keep = [n for n in graph.node if not (n.op_type == op_type and n.output[0] in alias)]
     for node in keep:
         for i, name in enumerate(node.input):
-            if name in alias:
-                node.input[i] = alias[name]
+            while name in alias:
+                name = alias[name]
+            node.input[i] = name
     del graph.node[:]
     graph.node.extend(keep)
     return len(alias)
@@ -125,15 +132,7 @@ def drop_float_casts(model: onnx.ModelProto) -> int:
     alias = {n.output[0]: n.input[0] for n in graph.node
              if n.op_type == "Cast" and n.output[0] not in outputs and types.get(n.input[0]) == float32
              and next((a.i for a in n.attribute if a.name == "to"), None) == float32}
-    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in alias)]
-    for node in keep:
-        for i, name in enumerate(node.input):
-            while name in alias:
-                name = alias[name]
-            node.input[i] = name
-    del graph.node[:]
-    graph.node.extend(keep)
-    return len(alias)
+    return _bypass(graph, "Cast", alias)
 
 
 def store_int8_weights(model: onnx.ModelProto) -> int:

@@ -43,6 +43,7 @@ class Exported:
     product: Product
     artifact: Artifact
     validation: object | None = None
+    export_check: list[dict] | None = None  # what a TFLite file's export check measured, per output
 
 
 def _scored(ctx: RunContext, logits: np.ndarray) -> dict:
@@ -97,9 +98,8 @@ def export_products(ctx: RunContext) -> list[Exported]:
                 precisions = layer_precisions(product.base, ctx.qat_config.layers, scheme)
                 validation = validate_onnx(artifact.path, scheme, precisions)
                 ctx.log(validation.summary())
-            if artifact.format == "tflite":
-                _log_export_check(ctx, artifact)
-            done.append(Exported(product, artifact, validation))
+            check = _export_check(ctx, artifact) if artifact.format == "tflite" else None
+            done.append(Exported(product, artifact, validation, check))
     return done
 
 
@@ -115,14 +115,17 @@ def check_samples(ctx: RunContext, specs) -> list[list[np.ndarray]]:
              zip(model_inputs.as_tuple(model_inputs.take(x, slice(i, i + 1))), specs)] for i in range(count)]
 
 
-def _log_export_check(ctx: RunContext, artifact: Artifact) -> None:
+def _export_check(ctx: RunContext, artifact: Artifact) -> list[dict] | None:
+    """The export check stored in a TFLite artifact, logged per output."""
     from edgekd.export.tflite import read_export_check
 
-    for check in read_export_check(artifact.path) or []:
+    checks = read_export_check(artifact.path)
+    for check in checks or []:
         measured = (f"{100 * check['within_steps']:.1f}% within tolerance" if check["within_steps"] is not None
                     else f"relative error {check['relative_error']:.2e}")
         ctx.log(f"{artifact.path.name} export check, output {check['output']!r}: {measured} "
                 f"(tolerance: {check['tolerance']}; {check['inputs']} {check['source']} samples)")
+    return checks
 
 
 def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[TargetProfile],
@@ -152,9 +155,7 @@ def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[Ta
                 continue
             entry.info["compressed_size_bytes"] = compressed[artifact.path]
             if artifact.format == "tflite":
-                from edgekd.export.tflite import read_export_check
-
-                entry.info["export_check"] = read_export_check(artifact.path)
+                entry.info["export_check"] = item.export_check
             entries.append(entry)
     return entries
 
