@@ -59,8 +59,7 @@ def test_full_range_weights_violate_a_reduce_range_target(tmp_path, digits, floa
 def _silu_graph(tmp_path, gate_quantized: bool):
     """x -> Q/DQ -> Sigmoid -> [Q/DQ] -> Mul(x) -> Q/DQ -> y: a SiLU, its gate quantized or not."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
              numpy_helper.from_array(np.array(0, np.int8), "z"),
@@ -75,9 +74,16 @@ def _silu_graph(tmp_path, gate_quantized: bool):
     nodes += [helper.make_node("Mul", ["xd", "gd" if gate_quantized else "g"], ["m"], name="product"),
               helper.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
               helper.make_node("DequantizeLinear", ["mq", "s", "z"], ["y"])]
-    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+    return _saved(tmp_path / f"silu-{gate_quantized}.onnx", nodes, inits)
+
+
+def _saved(path, nodes, inits):
+    """An opset-17 model x (1, 8) -> y (1, 8) of ``nodes`` written to ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
-    path = tmp_path / f"silu-{gate_quantized}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -98,8 +104,7 @@ def _gelu_graph(tmp_path, quantized: bool):
     """x -> Q/DQ -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5) -> [Q/DQ] -> y: torch's exact
     GELU below opset 20, its output quantized or not."""
     import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
              [("s", 0.02), ("r2", np.sqrt(2)), ("one", 1.0), ("half", 0.5)]] + [
@@ -115,11 +120,7 @@ def _gelu_graph(tmp_path, quantized: bool):
     if quantized:
         nodes += [helper.make_node("QuantizeLinear", ["g", "s", "z"], ["gq"]),
                   helper.make_node("DequantizeLinear", ["gq", "s", "z"], ["y"])]
-    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
-    path = tmp_path / f"gelu-{quantized}.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return _saved(tmp_path / f"gelu-{quantized}.onnx", nodes, inits)
 
 
 def test_an_exact_gelu_pattern_is_checked_as_one_op(tmp_path):
