@@ -101,30 +101,38 @@ _OVERWRITE_HELP = ("Write into an --out folder that is not empty and was not mad
 
 
 @main.command()
-@click.option("--out", default="edgekd-out/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for models, artifacts, benchmark files and report.json.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for models, artifacts, benchmark files and report.json "
+                   "[default: edgekd-out/demo, or edgekd-out/detection-demo for --task object-detection].")
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
+@click.option("--task", "task", default="image-classification", show_default=True,
+              type=click.Choice(["image-classification", "object-detection"]),
+              help="Which demo: digit classification, or detection of 1-3 digits on 32x32 canvases "
+                   "(boxes and scores exported without NMS, detections compared across runtimes).")
 @click.option("--show-recipe", is_flag=True, help="Print the built-in recipe (YAML) and exit.")
 @click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
                                              "are loaded, the interrupted one resumes from its last epoch.")
 @click.option("--overwrite", is_flag=True, help=_OVERWRITE_HELP)
-def demo(out: str, cache: str | None, show_recipe: bool, no_bench: bool, resume: bool, overwrite: bool) -> None:
+def demo(out: str, cache: str | None, task: str, show_recipe: bool, no_bench: bool, resume: bool,
+         overwrite: bool) -> None:
     """Run the whole pipeline on the built-in 8x8 digits.
 
     Trains (or reuses from the cache) a teacher CNN, distils a ~24x smaller student and a scratch
     baseline, fine-tunes the student in int8 with the teacher guiding, exports ONNX, OpenVINO IR
     and TFLite (the formats of the recipe: `--show-recipe`), checks accuracy in each runtime,
-    benchmarks each artifact and checks the demo budget.
+    benchmarks each artifact and checks the demo budget. `--task object-detection` runs the
+    same pipeline for a detector (mAP@0.5; detections matched between each runtime and PyTorch).
     Exits 1 if a budget fails.
     """
     from edgekd.recipe import demo_recipe, demo_recipe_text
 
     if show_recipe:
-        click.echo(demo_recipe_text(), nl=False)
+        click.echo(demo_recipe_text(task), nl=False)
         return
-    recipe = demo_recipe()
+    recipe = demo_recipe(task)
+    out = out or ("edgekd-out/demo" if task == "image-classification" else "edgekd-out/detection-demo")
     recipe.benchmark = recipe.benchmark and not no_bench
     _run(recipe, out, cache, resume, overwrite)
 

@@ -134,10 +134,22 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe.from_dict(data, source)
 
 
-def demo_recipe_text() -> str:
-    return resources.files("edgekd.recipes").joinpath("demo.yaml").read_text(encoding="utf-8")
+DEMO_RECIPES = {"image-classification": "demo.yaml", "object-detection": "detection.yaml"}  # task -> file
 
 
-def demo_recipe() -> Recipe:
-    data, source = parse_yaml(demo_recipe_text(), "<built-in demo recipe>")
+def demo_recipe_text(task: str = "image-classification") -> str:
+    """The built-in demo recipe of ``task`` (one of ``DEMO_RECIPES``), as YAML text.
+
+    Raises:
+        UnknownNameError: no demo for that task.
+    """
+    if task not in DEMO_RECIPES:
+        from edgekd.errors import UnknownNameError
+
+        raise UnknownNameError(f"no demo for task {task!r}; demos: {', '.join(DEMO_RECIPES)}")
+    return resources.files("edgekd.recipes").joinpath(DEMO_RECIPES[task]).read_text(encoding="utf-8")
+
+
+def demo_recipe(task: str = "image-classification") -> Recipe:
+    data, source = parse_yaml(demo_recipe_text(task), f"<built-in {task} demo recipe>")
     return Recipe.from_dict(data, source)

@@ -69,6 +69,9 @@ def test_show_recipe_round_trips():
     result = invoke("demo", "--show-recipe")
     assert result.exit_code == 0
     assert Recipe.from_dict(*parse_yaml(result.output)) == demo_recipe()
+    detection = invoke("demo", "--task", "object-detection", "--show-recipe")
+    assert Recipe.from_dict(*parse_yaml(detection.output)) == demo_recipe("object-detection")
+    assert demo_recipe("object-detection").task == "object-detection"
 
 
 def test_run_with_typo_names_file_line_and_field(tmp_path):

@@ -65,7 +65,12 @@ def test_report_json_is_versioned_and_readable(result):
                                       "student-ptq", "export", "parity", "benchmark", "total"}  # one per stage
     assert data["task"]["name"] == "image-classification" and data["task"]["quality_metric"] == "accuracy"
     assert load_report(out / "report.json").entries == res.report.entries
-    assert (out / "report.md").read_text().count("\n") == len(res.report.entries) + 2 + 2 * len(res.report.warnings)
+    measured = [e for e in res.report.entries if e.info.get("parity")]  # every runtime entry: logits vs PyTorch
+    assert measured and all(e.info["parity"]["logits"]["max_abs"] < 1.0 for e in measured)
+    markdown = (out / "report.md").read_text()
+    assert "| artifact | runtime | target | logits |" in markdown
+    assert markdown.count("\n") == (len(res.report.entries) + 2 + 5 + len(measured)
+                                     + 2 * len(res.report.warnings))
 
 
 def test_int8_is_much_smaller_and_tracks_its_simulation(result):

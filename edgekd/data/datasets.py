@@ -103,10 +103,11 @@ class DataSplits:
         return dataclasses.replace(self, train_labelled=_labelled_mask(self.y_train, fraction, seed))
 
     def visible_train_labels(self) -> torch.Tensor:
-        """Train labels with -1 where training may not use them.  # (N_train,)"""
+        """Train labels with -1 where training may not use them.  # (N_train, ...)"""
         if self.train_labelled is None:
             return self.y_train
-        return torch.where(self.train_labelled, self.y_train, torch.full_like(self.y_train, -1))
+        mask = self.train_labelled.reshape(-1, *[1] * (self.y_train.dim() - 1))  # (N, 1, ...): per-position and box labels
+        return torch.where(mask, self.y_train, torch.full_like(self.y_train, -1))
 
     @property
     def num_classes(self) -> int:

@@ -60,16 +60,19 @@ class TermConfig(Config):
     def name(self) -> str:
         return f"{self.loss}:{self.student}" if self.student else self.loss
 
-    def build(self) -> Term:
+    def build(self, task=None) -> Term:
+        """The term, its loss resolved for ``task`` (``ce``/``kd`` mean the task's label and
+        distillation losses: ``Task.loss_name``)."""
+        loss_name = task.loss_name(self.loss) if task is not None else self.loss
         kwargs = dict(self.options)
         if self.student:
             kwargs.update(student=self.student, teacher=self.teacher)
         if self.temperature is not None:
             kwargs["temperature"] = _first(self.temperature)
         try:
-            loss = LOSSES.get(self.loss)(**kwargs)
+            loss = LOSSES.get(loss_name)(**kwargs)
         except TypeError as err:
-            raise ConfigError(f"loss {self.loss!r}: bad options {self.options} ({err})") from None
+            raise ConfigError(f"loss {loss_name!r}: bad options {self.options} ({err})") from None
         return Term(self.name, self.weight, loss, self.temperature)
 
 
@@ -144,20 +147,27 @@ class DistillConfig(Config):
             terms.append(TermConfig("ce", self.ce_weight))
         return terms
 
-    def build_terms(self) -> list[Term]:
-        return [t.build() for t in self.objective()]
+    def build_terms(self, task=None) -> list[Term]:
+        return [t.build(task) for t in self.objective()]
 
 
-def check_distill_setup(config: DistillConfig, *, onnx_teacher: bool, num_classes: int) -> None:
+def check_distill_setup(config: DistillConfig, *, onnx_teacher: bool, num_classes: int, task=None) -> None:
     """Refuse, before any training, an objective the teacher cannot feed.
 
     Raises:
         ConfigError: a feature loss or ``init_from_teacher`` with an ONNX or black-box teacher, a
-            logit-hungry loss (dkd, mse) with a black-box teacher, or ``top_k`` > classes.
+            logit-hungry loss (dkd, mse) with a black-box teacher, ``top_k`` > classes, or a loss
+            made for another task's outputs (``dkd`` on a detection head).
     """
     black_box = config.teacher_output != "logits"
     for term in config.objective():
-        needs = getattr(LOSSES.get(term.loss), "needs", "")
+        name = task.loss_name(term.loss) if task is not None else term.loss
+        targets = getattr(LOSSES.get(name), "targets", None)
+        if task is not None and targets is not None and task.teacher_target not in targets:
+            raise ConfigError(f"distill: loss {name!r} reads {' or '.join(targets)} outputs; task {task.name!r} gives "
+                              f"{task.teacher_target} outputs (use {task.loss_name('kd')!r} and "
+                              f"{task.loss_name('ce')!r}, or a feature loss)")
+        needs = getattr(LOSSES.get(name), "needs", "")
         if needs == "features" and (onnx_teacher or black_box):
             raise ConfigError(f"distill: loss {term.name!r} needs teacher features; an ONNX or "
                               f"black-box teacher gives logits only (feature losses need a PyTorch teacher)")
@@ -173,10 +183,14 @@ def check_distill_setup(config: DistillConfig, *, onnx_teacher: bool, num_classe
 def distill(student: nn.Module, teacher: nn.Module, data: DataSplits, config: DistillConfig,
             train_config: TrainConfig, *, desc: str = "distill", **kwargs) -> TrainResult:
     """Train ``student`` in place from ``teacher``'s soft targets (and labels, per ``config``)."""
-    return train(student, data, train_config, config.build_terms(), teacher=teacher, desc=desc, **kwargs)
+    return train(student, data, train_config, config.build_terms(kwargs.get("task")), teacher=teacher, desc=desc,
+                 **kwargs)
 
 
 def train_scratch(model: nn.Module, data: DataSplits, train_config: TrainConfig, *,
                   desc: str = "scratch", **kwargs) -> TrainResult:
-    """Train ``model`` in place with cross-entropy on the labels only (no teacher)."""
-    return train(model, data, train_config, [Term("ce", 1.0, LOSSES.get("ce")())], desc=desc, **kwargs)
+    """Train ``model`` in place on the labels only (no teacher): cross-entropy, or the task's
+    label loss (``Task.label_loss``)."""
+    task = kwargs.get("task")
+    loss = LOSSES.get(task.label_loss if task is not None else "ce")()
+    return train(model, data, train_config, [Term("ce", 1.0, loss)], desc=desc, **kwargs)

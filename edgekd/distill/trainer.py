@@ -128,6 +128,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     if find_cache(provider) is not None and augment_shift and not cache_views:
         raise ConfigError("a cached teacher needs fixed augmentation views (cache_views > 0): with "
                           "random shifts every epoch the cache would serve stale outputs")
+    for term in terms:  # losses that read the task's geometry (a detection head's anchor points)
+        if hasattr(term.loss, "bind"):
+            term.loss.bind(task, data)
     student_paths = [t.loss.student_path for t in terms if getattr(t.loss, "needs", "") == "features"]
     taps = FeatureTaps(model, student_paths) if student_paths else None
     labels = data.visible_train_labels()

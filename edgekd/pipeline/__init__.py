@@ -96,7 +96,7 @@ def prepare(recipe: Recipe, out_dir: str | Path, *, cache_dir: str | Path | None
                 raise ConfigError(f"{field}: {err}") from None
     tick = time.perf_counter()
     data = task.load_data(recipe.data)
-    check_distill_setup(recipe.distill, onnx_teacher=onnx_teacher(recipe), num_classes=data.num_classes)
+    check_distill_setup(recipe.distill, onnx_teacher=onnx_teacher(recipe), num_classes=data.num_classes, task=task)
     if recipe.benchmark:  # every dynamic axis has a length on every target, or refuse before training
         for target in (t for t in targets if t.reachable):
             axes = {**target.shapes, **recipe.shapes}

@@ -71,7 +71,7 @@ def _probe(who: str, forward, shapes: str, data, task) -> None:
     out = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"{who} returned {type(out).__name__} on a batch of the data; expected logits (a tensor)")
-    classes = out.shape[task.class_dim] if out.dim() else None
+    classes = task.num_classes_of(out)
     if classes != data.num_classes:
         raise ConfigError(f"{who} gives {classes} classes (output {tuple(out.shape)}, class axis "
                           f"{task.class_dim}) but the data ({data.source}) has {data.num_classes}; use a model "

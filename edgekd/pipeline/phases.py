@@ -53,8 +53,8 @@ def _scored(ctx: RunContext, logits: np.ndarray) -> dict:
 
 
 def model_entries(ctx: RunContext) -> tuple[list[Entry], dict[str, np.ndarray]]:
-    """One entry per product, scored in PyTorch; and each model's test predictions (the
-    reference its artifacts are compared with)."""
+    """One entry per product, scored in PyTorch; and each model's test outputs (the reference its
+    artifacts are compared with)."""
     entries, references = [], {}
     for product in ctx.products.values():
         if product.model is None:  # a teacher given as ONNX: scored in onnxruntime
@@ -62,7 +62,7 @@ def model_entries(ctx: RunContext) -> tuple[list[Entry], dict[str, np.ndarray]]:
             continue
         path = ctx.store.model_path(product.stage)
         logits = predict(product.model, ctx.data.x_test, task=ctx.task).numpy()
-        references[product.stage] = ctx.task.predictions(logits)
+        references[product.stage] = logits
         info = {"training": fit_summary(product.fit)} if product.fit is not None else {}
         entries.append(Entry(name=f"{product.stage}.pytorch", stage=product.stage, format="pytorch", path=str(path),
                              size_bytes=path.stat().st_size, params=count_parameters(product.model),
@@ -73,7 +73,7 @@ def model_entries(ctx: RunContext) -> tuple[list[Entry], dict[str, np.ndarray]]:
 def _onnx_teacher_entry(ctx: RunContext, product: Product) -> Entry:
     session = open_session(product.onnx_path, "onnxruntime", threads=os.cpu_count() or 1)
     result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy(),
-                              class_axis=ctx.task.class_dim)
+                              class_axis=ctx.task.class_dim, task=ctx.task)
     return Entry(name=f"{product.stage}.onnx", stage=product.stage, format="onnx", path=str(product.onnx_path),
                  size_bytes=Path(product.onnx_path).stat().st_size, runtime="onnxruntime",
                  info={"source": "recipe teacher.checkpoint (ONNX)", **session.info},
@@ -162,15 +162,16 @@ def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[Ta
 
 def _parity_entry(ctx: RunContext, stage: str, artifact: Artifact, target: TargetProfile,
                   reference: np.ndarray, params: int) -> Entry:
-    """``artifact`` in its runtime on the test split, scored and compared with PyTorch's predictions."""
+    """``artifact`` in its runtime on the test split, scored and compared with PyTorch's outputs
+    (the task's agreement, and parity per output)."""
     options = target.runtime_options(artifact.runtime)
     session = open_session(artifact.path, artifact.runtime, threads=os.cpu_count() or 1, options=options)
     result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy(),
-                              reference, class_axis=ctx.task.class_dim)
+                              class_axis=ctx.task.class_dim, task=ctx.task, reference_outputs=reference)
     return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
                  path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
                  agreement=result.agreement, runtime=artifact.runtime, target=target.name,
-                 threads=target.threads, info=dict(session.info), **_scored(ctx, result.logits))
+                 threads=target.threads, info={**session.info, "parity": result.parity}, **_scored(ctx, result.logits))
 
 
 def _analysis_or_none(path) -> Estimate | None:

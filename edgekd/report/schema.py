@@ -119,8 +119,23 @@ class Report:
                         f"{e.params if e.params is not None else '-'} | {_pct(e.quality(metric))} | "
                         f"{_pct(e.agreement)} | {_ms(lat.get('p50_ms'))} | {_ms(lat.get('p90_ms'))} | "
                         f"{_ms((e.info.get('call_latency') or {}).get('p50_ms'))} | {format_size(e.peak_memory_bytes)} |")
+        rows += self._parity_rows()
         rows += [f"\n**WARNING**: {w}" for w in self.warnings]
         return "\n".join(rows)
+
+    def _parity_rows(self) -> list[str]:
+        """Each artifact's largest absolute difference from its PyTorch model on the test split,
+        per output (e.g. a detection head's boxes in pixels and scores)."""
+        measured = [e for e in self.entries if e.info.get("parity")]
+        if not measured:
+            return []
+        outputs = list(dict.fromkeys(name for e in measured for name in e.info["parity"]))
+        rows = ["", "Largest |difference| from the PyTorch model on the test split, per output:", "",
+                f"| artifact | runtime | target | {' | '.join(outputs)} |", "|---|---|---|" + "---:|" * len(outputs)]
+        for e in measured:
+            cells = [f"{e.info['parity'][o]['max_abs']:.3g}" if o in e.info["parity"] else "-" for o in outputs]
+            rows.append(f"| {e.name} | {e.runtime} | {e.target or '-'} | {' | '.join(cells)} |")
+        return rows
 
 
 def _pct(v: float | None) -> str:

@@ -142,12 +142,14 @@ def open_session(path: str | Path, runtime: str | None = None, threads: int = 1,
 @dataclass
 class Evaluation:
     """An artifact's outputs on a dataset: accuracy against labels (classes on ``class_axis``),
-    top-1 agreement with reference predictions, and the logits themselves (for other metrics)."""
+    top-1 agreement with reference predictions (or the task's agreement with reference outputs),
+    the logits themselves (for other metrics), and per-output parity with the reference outputs."""
 
     accuracy: float | None
     agreement: float | None
     predictions: np.ndarray = field(repr=False)
     logits: np.ndarray | None = field(default=None, repr=False)
+    parity: dict[str, Any] | None = None
 
 
 def per_op_rows(total: dict[str, dict], runs: int) -> list[dict]:
@@ -159,9 +161,15 @@ def per_op_rows(total: dict[str, dict], runs: int) -> list[dict]:
 
 
 def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference: np.ndarray | None = None,
-                     batch_size: int = 256, class_axis: int = -1) -> Evaluation:
+                     batch_size: int = 256, class_axis: int = -1, *, task=None,
+                     reference_outputs: np.ndarray | None = None) -> Evaluation:
     """Run ``x`` through ``session`` in batches and score the first output's top-1 (classes on
     ``class_axis``) against labels ``y`` (-1: no label) and ``reference`` predictions.
+
+    With a ``task`` (``edgekd.tasks``), every output is fetched and joined as the task's
+    ``forward`` joins the model's (a detection head's boxes and scores); ``reference_outputs``
+    (PyTorch's outputs on ``x``) then give the task's agreement (e.g. matching detections) and
+    per-output parity instead of top-1 agreement.
 
     ``x`` is one array (N, ...) or a tuple of arrays in the model's input order (several inputs,
     the same N); each is cast to its input's dtype (token ids stay integers).
@@ -195,8 +203,21 @@ def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference
     chunks = []
     for i in range(0, n, step):
         feed = [np.ascontiguousarray(a[i:i + step], np.dtype(spec.dtype)) for a, spec in zip(arrays, specs)]
-        chunks.append(session.run(feed[0] if len(feed) == 1 else tuple(feed)))
+        if task is None:
+            chunks.append(session.run(feed[0] if len(feed) == 1 else tuple(feed)))
+            continue
+        session.feed(feed[0] if len(feed) == 1 else tuple(feed))
+        session.infer()
+        names = [s.name for s in getattr(session, "outputs", None) or []]
+        chunks.append(task.join_outputs(session.fetch_all(), names))
     logits = np.concatenate(chunks)
+    if task is not None:
+        pred = task.predictions(logits)
+        parity = agreement = None
+        if reference_outputs is not None:
+            agreement, parity = task.agreement(logits, reference_outputs), task.parity(logits, reference_outputs)
+        accuracy = task.metrics(logits, y).get("accuracy") if y is not None else None
+        return Evaluation(accuracy, agreement, pred, logits, parity)
     pred = logits.argmax(class_axis)
     accuracy = None
     if y is not None:

@@ -36,6 +36,8 @@ class Task(abc.ABC):
     quality_metric: ClassVar[str] = "accuracy"  # the metric budgets and best-epoch selection read
     teacher_target: ClassVar[str] = "class_logits"  # class_logits | token_logits | embedding | detection
     class_dim: ClassVar[int] = -1  # axis of the classes in the logits: -1 for (N, K) and (N, L, V)
+    label_loss: ClassVar[str] = "ce"  # the loss a recipe's `ce` (labels) term means for this task
+    distill_loss: ClassVar[str | None] = None  # what `kd` means for it; None: the recipe's logit loss
 
     @abc.abstractmethod
     def load_data(self, config) -> Any:
@@ -72,6 +74,33 @@ class Task(abc.ABC):
     def predictions(self, logits: np.ndarray) -> np.ndarray:
         """Predicted classes, for the agreement between a runtime and PyTorch."""
         return np.asarray(logits).argmax(self.class_dim)
+
+    def join_outputs(self, outputs: list[np.ndarray], names: list[str] | None = None) -> np.ndarray:
+        """A runtime's outputs (``names`` when the artifact has them) as ``forward`` gives the
+        model's: by default the first output."""
+        return np.asarray(outputs[0])
+
+    def num_classes_of(self, out: torch.Tensor) -> int | None:
+        """The number of classes ``out`` (what ``forward`` returned) predicts."""
+        return out.shape[self.class_dim] if out.dim() else None
+
+    def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
+        """How often a runtime's outputs predict what PyTorch's ``reference`` outputs predict."""
+        return float((self.predictions(outputs) == self.predictions(reference)).mean())
+
+    def parity(self, outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+        """Per output: largest and mean absolute difference from PyTorch's ``reference``."""
+        diff = np.abs(np.asarray(outputs, np.float64) - np.asarray(reference, np.float64))
+        return {"logits": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}}
+
+    def loss_name(self, name: str) -> str:
+        """The registered loss a recipe term ``name`` means for this task (``ce`` and ``kd`` are
+        the short form's label and distillation terms)."""
+        if name == "ce":
+            return self.label_loss
+        if name == "kd" and self.distill_loss:
+            return self.distill_loss
+        return name
 
     def describe(self, data) -> str:
         """One line for the run log."""

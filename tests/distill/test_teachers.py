@@ -390,3 +390,27 @@ def test_teacher_with_another_width_under_the_same_key_rebuilds(x, tmp_path):
     assert out.logits.shape == (9, 5) and inner.calls == [([5, 6, 7, 8], 0), (list(range(9)), 0)]
     with torch.no_grad():
         torch.testing.assert_close(out.logits, five(x[:9]), rtol=0, atol=0)
+
+
+def test_cache_keeps_outputs_of_more_axes_like_a_detection_head(x, tmp_path):
+    """A detection head's joined outputs (N, A, 4 + K) are stored flat and come back in their shape,
+    also after the cache is reopened (the shape is in meta.json)."""
+    from edgekd.tasks import create_task
+
+    task = create_task("object-detection")
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5 * 7))
+
+    class Detector(torch.nn.Module):  # 5 anchor points, 3 classes: boxes (N, 5, 4), scores (N, 5, 3)
+        def forward(self, batch):
+            out = head(batch).reshape(-1, 5, 7)
+            return out[..., :4], out[..., 4:]
+
+    first = _cache(LiveTeacher(Detector(), forward=task.forward), tmp_path)
+    expected = first(x, IDX, 0)[0].logits
+    assert expected.shape == (N, 5, 7)
+    first.close()
+    inner = Counting(LiveTeacher(Detector(), forward=task.forward))
+    second = _cache(inner, tmp_path)
+    assert torch.equal(second(x, IDX, 0)[0].logits, expected) and inner.calls == []
+    assert json.loads((second.path / "meta.json").read_text())["sample_shape"] == [5, 7]

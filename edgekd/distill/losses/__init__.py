@@ -7,9 +7,12 @@ and log each term separately. Class attributes say what a loss needs:
 - ``needs``: "teacher_logits" (the teacher's full logits), "teacher_output" (logits, top-k
   probabilities or labels: black-box teachers), "features" (student and teacher features at
   module paths), "labels" (ground truth) or nothing;
-- ``kind``: "logit", "feature" or "label", for reports.
+- ``kind``: "logit", "feature" or "label", for reports;
+- ``targets``: the task targets (``Task.teacher_target``) a loss reads, e.g. ("detection",);
+  absent: any.
 
-Logit losses live in ``logit.py``, feature losses in ``feature.py``; importing this package
+Logit losses live in ``logit.py``, feature losses in ``feature.py``, detection-head losses in
+``detection.py``; importing this package
 registers them all.
 """
 
@@ -61,6 +64,6 @@ class Batch:
         return None if self.labels is None else self.labels.reshape(-1)
 
 
-from edgekd.distill.losses import feature, logit  # noqa: F401  (register the losses)
+from edgekd.distill.losses import detection, feature, logit  # noqa: F401  (register the losses)
 
 __all__ = ["LOSSES", "Batch", "TeacherOutput", "list_losses"]

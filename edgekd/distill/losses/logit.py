@@ -27,12 +27,15 @@ from torch import nn
 
 from edgekd.distill.losses import LOSSES, Batch
 
+CLASS_TARGETS = ("class_logits", "token_logits")  # the tasks whose outputs are class logits
+
 
 @LOSSES.register("kd")
 class HintonKDLoss(nn.Module):
     """T^2 * KL(teacher_T || student_T); adapted to top-k or label-only teachers."""
 
     needs, kind = "teacher_output", "logit"
+    targets = CLASS_TARGETS
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
@@ -68,6 +71,7 @@ class DecoupledKDLoss(nn.Module):
     """alpha * TCKD + beta * NCKD (Zhao et al. 2022), both at temperature T, scaled by T^2."""
 
     needs, kind = "teacher_logits", "logit"
+    targets = CLASS_TARGETS
 
     def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0):
         super().__init__()
@@ -110,6 +114,7 @@ class CrossEntropyLoss(nn.Module):
     """Cross-entropy with the labels, over the labelled samples (0 when the batch has none)."""
 
     needs, kind = "labels", "label"
+    targets = CLASS_TARGETS
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()

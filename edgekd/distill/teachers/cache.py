@@ -16,7 +16,8 @@ Layout, one folder per key::
 
 ``key`` = sha256 (16 hex) of dataset fingerprint, teacher fingerprint, augmentation, kind, k,
 views, num_samples and ``CACHE_FORMAT_VERSION``; a change to any of them opens a fresh folder.
-``width`` = K for logits, 2k for top-k (k probabilities, then k class indices stored as float32,
+``width`` = K for logits (the product of a sample's output shape for outputs of more axes, e.g.
+a detection head's (A, 4 + K), stored flat with the shape in meta.json), 2k for top-k (k probabilities, then k class indices stored as float32,
 exact below 2^24), 1 for labels. A folder whose meta.json is unreadable, disagrees with the
 request or whose files have the wrong size is rebuilt, never reused.
 
@@ -151,6 +152,7 @@ class CachedTeacher:
         self.hits = self.misses = 0
         self._complete: set[int] = set()  # views whose every row is filled
         self.width: int | None = {"topk": 2 * k if k else None, "labels": 1}.get(kind)
+        self.sample_shape: tuple[int, ...] | None = None  # a logits row's shape (width,) or e.g. (A, 4 + K)
         self.commit_seconds = commit_seconds
         self._outputs: np.memmap | None = None  # (views, num_samples, width)
         self._filled: np.memmap | None = None   # (views, num_samples) committed flags, on disk
@@ -200,11 +202,11 @@ class CachedTeacher:
         miss = np.flatnonzero(missing)
         if len(miss):
             sel = torch.from_numpy(miss).to(index.device)
-            fresh = self._encode(self.inner(model_inputs.take(x, sel), index[sel], view)[0])  # (M, width)
-            if self._outputs is None or fresh.shape[1] != self.width:
+            fresh, shape = self._encode(self.inner(model_inputs.take(x, sel), index[sel], view)[0])  # (M, width)
+            if self._outputs is None or shape != self.sample_shape:
                 # first write, or a teacher whose width changed under the same fingerprint: the
                 # stored rows cannot be its outputs, so start over
-                self._create(fresh.shape[1])
+                self._create(shape)
                 if not missing.all():  # the rows this batch would have read are gone
                     return self(x, index, view)
             self._outputs[view, idx[miss]] = fresh
@@ -289,8 +291,10 @@ class CachedTeacher:
         try:
             meta = json.loads(meta_path.read_text())
             width = meta["width"]
+            shape = tuple(meta.get("sample_shape") or [width])
             valid = (isinstance(meta, dict) and all(meta.get(f) == v for f, v in self.fields.items())
                      and isinstance(width, int) and width >= 1 and self.width in (None, width)
+                     and int(np.prod(shape)) == width
                      and out_path.stat().st_size == self.views * self.num_samples * width * 4
                      and flag_path.stat().st_size == self.views * self.num_samples)
         except (OSError, ValueError, KeyError, TypeError):
@@ -298,7 +302,7 @@ class CachedTeacher:
         if not valid:
             self._discard()
             return
-        self.width = width
+        self.width, self.sample_shape = width, shape
         self._outputs = np.memmap(out_path, np.float32, "r+", shape=(self.views, self.num_samples, width))
         self._filled = np.memmap(flag_path, np.uint8, "r+", shape=(self.views, self.num_samples))
         self._flags = np.array(self._filled)
@@ -310,27 +314,30 @@ class CachedTeacher:
         for path in self._files():  # meta.json first: a half-removed folder never looks valid
             path.unlink(missing_ok=True)
 
-    def _create(self, width: int) -> None:
-        """Start an empty cache of rows ``width`` wide; meta.json is written last."""
+    def _create(self, sample_shape: tuple[int, ...]) -> None:
+        """Start an empty cache of rows of ``sample_shape`` (stored flat); meta.json is written last."""
         self._discard()
         meta_path, out_path, flag_path = self._files()
         self.path.mkdir(parents=True, exist_ok=True)
-        self.width = width
+        width = int(np.prod(sample_shape))
+        self.width, self.sample_shape = width, tuple(sample_shape)
         self._outputs = np.memmap(out_path, np.float32, "w+", shape=(self.views, self.num_samples, width))
         self._filled = np.memmap(flag_path, np.uint8, "w+", shape=(self.views, self.num_samples))
         self._flags = np.zeros((self.views, self.num_samples), np.uint8)
         self._outputs.flush()
         self._filled.flush()
-        atomic.write_text(meta_path, json.dumps({**self.fields, "width": width, "key": self.key},
+        atomic.write_text(meta_path, json.dumps({**self.fields, "width": width, "sample_shape": list(sample_shape),
+                                                "key": self.key},
                                                 indent=2, sort_keys=True) + "\n")
 
     # -- rows <-> TeacherOutput ------------------------------------------------------------
 
-    def _encode(self, out: TeacherOutput) -> np.ndarray:
+    def _encode(self, out: TeacherOutput) -> tuple[np.ndarray, tuple[int, ...]]:
+        """Rows to store (M, width), and the shape of one sample's row before flattening."""
         if out.kind != self.kind:
             raise ConfigError(f"teacher cache: the provider said kind {self.kind!r} but returned {out.kind!r}")
         if self.kind == "logits":
-            rows = out.logits.float()                                                  # (M, K)
+            rows = out.logits.float()                                                  # (M, K) or (M, A, 4 + K)
         elif self.kind == "topk":
             if out.probs.shape[1] != self.k:
                 raise ConfigError(f"teacher cache: the provider said k={self.k} but returned "
@@ -338,11 +345,12 @@ class CachedTeacher:
             rows = torch.cat([out.probs.float(), out.indices.float()], 1)              # (M, 2k)
         else:
             rows = out.indices.float()[:, None]                                        # (M, 1)
-        return np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=np.float32)
+        shape = tuple(rows.shape[1:])
+        return np.ascontiguousarray(rows.detach().cpu().reshape(len(rows), -1).numpy(), dtype=np.float32), shape
 
     def _decode(self, rows: torch.Tensor) -> TeacherOutput:
         if self.kind == "logits":
-            return TeacherOutput("logits", logits=rows)                                # (N, K)
+            return TeacherOutput("logits", logits=rows.reshape(len(rows), *self.sample_shape))  # (N, K)
         if self.kind == "topk":
             return TeacherOutput("topk", probs=rows[:, :self.k].contiguous(),
                                  indices=rows[:, self.k:].long())                      # (N, k) each
