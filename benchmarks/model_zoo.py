@@ -62,8 +62,6 @@ FLOAT_RTOL = 1e-3
 INT8_MIN_COSINE = 0.99
 OBSERVER = "minmax"  # --observer
 QAT_MODELS = {"resnet18", "mobilenetv3_small_100", "efficientnet_lite0", "mobileone_s0"}
-DETECTORS = {"yolov8n", "yolo11n"}  # raw head (1, 4 + K, A): boxes xywh, sigmoid scores
-TOP_DETECTIONS = 100  # detections compared per image: the float model's 100 best (anchor, class) pairs
 
 
 # ---------------------------------------------------------------- the zoo
@@ -283,35 +281,6 @@ def compare(got: list[np.ndarray], expected: list[np.ndarray]) -> dict:
     return {"max_rel_error": rel, "min_cosine": cos, "argmax_agreement": agree}
 
 
-def detection_agreement(got: list[np.ndarray], expected: list[np.ndarray]) -> dict:
-    """Boxes and scores of a YOLO head against the float model's, through edgekd's detection
-    post-processing (``edgekd.tasks.boxes``): per image, the score threshold is the float model's
-    ``TOP_DETECTIONS``-th best (anchor, class) score (random weights detect nothing at a fixed
-    0.25), both heads are NMS'd at it, and detections match when class and IoU >= 0.5 agree.
-    Also the largest box difference (pixels) over those anchors, and the largest score difference."""
-    from edgekd.tasks import boxes as box_ops
-
-    def joined(head):  # (1, 4 + K, A) xywh -> (A, 4 + K) xyxy
-        h = head.reshape(head.shape[-2:]).T.astype(np.float64)
-        xy, wh = h[:, :2], h[:, 2:4]
-        return np.concatenate([xy - wh / 2, xy + wh / 2, h[:, 4:]], 1)
-
-    agreements, box_err, score_err, counts = [], 0.0, 0.0, []
-    for g, e in zip(got, expected):
-        g, e = joined(g), joined(e)
-        conf = np.sort(e[:, 4:].ravel())[-TOP_DETECTIONS]
-        a = box_ops.detect(g[:, :4], g[:, 4:], conf=conf, iou=0.5, max_det=TOP_DETECTIONS)
-        b = box_ops.detect(e[:, :4], e[:, 4:], conf=conf, iou=0.5, max_det=TOP_DETECTIONS)
-        agreements.append(box_ops.agreement([a], [b], 0.5))
-        counts.append(len(b))
-        top = np.unique(np.argwhere(e[:, 4:] >= conf)[:, 0])
-        box_err = max(box_err, float(np.abs(g[top, :4] - e[top, :4]).max()))
-        score_err = max(score_err, float(np.abs(g[:, 4:] - e[:, 4:]).max()))
-    return {"agreement": round(float(np.mean(agreements)), 4), "min_agreement": round(min(agreements), 4),
-            "detections_per_image": round(float(np.mean(counts)), 1), "box_max_abs_px": round(box_err, 3),
-            "score_max_abs": round(score_err, 4)}
-
-
 def latency_ms(path: Path, feed, min_runs: int = 5, min_seconds: float = 0.5) -> float:
     from edgekd.runtime import open_session
 
@@ -418,11 +387,9 @@ def output_specs(sample: np.ndarray) -> list:
 
 
 def export_all(model, out: Path, name: str, specs, outputs, reference: list, feeds, record: dict,
-               float_fallback: bool = False, float_reference: list | None = None) -> dict:
+               float_fallback: bool = False) -> dict:
     """ONNX, then IR and TFLite from it, each compared with ``reference`` on ``feeds``; an int8
-    TFLite keeps ops the ONNX file leaves float in float where ``float_fallback`` (the target's).
-    With ``float_reference`` (a detector's float outputs), each file's detections are also
-    compared with the float model's (``detection_agreement``)."""
+    TFLite keeps ops the ONNX file leaves float in float where ``float_fallback`` (the target's)."""
     from edgekd.errors import ExportError
     from edgekd.export import export, export_onnx_file
     from edgekd.export.tflite import onnx_to_tflite
@@ -452,11 +419,8 @@ def export_all(model, out: Path, name: str, specs, outputs, reference: list, fee
     for fmt, path in files.items():
         try:
             side = [path.with_suffix(".bin")] if path.suffix == ".xml" else []
-            got = runtime_outputs(path, feeds)
             record[fmt] = {"status": "ok", "bytes": sum(p.stat().st_size for p in [path, *side]),
-                           **compare(got, reference)}
-            if float_reference is not None:
-                record[fmt]["detection_vs_float"] = detection_agreement(got, float_reference)
+                           **compare(runtime_outputs(path, feeds), reference)}
         except Exception as err:
             record[fmt] = {"status": "fail", "error": "runs: " + first_line(err)}
     return files
@@ -511,19 +475,17 @@ def run_one(name: str, n_inputs: int, qat_epochs: int, out: Path) -> dict:
     outputs = output_specs(reference[0])
     files = {"float": export_all(model, out, "float", specs, outputs, reference, feeds,
                                  result.setdefault("float", {}))}
-    detector = name in DETECTORS
     for target in TARGETS:
-        files[f"ptq-{target}"] = int8_variant(model, "ptq", target, calib, feeds, specs, outputs, out, result, 0,
-                                              detector)
+        files[f"ptq-{target}"] = int8_variant(model, "ptq", target, calib, feeds, specs, outputs, out, result, 0)
     if name in QAT_MODELS:
         files[f"qat-{TARGETS[0]}"] = int8_variant(model, "qat", TARGETS[0], calib, feeds, specs, outputs, out,
-                                                  result, qat_epochs, detector)
+                                                  result, qat_epochs)
     measure_latency(files, feeds[0], result.setdefault("latency_ms", {}))
     return result
 
 
 def int8_variant(model, method: str, target: str, calib, feeds, specs, outputs, out: Path, result: dict,
-                 epochs: int, detector: bool = False) -> dict:
+                 epochs: int) -> dict:
     import torch
 
     from edgekd.quant import QATConfig, calibrate, freeze, prepare_qat
@@ -557,11 +519,8 @@ def int8_variant(model, method: str, target: str, calib, feeds, specs, outputs, 
     simulated = torch_outputs(int8, feeds)
     reference = torch_outputs(model, feeds)
     record["simulation_vs_float"] = compare(simulated, reference)
-    if detector:
-        record["simulation_vs_float"]["detection"] = detection_agreement(simulated, reference)
     fallback = sim.scheme.float_fallback and not sim.scheme.full_integer  # as a recipe's export resolves it
-    files = export_all(int8, out, f"{method}-{target}", specs, outputs, simulated, feeds, record, fallback,
-                       float_reference=reference if detector else None)
+    files = export_all(int8, out, f"{method}-{target}", specs, outputs, simulated, feeds, record, fallback)
     if "onnx" in files:
         validation = validate_onnx(files["onnx"], sim.scheme)
         record["validate"] = "conforms" if validation.passed else f"{len(validation.violations)} violations: " + \
@@ -656,10 +615,6 @@ def summarize(results: list[dict]) -> dict:
     closeness = [r[f"ptq-{TARGETS[0]}"]["simulation_vs_float"]["min_cosine"] for r in results
                  if int8_pass(r, TARGETS[0]) and "simulation_vs_float" in r.get(f"ptq-{TARGETS[0]}", {})]
     summary["x86_ptq_min_cosine_to_float_median"] = round(statistics.median(closeness), 4) if closeness else None
-    detections = [v[f]["detection_vs_float"]["agreement"] for r in results if r["model"] in DETECTORS
-                  for k, v in r.items() if k.startswith(("ptq-", "qat-")) for f in FORMATS
-                  if "detection_vs_float" in v.get(f, {})]
-    summary["yolo_int8_detection_agreement_min"] = min(detections) if detections else None
     summary["nms_standin"] = any(r.get("nms_standin") for r in results)
     return summary
 
