@@ -68,7 +68,11 @@ def test_report_json_is_versioned_and_readable(result):
     measured = [e for e in res.report.entries if e.info.get("parity")]  # every runtime entry: logits vs PyTorch
     assert measured and all(e.info["parity"]["logits"]["max_abs"] < 1.0 for e in measured)
     markdown = (out / "report.md").read_text()
-    assert "| artifact | runtime | target | logits |" in markdown
+    assert "| artifact | runtime | target | logits | agreement vs float |" in markdown
+    for e in measured:  # int8 artifacts are also compared with the float student they came from
+        assert ("vs_float" in e.info) == (e.stage in ("student-int8", "student-ptq"))
+        if "vs_float" in e.info:
+            assert e.info["vs_float"]["agreement"] >= 0.9
     assert markdown.count("\n") == (len(res.report.entries) + 2 + 5 + len(measured)
                                      + 2 * len(res.report.warnings))
 

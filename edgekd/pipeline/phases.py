@@ -145,7 +145,8 @@ def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[Ta
                     continue
                 entry = _estimated_entry(stage, artifact, target, params[stage], analyses[artifact.path])
             elif artifact.runtime in target.runtimes:
-                entry = _parity_entry(ctx, stage, artifact, target, references[stage], params[stage])
+                float_reference = references.get(DISTILLED) if item.product.quantized else None
+                entry = _parity_entry(ctx, stage, artifact, target, references[stage], params[stage], float_reference)
                 if artifact.path in analyses:
                     analysis = analyses[artifact.path]
                     entry.info["macs"] = analysis.macs if analysis else None
@@ -161,17 +162,22 @@ def artifact_entries(ctx: RunContext, exported: list[Exported], targets: list[Ta
 
 
 def _parity_entry(ctx: RunContext, stage: str, artifact: Artifact, target: TargetProfile,
-                  reference: np.ndarray, params: int) -> Entry:
+                  reference: np.ndarray, params: int, float_reference: np.ndarray | None = None) -> Entry:
     """``artifact`` in its runtime on the test split, scored and compared with PyTorch's outputs
-    (the task's agreement, and parity per output)."""
+    (the task's agreement, and parity per output); an int8 artifact also with the float model it
+    was quantized from (``float_reference``: ``info["vs_float"]``)."""
     options = target.runtime_options(artifact.runtime)
     session = open_session(artifact.path, artifact.runtime, threads=os.cpu_count() or 1, options=options)
     result = evaluate_session(session, model_inputs.to_numpy(ctx.data.x_test), ctx.data.y_test.numpy(),
                               class_axis=ctx.task.class_dim, task=ctx.task, reference_outputs=reference)
+    info = {**session.info, "parity": result.parity}
+    if float_reference is not None:
+        info["vs_float"] = {"agreement": ctx.task.agreement(result.logits, float_reference),
+                            "parity": ctx.task.parity(result.logits, float_reference)}
     return Entry(name=f"{stage}.{artifact.format}", stage=stage, format=artifact.format,
                  path=str(artifact.path), size_bytes=artifact.size_bytes, params=params,
                  agreement=result.agreement, runtime=artifact.runtime, target=target.name,
-                 threads=target.threads, info={**session.info, "parity": result.parity}, **_scored(ctx, result.logits))
+                 threads=target.threads, info=info, **_scored(ctx, result.logits))
 
 
 def _analysis_or_none(path) -> Estimate | None:

@@ -646,6 +646,7 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
     only LayerNorm reads stays float, and quantizers no int8 kernel reads are removed."""
     carried: set[fx.Node] = set()  # nodes whose value is on an integer grid
     region: list[fx.Node] = []  # the quantizers this pass put after ops between layers
+    joins = output_joins(gm)  # concats only the model's outputs read: float on every target
     static: set[fx.Node] = set()  # constants, and what is computed from shapes alone (an anchor grid)
     for node in list(gm.graph.nodes):
         if node.op in ("placeholder", "output"):
@@ -689,6 +690,8 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
         if _read_in_float_only(gm, node, make.scheme):
             carried.difference_update(_drop_input_quantizers(gm, node))
             continue
+        if node in joins:
+            continue  # dequantized parts joined in float (see output_joins)
         kind = _region_kind(gm, node)
         if kind is None and node.target in (operator.truediv, torch.div) and (
                 not isinstance(node.args[1], fx.Node) or node.args[1] in static):
@@ -852,13 +855,30 @@ def _split_silu(gm: fx.GraphModule, node: fx.Node, make: _QuantizerFactory) -> f
     return _insert_after(gm, product, make("activation"))
 
 
+def output_joins(gm: fx.GraphModule) -> set[fx.Node]:
+    """Concats whose value reaches the model's outputs through data movement alone (reshapes,
+    slices, transposes): a detection head joining boxes in pixels and class scores in [0, 1].
+    No int8 kernel reads them, and one int8 scale cannot hold both parts (the scores would round
+    to 0 at a scale made for hundreds of pixels), so they stay float on every target: an int8
+    file dequantizes each part on its own grid and joins them in float, where the model's float
+    outputs are read anyway (a full-integer TFLite file ends in DEQUANTIZE, float CONCATENATION)."""
+    tail: set[fx.Node] = set()
+    for node in reversed(gm.graph.nodes):
+        moves = _is_scale_preserving(gm, node) or (node.op == "call_function" and node.target is torch.cat)
+        if moves and node.users and all(u.op == "output" or u in tail for u in node.users):
+            tail.add(node)
+    return {n for n in tail if n.op == "call_function" and n.target is torch.cat}
+
+
 def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:
     """Every ``torch.cat`` reads and writes one scale (TFLite's CONCATENATION spec): its output
     quantizer observes the joined tensor, and each input is quantized on that grid, by a
     ``TiedQuantizer`` that replaces the input's own quantizer when the concat is its only user
-    (the producer then writes straight in the concat's scale), or sits on the edge otherwise."""
+    (the producer then writes straight in the concat's scale), or sits on the edge otherwise.
+    Joins that only the outputs read stay float (``output_joins``)."""
+    joins = output_joins(gm)
     for node in list(gm.graph.nodes):
-        if not (node.op == "call_function" and node.target is torch.cat):
+        if not (node.op == "call_function" and node.target is torch.cat) or node in joins:
             continue
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module" and isinstance(

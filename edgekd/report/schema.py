@@ -125,15 +125,19 @@ class Report:
 
     def _parity_rows(self) -> list[str]:
         """Each artifact's largest absolute difference from its PyTorch model on the test split,
-        per output (e.g. a detection head's boxes in pixels and scores)."""
+        per output (e.g. a detection head's boxes in pixels and scores); for int8 artifacts also
+        their agreement with the float model they were quantized from."""
         measured = [e for e in self.entries if e.info.get("parity")]
         if not measured:
             return []
         outputs = list(dict.fromkeys(name for e in measured for name in e.info["parity"]))
-        rows = ["", "Largest |difference| from the PyTorch model on the test split, per output:", "",
-                f"| artifact | runtime | target | {' | '.join(outputs)} |", "|---|---|---|" + "---:|" * len(outputs)]
+        rows = ["", "Largest |difference| from the PyTorch model on the test split, per output; agreement of "
+                "int8 artifacts with the float model they were quantized from:", "",
+                f"| artifact | runtime | target | {' | '.join(outputs)} | agreement vs float |",
+                "|---|---|---|" + "---:|" * (len(outputs) + 1)]
         for e in measured:
             cells = [f"{e.info['parity'][o]['max_abs']:.3g}" if o in e.info["parity"] else "-" for o in outputs]
+            cells.append(_pct((e.info.get("vs_float") or {}).get("agreement")))
             rows.append(f"| {e.name} | {e.runtime} | {e.target or '-'} | {' | '.join(cells)} |")
         return rows
 

@@ -110,11 +110,16 @@ class ObjectDetection(Task):
         return box_ops.agreement(self.detections(outputs), self.detections(reference), AGREEMENT_IOU)
 
     def parity(self, outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-        """Per output: largest and mean absolute difference (boxes in pixels, scores in probability)."""
+        """Per output: largest and mean absolute difference. Scores (probability) at every point;
+        boxes (pixels) at the points where the reference scores a class >= ``CONF`` (``points``):
+        a background point's box is never read, and a head may put anything there."""
         out, ref = np.asarray(outputs, np.float64), np.asarray(reference, np.float64)
-        parts = {"boxes": (out[..., :4], ref[..., :4]), "scores": (out[..., 4:], ref[..., 4:])}
-        return {name: {"max_abs": float(np.abs(a - b).max()), "mean_abs": float(np.abs(a - b).mean())}
-                for name, (a, b) in parts.items()}
+        confident = ref[..., 4:].max(-1) >= CONF  # (N, A)
+        boxes = np.abs(out[..., :4] - ref[..., :4])[confident]  # (P, 4)
+        scores = np.abs(out[..., 4:] - ref[..., 4:])
+        return {"boxes": {"max_abs": float(boxes.max()) if boxes.size else 0.0,
+                          "mean_abs": float(boxes.mean()) if boxes.size else 0.0, "points": int(confident.sum())},
+                "scores": {"max_abs": float(scores.max()), "mean_abs": float(scores.mean())}}
 
     def anchor_points(self, num_anchors: int, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's anchor centres (A, 2) and strides (A,) for ``num_anchors`` on images

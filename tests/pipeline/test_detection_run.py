@@ -49,11 +49,14 @@ def test_int8_heads_agree_with_their_simulation(result):
             assert e.agreement >= 0.9, e.name
             assert e.info["parity"]["boxes"]["max_abs"] <= 1.0  # pixels: a few int8 steps of a 32 px range
             assert e.info["parity"]["scores"]["max_abs"] <= 0.2
+            # also compared with the float student it came from (a 3-epoch student's detections sit near the
+            # score threshold, so QAT moves many: the classification run checks the figure's level)
+            assert 0.0 <= e.info["vs_float"]["agreement"] <= 1.0 and e.info["vs_float"]["parity"]["boxes"]["points"] >= 0
     checks = {c["output"]: c for c in next(e for e in res.report.entries
                                            if e.name == "student-int8.tflite").info["export_check"]}
     assert set(checks) == {"boxes", "scores"} and all(c["within_steps"] >= 0.99 for c in checks.values())
     report = json.loads((out / "report.json").read_text())
-    assert "| boxes | scores |" in (out / "report.md").read_text()
+    assert "| boxes | scores | agreement vs float |" in (out / "report.md").read_text()
     assert report["task"]["outputs"][0]["name"] == "boxes"
 
 

@@ -1,5 +1,6 @@
 """Concat inputs share the concat's scale during QAT where the target says so (TFLite spec)."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,3 +64,51 @@ def test_without_the_rule_each_input_keeps_its_own_scale(tmp_path):
     [onnx_art] = export(model, ["onnx"], tmp_path, "cat", (1, 8, 8))
     result = validate_onnx(onnx_art.path, load_target("arm-litert-xnnpack").quantization)
     assert any("concat must keep one scale" in str(v) for v in result.violations), result.summary()
+
+
+class JoinedHead(nn.Module):
+    """A detection head that joins boxes in pixels and sigmoid scores into its one output, as
+    YOLO's Detect does: (N, 4 + 3, points)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.box, self.cls = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):  # (N, 1, 8, 8) -> (N, 7, 64)
+        f = self.body(x)
+        boxes = self.box(f).flatten(2) * 100.0  # pixels: a range of hundreds
+        scores = torch.sigmoid(self.cls(f).flatten(2))  # [0, 1]
+        return torch.cat([boxes, scores], 1)
+
+
+def test_a_join_only_the_outputs_read_keeps_each_part_on_its_own_grid(tmp_path):
+    """One int8 scale for boxes of hundreds of pixels would round every score to 0 (YOLO's head
+    on a full-integer target scored mAP 0): the join stays float, each part quantized on its own."""
+    from edgekd.errors import ExportError
+    from edgekd.export import export
+    from edgekd.export.tflite import onnx_to_tflite
+    from edgekd.quant.qat import output_joins
+    from edgekd.quant.validate import validate_onnx
+    from edgekd.runtime import open_session
+
+    torch.manual_seed(0)
+    float_model = JoinedHead().eval()
+    config = QATConfig(target="arm-litert-xnnpack")
+    model = prepare_qat(float_model, config)
+    assert len(output_joins(model)) == 1
+    batches = [torch.rand(16, 1, 8, 8) for _ in range(4)]
+    calibrate(model, batches)
+    model = freeze(model)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        want, got = float_model(x), model(x)
+    assert (got[:, 4:] - want[:, 4:]).abs().max() <= 2 / 256  # scores on the sigmoid's 1/256 grid
+    [onnx_file] = export(model, ["onnx"], tmp_path, "head", (1, 8, 8))
+    assert validate_onnx(onnx_file.path, config.resolved().scheme).passed
+    tflite = onnx_to_tflite(onnx_file.path, tmp_path / "head.tflite", check_samples=[[s[None].numpy()] for s in x])
+    session = open_session(tflite, "litert")
+    runtime = session.run(x[:1].numpy())
+    assert abs(runtime[0, 4:] - got[0, 4:].numpy()).max() <= 1 / 256 + 1e-6
+    with pytest.raises(ExportError, match="output 'logits' is computed in float .* export it with io='float'"):
+        onnx_to_tflite(onnx_file.path, tmp_path / "head8.tflite", io="int8", check=False)

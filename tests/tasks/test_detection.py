@@ -68,6 +68,13 @@ def test_task_metrics_and_agreement_from_head_outputs():
     assert task.agreement(worse, out) == pytest.approx(2 * 1 / 3)
     parity = task.parity(worse, out)
     assert parity["boxes"]["max_abs"] == 0.0 and parity["scores"]["max_abs"] == pytest.approx(0.7)
+    background = out.copy()
+    background[0, 1, 5] = 0.0
+    background[0, 1, 4] = 0.1  # point 1 now sees nothing: its box is never read
+    moved = background.copy()
+    moved[0, 1, :4] += 50
+    moved[0, 2, :4] += 1
+    assert task.parity(moved, background)["boxes"] == {"max_abs": 1.0, "mean_abs": 0.5, "points": 2}
 
 
 def test_join_outputs_finds_boxes_and_scores_by_name():

@@ -11,6 +11,9 @@ The exported interface (documented in the README):
   float, or that TFLite has no int8 kernel for, run in float between DEQUANTIZE and QUANTIZE). ``io="float"`` (default) keeps float32 inputs and
   outputs with a QUANTIZE/DEQUANTIZE at the edges; ``io="int8"`` exposes the int8 tensors and
   their (scale, zero point) so the caller quantizes;
+- the output tail (data movement after the last quantized op: a detection head's join of boxes
+  and scores, which edgekd's QAT leaves float because one int8 scale cannot hold both) runs in
+  float even in a full-integer model, after a DEQUANTIZE of each part: ``io="float"`` only;
 - the batch dimension is fixed (``batch``, default 1); the LiteRT runner resizes it on demand.
 """
 
@@ -93,9 +96,10 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
     ctx = Context(g, builder, int8=g.quantized)
     for name in g.inputs:
         _add_input(ctx, name, io, layout)
+    tail = output_tail(g)
     for node in g.nodes:
         try:
-            _convert_node(ctx, node, float_fallback)
+            _convert_node(ctx, node, float_fallback or node.name in tail)
         except ExportError:
             raise
         except Exception as err:  # a converter bug must still name the node it failed on
@@ -121,6 +125,21 @@ def _convert_node(ctx: Context, node, float_fallback: bool) -> None:
             raise
         with ctx.float_island(node):
             convert_op(ctx, node)
+
+
+TAIL_OPS = {"Concat", "Slice", "Split", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+def output_tail(g: Graph) -> set[str]:
+    """Names of the nodes that only move data on its way to the outputs (``TAIL_OPS`` whose
+    every output is a graph output or read by such nodes alone)."""
+    tail: set[str] = set()
+    outputs = set(g.outputs)
+    for node in reversed(g.nodes):
+        if node.op in TAIL_OPS and all(o in outputs or all(c.name in tail for c in g.consumers(o))
+                                       for o in node.outputs if o):
+            tail.add(node.name)
+    return tail
 
 
 def _interface_perm(rank: int, layout: str) -> tuple[int, ...]:
@@ -162,6 +181,9 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
     if ref.feature_perm is not None:
         raise ExportError(f"{ctx.g.path}: output {onnx_name!r} holds NHWC-ordered features")
     index = ref.index
+    if ctx.int8 and io == "int8" and ctx.is_float(name) and ctx.b.quant_of(ref.index) is None:
+        raise ExportError(f"{ctx.g.path}: output {onnx_name!r} is computed in float (a join of parts with their own "
+                          f"int8 scales, such as a detection head's boxes and scores); export it with io='float'")
     if ctx.b.quant_of(ref.index) is not None and io == "float":
         out = ctx.b.tensor(onnx_name, ctx.b.shape_of(index), np.float32)
         ctx.b.op("DEQUANTIZE", [index], [out])
