@@ -115,13 +115,16 @@ def _edgekd_version() -> str:
 def _child_env(threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     root = str(Path(__file__).resolve().parents[2])  # the child imports this same edgekd
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    # (an empty entry would mean the working directory: only the user's own entries follow)
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     return env
 
 
 def _run_child(request: dict, threads: int, timeout: float, what: str) -> dict:
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgekd.bench.child", json.dumps(request)],
+        # -P: the working directory is not put on the child's sys.path, so a user's random.py or
+        # bisect.py beside their recipe cannot shadow the standard library in the child
+        proc = subprocess.run([sys.executable, "-P", "-m", "edgekd.bench.child", json.dumps(request)],
                               capture_output=True, text=True, env=_child_env(threads), stdin=subprocess.DEVNULL,
                               timeout=timeout)
     except subprocess.TimeoutExpired:

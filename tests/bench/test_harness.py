@@ -33,6 +33,14 @@ def test_benchmark_in_child_process(exported, fmt, runtime):
     assert json.loads(json.dumps(result.to_dict()))["latency"]["n"] == lat.n
 
 
+def test_a_module_in_the_working_directory_cannot_shadow_the_childs_standard_library(exported, tmp_path,
+                                                                                     monkeypatch):
+    (tmp_path / "bisect.py").write_text('raise ImportError("a bisect.py of the user")\n')
+    monkeypatch.chdir(tmp_path)
+    result = benchmark(exported[("int8", "onnx")].path, "onnxruntime", threads=1, settings=QUICK)
+    assert result.latency.n >= QUICK.min_runs
+
+
 @pytest.mark.parametrize("fmt, runtime, options, clock", [
     ("onnx", "onnxruntime", {}, "perf_counter around InferenceSession.run"),
     ("openvino", "openvino", {}, "InferRequest.latency"),
