@@ -164,9 +164,11 @@ def check_distill_setup(config: DistillConfig, *, onnx_teacher: bool, num_classe
         name = task.loss_name(term.loss) if task is not None else term.loss
         targets = getattr(LOSSES.get(name), "targets", None)
         if task is not None and targets is not None and task.teacher_target not in targets:
+            own = [n for n in dict.fromkeys((task.loss_name("kd"), task.loss_name("ce"))) if n != name
+                   and task.teacher_target in (getattr(LOSSES.get(n), "targets", None) or (task.teacher_target,))]
+            use = f"use {' and '.join(map(repr, own))}, or a feature loss" if own else "use a feature loss"
             raise ConfigError(f"distill: loss {name!r} reads {' or '.join(targets)} outputs; task {task.name!r} gives "
-                              f"{task.teacher_target} outputs (use {task.loss_name('kd')!r} and "
-                              f"{task.loss_name('ce')!r}, or a feature loss)")
+                              f"{task.teacher_target} outputs ({use})")
         needs = getattr(LOSSES.get(name), "needs", "")
         if needs == "features" and (onnx_teacher or black_box):
             raise ConfigError(f"distill: loss {term.name!r} needs teacher features; an ONNX or "

@@ -73,7 +73,8 @@ class PointDetector(nn.Module):
 
 def _tracing() -> bool:
     """Under torch.fx, TorchScript or dynamo tracing shapes are symbols: the size check is Python's."""
-    return torch.fx._symbolic_trace.is_fx_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing()
+            or torch.compiler.is_compiling())
 
 
 class _Head(nn.Module):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edgekd.data import inputs as model_inputs
@@ -37,7 +36,7 @@ def check_compatibility(ctx) -> None:
     checkpoint = recipe.teacher.checkpoint
     if checkpoint and Path(checkpoint).suffix == ".onnx":
         one = model_inputs.take(batch, slice(0, 1))  # an ONNX file may fix its batch at 1
-        _probe(f"teacher {checkpoint}", lambda: _onnx_logits(checkpoint, one), shapes, data, task)
+        _probe(f"teacher {checkpoint}", lambda: _onnx_logits(checkpoint, one, task), shapes, data, task)
         return
     if checkpoint:
         teacher = ctx.teacher_checkpoint()
@@ -50,11 +49,14 @@ def _named(spec) -> str:
     return f"{spec.checkpoint} ({spec.arch})" if spec.checkpoint else repr(spec.arch)
 
 
-def _onnx_logits(path: str, batch) -> torch.Tensor:
+def _onnx_logits(path: str, batch, task) -> torch.Tensor:
+    """What the task's ``forward`` would give for the ONNX file's outputs on ``batch``."""
     from edgekd.runtime import open_session
 
     session = open_session(path, "onnxruntime")
-    return torch.from_numpy(np.asarray(session.run(model_inputs.to_numpy(batch))))
+    session.feed(model_inputs.to_numpy(batch))
+    session.infer()
+    return torch.from_numpy(task.join_outputs(session.fetch_all(), [s.name for s in session.outputs]))
 
 
 def _probe(who: str, forward, shapes: str, data, task) -> None:

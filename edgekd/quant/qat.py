@@ -864,10 +864,25 @@ def output_joins(gm: fx.GraphModule) -> set[fx.Node]:
     outputs are read anyway (a full-integer TFLite file ends in DEQUANTIZE, float CONCATENATION)."""
     tail: set[fx.Node] = set()
     for node in reversed(gm.graph.nodes):
-        moves = _is_scale_preserving(gm, node) or (node.op == "call_function" and node.target is torch.cat)
-        if moves and node.users and all(u.op == "output" or u in tail for u in node.users):
+        if _moves_data(gm, node) and node.users and all(u.op == "output" or u in tail for u in node.users):
             tail.add(node)
     return {n for n in tail if n.op == "call_function" and n.target is torch.cat}
+
+
+# What an output tail may hold: ops that only move data and export to ONNX ops the TFLite writer
+# runs in float after the last quantized op (``export.tflite.convert.TAIL_OPS``).
+TAIL_FUNCTIONS = {torch.cat, torch.flatten, torch.reshape, operator.getitem, torch.chunk, torch.split, torch.unbind,
+                  torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze}
+TAIL_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze", "chunk", "split", "unbind",
+                "transpose", "permute", "reshape_as", "view_as"}
+
+
+def _moves_data(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (nn.Flatten, nn.Identity))
+    if node.op == "call_function":
+        return node.target in TAIL_FUNCTIONS
+    return node.op == "call_method" and node.target in TAIL_METHODS
 
 
 def _share_concat_scales(gm: fx.GraphModule, make: _QuantizerFactory) -> None:

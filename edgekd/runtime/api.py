@@ -177,6 +177,9 @@ def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference
     Raises:
         DataError: a sample shape does not fit the artifact's input, or a dtype is not numeric.
     """
+    if task is not None and reference is not None:
+        raise ConfigError("evaluate_session: with a task, compare with reference_outputs (PyTorch's outputs), "
+                          "not reference predictions")
     arrays = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     specs = getattr(session, "inputs", None) or [TensorSpec("input", "float32", tuple(session.input_shape))]
     if len(arrays) != len(specs):
@@ -216,7 +219,10 @@ def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference
         parity = agreement = None
         if reference_outputs is not None:
             agreement, parity = task.agreement(logits, reference_outputs), task.parity(logits, reference_outputs)
-        accuracy = task.metrics(logits, y).get("accuracy") if y is not None else None
+        accuracy = None
+        if y is not None and task.teacher_target in ("class_logits", "token_logits"):  # (detection: mAP, elsewhere)
+            value = task.metrics(logits, y).get("accuracy")
+            accuracy = None if value is None or value != value else value  # NaN: no labelled sample
         return Evaluation(accuracy, agreement, pred, logits, parity)
     pred = logits.argmax(class_axis)
     accuracy = None

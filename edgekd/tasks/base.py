@@ -77,8 +77,8 @@ class Task(abc.ABC):
 
     def join_outputs(self, outputs: list[np.ndarray], names: list[str] | None = None) -> np.ndarray:
         """A runtime's outputs (``names`` when the artifact has them) as ``forward`` gives the
-        model's: by default the first output."""
-        return np.asarray(outputs[0])
+        model's: by default the first output, as float32 (like ``Session.fetch``)."""
+        return np.asarray(outputs[0], np.float32)
 
     def num_classes_of(self, out: torch.Tensor) -> int | None:
         """The number of classes ``out`` (what ``forward`` returned) predicts."""

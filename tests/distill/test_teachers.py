@@ -414,3 +414,26 @@ def test_cache_keeps_outputs_of_more_axes_like_a_detection_head(x, tmp_path):
     second = _cache(inner, tmp_path)
     assert torch.equal(second(x, IDX, 0)[0].logits, expected) and inner.calls == []
     assert json.loads((second.path / "meta.json").read_text())["sample_shape"] == [5, 7]
+
+
+def test_an_onnx_detection_teacher_gives_its_joined_head(tmp_path):
+    """A detector given as an ONNX file has two outputs (boxes, scores): the teacher joins them as
+    the task's forward does, so detection-kd reads the same (N, A, 4 + K) either way."""
+    from edgekd.distill.teachers.onnx import OnnxTeacher
+    from edgekd.export import export
+    from edgekd.models import create_model
+    from edgekd.tasks import create_task
+    from edgekd.tasks.spec import TensorSpec
+
+    task = create_task("object-detection")
+    torch.manual_seed(0)
+    model = create_model("det-student", image_size=(32, 32)).eval()
+    specs = [TensorSpec("input", "float32", ("batch", 1, 32, 32))]
+    outputs = [TensorSpec("boxes", "float32", ("batch", None, 4)), TensorSpec("scores", "float32", ("batch", None, 10))]
+    [onnx_file] = export(model, ["onnx"], tmp_path, "det", specs, outputs=outputs)
+    x = torch.rand(3, 1, 32, 32)
+    got = OnnxTeacher(onnx_file.path, threads=1, task=task)(x, torch.arange(3), 0)[0].logits
+    with torch.no_grad():
+        want = task.forward(model, x)
+    assert got.shape == (3, 80, 14)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -51,7 +51,7 @@ def test_int8_heads_agree_with_their_simulation(result):
             assert e.info["parity"]["scores"]["max_abs"] <= 0.2
             # also compared with the float student it came from (a 3-epoch student's detections sit near the
             # score threshold, so QAT moves many: the classification run checks the figure's level)
-            assert 0.0 <= e.info["vs_float"]["agreement"] <= 1.0 and e.info["vs_float"]["parity"]["boxes"]["points"] >= 0
+            assert set(e.info["vs_float"]) == {"agreement", "parity"}
     checks = {c["output"]: c for c in next(e for e in res.report.entries
                                            if e.name == "student-int8.tflite").info["export_check"]}
     assert set(checks) == {"boxes", "scores"} and all(c["within_steps"] >= 0.99 for c in checks.values())

@@ -112,3 +112,24 @@ def test_a_join_only_the_outputs_read_keeps_each_part_on_its_own_grid(tmp_path):
     assert abs(runtime[0, 4:] - got[0, 4:].numpy()).max() <= 1 / 256 + 1e-6
     with pytest.raises(ExportError, match="output 'logits' is computed in float .* export it with io='float'"):
         onnx_to_tflite(onnx_file.path, tmp_path / "head8.tflite", io="int8", check=False)
+
+
+def test_a_concat_another_op_also_reads_is_not_output_tail(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekd.export.tflite.convert import output_tail
+    from edgekd.export.tflite.graph import load_graph
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    joined = helper.make_tensor_value_info("joined", TensorProto.FLOAT, [1, 4])
+    relu = helper.make_tensor_value_info("relu", TensorProto.FLOAT, [1, 4])
+    flat = helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Concat", ["x", "x"], ["joined"], axis=1, name="join"),
+                               helper.make_node("Relu", ["joined"], ["relu"], name="act"),
+                               helper.make_node("Reshape", ["relu", "shape"], ["flat"], name="tail")],
+                              "g", [x], [joined, relu, flat],
+                              [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 4])])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert output_tail(load_graph(path)) == {"tail"}  # the join is an output, but the Relu reads it too

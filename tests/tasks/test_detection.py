@@ -104,3 +104,11 @@ def test_forward_refuses_a_model_that_is_not_a_detection_head():
     task = create_task("object-detection")
     with pytest.raises(ConfigError, match="returns \\(boxes"):
         task.forward(torch.nn.Linear(4, 3), torch.zeros(2, 4))
+
+
+def test_evaluate_session_with_a_task_takes_reference_outputs_not_predictions():
+    from edgekd.runtime import evaluate_session
+
+    with pytest.raises(ConfigError, match="compare with reference_outputs"):
+        evaluate_session(object(), np.zeros((1, 1, 32, 32)), reference=np.zeros(1),
+                         task=create_task("object-detection"))

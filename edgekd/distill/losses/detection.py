@@ -3,8 +3,8 @@ in pixels and sigmoid class scores per anchor point (``edgekd.tasks.detection``)
 
 - ``detection``: the ground-truth loss of an anchor-free one-stage detector. An anchor point is
   positive for a box when it lies inside the box (FCOS: Tian et al. 2019, "FCOS: Fully
-  Convolutional One-Stage Object Detection"); a box holding no point takes its nearest one, and a
-  point inside several boxes takes the smallest. With B = binary cross-entropy over every (point,
+  Convolutional One-Stage Object Detection"), and so is the point nearest to its centre (a box
+  smaller than the finest stride holds none); a point inside several boxes takes the smallest. With B = binary cross-entropy over every (point,
   class) against the one-hot class of positives, and GIoU (Rezatofighi et al. 2019),
       L = [ sum BCE(p, onehot) + 2 * sum_pos (1 - GIoU(box, gt)) ] / #positives
   over the labelled images of the batch (an image whose label rows are all -1 has no labels).

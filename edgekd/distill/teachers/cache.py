@@ -291,7 +291,7 @@ class CachedTeacher:
         try:
             meta = json.loads(meta_path.read_text())
             width = meta["width"]
-            shape = tuple(meta.get("sample_shape") or [width])
+            shape = tuple(meta["sample_shape"] if "sample_shape" in meta else [width])  # older caches: flat rows
             valid = (isinstance(meta, dict) and all(meta.get(f) == v for f, v in self.fields.items())
                      and isinstance(width, int) and width >= 1 and self.width in (None, width)
                      and int(np.prod(shape)) == width

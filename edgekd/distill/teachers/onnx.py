@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from edgekd.distill.losses import TeacherOutput
-from edgekd.errors import ConfigError, ModelLoadError, RuntimeBackendError
+from edgekd.errors import ConfigError, EdgeKDError, ModelLoadError, RuntimeBackendError
 from edgekd.hashing import file_sha16
 from edgekd.runtime.api import open_session
 
@@ -30,18 +30,21 @@ class OnnxTeacher:
 
     kind = "logits"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, task=None):
         """Open ``path`` in onnxruntime.
 
         Args:
             path: an ``.onnx`` file whose first input is (N, C, H, W) and first output (N, K) logits.
             threads: intra-op threads of the session (default: every CPU).
+            task: the task whose ``join_outputs`` turns the file's outputs into what the task's
+                ``forward`` gives (a detection head's boxes and scores, joined); None: the first output.
 
         Raises:
             ModelLoadError: the file is missing or onnxruntime cannot load it.
             ConfigError: onnxruntime is not installed, or the file is not ``.onnx``.
         """
         self.path = Path(path)
+        self.task = task
         self.threads = threads or os.cpu_count() or 1
         self.feature_paths: list[str] = []
         self._session = open_session(self.path, "onnxruntime", self.threads)
@@ -86,7 +89,15 @@ class OnnxTeacher:
     def _run(self, x) -> np.ndarray:
         first_input = x[0] if isinstance(x, tuple) else x
         try:
-            out = self._session.run(x)
+            if self.task is None:
+                out = self._session.run(x)
+            else:
+                self._session.feed(x)
+                self._session.infer()
+                names = [s.name for s in self._session.outputs]
+                out = self.task.join_outputs(self._session.fetch_all(), names)
+        except EdgeKDError:
+            raise
         except Exception as err:  # onnxruntime raises its own InvalidArgument/Fail/... types
             first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise RuntimeBackendError(f"{self.path}: onnxruntime failed on a batch shaped "

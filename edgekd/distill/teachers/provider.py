@@ -34,7 +34,7 @@ def build_teacher_provider(config: DistillConfig, teacher, *, onnx_path: str | P
     if teacher is None:
         from edgekd.distill.teachers.onnx import OnnxTeacher
 
-        provider = OnnxTeacher(onnx_path, threads=1)
+        provider = OnnxTeacher(onnx_path, threads=1, task=task)
     else:
         provider = LiveTeacher(teacher, feature_paths, forward=task.forward if task is not None else None)
     extra = {}

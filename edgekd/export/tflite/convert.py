@@ -134,10 +134,8 @@ def output_tail(g: Graph) -> set[str]:
     """Names of the nodes that only move data on its way to the outputs (``TAIL_OPS`` whose
     every output is a graph output or read by such nodes alone)."""
     tail: set[str] = set()
-    outputs = set(g.outputs)
-    for node in reversed(g.nodes):
-        if node.op in TAIL_OPS and all(o in outputs or all(c.name in tail for c in g.consumers(o))
-                                       for o in node.outputs if o):
+    for node in reversed(g.nodes):  # (a graph output another op also reads is not tail)
+        if node.op in TAIL_OPS and all(all(c.name in tail for c in g.consumers(o)) for o in node.outputs if o):
             tail.add(node.name)
     return tail
 
@@ -182,8 +180,11 @@ def _add_output(ctx: Context, name: str, onnx_name: str, io: str, layout: str) -
         raise ExportError(f"{ctx.g.path}: output {onnx_name!r} holds NHWC-ordered features")
     index = ref.index
     if ctx.int8 and io == "int8" and ctx.is_float(name) and ctx.b.quant_of(ref.index) is None:
-        raise ExportError(f"{ctx.g.path}: output {onnx_name!r} is computed in float (a join of parts with their own "
-                          f"int8 scales, such as a detection head's boxes and scores); export it with io='float'")
+        producer = next((n for n in ctx.g.nodes if name in n.outputs), None)
+        by = f" by {producer.where()}" if producer is not None else ""
+        raise ExportError(f"{ctx.g.path}: output {onnx_name!r} is computed in float{by} (the output tail, e.g. a "
+                          f"join of parts with their own int8 scales such as a detection head's boxes and scores, "
+                          f"or an op converted with float_fallback); export it with io='float'")
     if ctx.b.quant_of(ref.index) is not None and io == "float":
         out = ctx.b.tensor(onnx_name, ctx.b.shape_of(index), np.float32)
         ctx.b.op("DEQUANTIZE", [index], [out])
