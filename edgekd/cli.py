@@ -258,12 +258,13 @@ def validate(artifact: str, target: str, json_out: str | None) -> None:
 @click.option("--tflite-layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="TFLite interface layout of 4-D inputs/outputs: as ONNX (NCHW, one transpose "
                    "at each end) or NHWC (no transposes).")
-@click.option("--tflite-float-fallback/--tflite-full-integer", default=False, show_default=True,
+@click.option("--tflite-float-fallback/--tflite-full-integer", default=None,
               help="Int8 models: run ops the ONNX file leaves float, or that TFLite has no int8 kernel "
-                   "for (LayerNorm, L2 norm), in float between DEQUANTIZE and QUANTIZE; default: "
-                   "full-integer only, such an op fails the export, naming it.")
+                   "for (LayerNorm, L2 norm), in float between DEQUANTIZE and QUANTIZE. Default: as the "
+                   "run did for an int8 checkpoint (allowed unless its target is full-integer); "
+                   "full-integer for an .onnx file, where such an op fails the export, naming it.")
 def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None, tflite_io: str,
-               tflite_layout: str, tflite_float_fallback: bool) -> None:
+               tflite_layout: str, tflite_float_fallback: bool | None) -> None:
     """Export MODEL (an edgekd checkpoint .pt, or an .onnx file) to each --format.
 
     Int8 checkpoints (from QAT) export with their frozen scales as QDQ ONNX; OpenVINO IR and
@@ -275,7 +276,7 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
     from edgekd.units import format_size
 
     path = Path(model)
-    options = {"tflite": {"io": tflite_io, "layout": tflite_layout, "float_fallback": tflite_float_fallback}}
+    options = {"tflite": {"io": tflite_io, "layout": tflite_layout, "float_fallback": bool(tflite_float_fallback)}}
     if path.suffix == ".onnx":
         artifacts = export_onnx_file(path, list(formats), out, name, options=options)
     else:
@@ -284,6 +285,7 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
         from edgekd.tasks.spec import TensorSpec
 
         module, meta = load_checkpoint(path)
+        options["tflite"]["float_fallback"] = checkpoint_float_fallback(meta, tflite_float_fallback)
         task = meta.get("task") or {}  # input/output specs; older checkpoints: one image input
         inputs = [TensorSpec.from_dict(s) for s in task.get("inputs", [])] or tuple(meta["input_shape"])
         outputs = [TensorSpec.from_dict(s) for s in task.get("outputs", [])] or None
@@ -291,6 +293,20 @@ def export_cmd(model: str, formats: tuple[str, ...], out: str, name: str | None,
                            options=options)
     for a in artifacts:
         click.echo(f"{a.format:10s} {a.path}  ({format_size(a.size_bytes)}, runs in {a.runtime})")
+
+
+def checkpoint_float_fallback(meta: dict, flag: bool | None) -> bool:
+    """The TFLite float fallback of a checkpoint's export: ``flag`` when given, else what a run
+    does for its int8 target (``ExportConfig.options``: allowed unless the scheme is full-integer)."""
+    if flag is not None:
+        return flag
+    if not meta.get("qat"):
+        return False
+    from edgekd.quant.qat import QATConfig
+    from edgekd.recipe import ExportConfig
+
+    scheme = QATConfig.from_dict(meta["qat"]).resolved().scheme
+    return ExportConfig().options(quantized=True, scheme=scheme)["tflite"]["float_fallback"]
 
 
 @main.command()

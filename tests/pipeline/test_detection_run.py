@@ -74,3 +74,21 @@ def test_the_exported_head_has_no_nms_and_two_outputs(result):
     session.infer()
     boxes, scores = session.fetch_all()
     assert boxes.shape == (1, 80, 4) and scores.shape == (1, 80, 10)
+
+
+def test_edgekd_export_of_the_int8_checkpoint_resolves_float_fallback_as_the_run_did(result, tmp_path):
+    """The x86-cpu student keeps its box arithmetic float (no int8 kernel reads it): `edgekd export`
+    of its checkpoint writes the TFLite file the run wrote, and --tflite-full-integer names the op."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    _, out, _ = result
+    checkpoint = str(out / "models" / "student-int8.pt")
+    ok = CliRunner().invoke(main, ["export", checkpoint, "-f", "tflite", "--out", str(tmp_path)],
+                            catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "student-int8.tflite").is_file()
+    strict = CliRunner().invoke(main, ["export", checkpoint, "-f", "tflite", "--tflite-full-integer", "--out",
+                                       str(tmp_path / "strict")], catch_exceptions=False)
+    assert strict.exit_code == 2 and "has no QuantizeLinear" in strict.output and "float_fallback" in strict.output
