@@ -82,6 +82,18 @@ def test_teacher_cache_is_filled_once_and_reused_by_the_next_run(tmp_path):
     assert "'misses': 0," in second  # every (sample, view) served from the memory-mapped file
 
 
+def test_without_augmentation_the_cache_keeps_one_view(tmp_path):
+    """Every view of an un-augmented sample is the same input: one teacher pass per sample, and
+    every later epoch is served from the cache (8 views would cost 8 passes for one answer)."""
+    logs = []
+    recipe = _recipe(cache=True, cache_views=8)
+    recipe.data.augment = False
+    ctx = _stages(recipe, tmp_path, ["teacher", "student-kd"], logs.append, tmp_path / "cache")
+    stats = next(m for m in logs if m.startswith("teacher cache"))
+    samples = len(ctx.data.y_train)
+    assert f"'misses': {samples}," in stats and f"'hits': {2 * samples}," in stats  # 3 epochs: filled in the first
+
+
 def test_kd_student_starts_from_every_other_teacher_block(tmp_path):
     from edgekd.distill import evaluate
 

@@ -38,6 +38,7 @@ class Task(abc.ABC):
     class_dim: ClassVar[int] = -1  # axis of the classes in the logits: -1 for (N, K) and (N, L, V)
     label_loss: ClassVar[str] = "ce"  # the loss a recipe's `ce` (labels) term means for this task
     distill_loss: ClassVar[str | None] = None  # what `kd` means for it; None: the recipe's logit loss
+    augments: ClassVar[bool] = True  # whether ``augment`` changes a batch (a teacher cache then keeps views)
 
     @abc.abstractmethod
     def load_data(self, config) -> Any:

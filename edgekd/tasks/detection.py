@@ -49,6 +49,7 @@ class ObjectDetection(Task):
     output_names = ("boxes", "scores")
     label_loss = "detection"
     distill_loss = "detection-kd"
+    augments = False  # (see the module doc)
 
     def load_data(self, config) -> Any:
         from edgekd.data.detection import load_detection_data

@@ -41,10 +41,13 @@ def build_teacher_provider(config: DistillConfig, teacher, *, onnx_path: str | P
     if config.cache:
         from edgekd.distill.teachers.cache import CachedTeacher
 
+        # without augmentation every view is the same input: one view, not cache_views teacher passes
+        augments = bool((augmentation or {}).get("shift")) and getattr(task, "augments", True)
+        views = config.cache_views if augments else 1
         provider = CachedTeacher(provider, Path(cache_dir) / "teacher-outputs",
                                  dataset_fingerprint=dataset_fingerprint, num_samples=num_samples,
-                                 views=config.cache_views, augmentation=dict(augmentation or {}))
-        extra = {"cache_views": config.cache_views}
+                                 views=views, augmentation=dict(augmentation or {}))
+        extra = {"cache_views": views}
     if config.teacher_output != "logits":
         from edgekd.distill.teachers.blackbox import BlackBoxTeacher
 
