@@ -97,8 +97,9 @@ class ObjectDetection(Task):
         outputs = np.asarray(logits)
         truth = box_ops.ground_truth(labels)
         k = outputs.shape[-1] - 4
-        map50, _ = box_ops.mean_average_precision(self.detections(outputs, MAP_CONF), truth, k, 0.5)
-        map75, _ = box_ops.mean_average_precision(self.detections(outputs, MAP_CONF), truth, k, 0.75)
+        curve = self.detections(outputs, MAP_CONF)  # NMS once for both IoU thresholds
+        map50, _ = box_ops.mean_average_precision(curve, truth, k, 0.5)
+        map75, _ = box_ops.mean_average_precision(curve, truth, k, 0.75)
         _, counts = box_ops.mean_average_precision(self.detections(outputs, CONF), truth, k, 0.5)
         return {"map50": map50, "map75": map75, **counts}
 
