@@ -4,6 +4,7 @@ the whole flow against a stand-in adb (no phone here: see the README for what ra
 import json
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,9 +127,12 @@ def test_the_whole_adb_flow_against_a_stand_in_adb(tmp_path, exported):
     from edgekd.targets import load_target
 
     log = tmp_path / "calls.jsonl"
-    fake = tmp_path / "adb"
-    fake.write_text(FAKE_ADB.format(python=sys.executable, log=str(log),
-                                    fixture=str(FIXTURES / "cpu_4threads_op_profiling_tf42507.txt")))
+    source, fake = tmp_path / "adb.txt", tmp_path / "adb"
+    source.write_text(FAKE_ADB.format(python=sys.executable, log=str(log),
+                                      fixture=str(FIXTURES / "cpu_4threads_op_profiling_tf42507.txt")))
+    # copied by another process: a file this process wrote can still be open for writing in a child
+    # another thread forked meanwhile, and exec'ing it then fails with ETXTBSY ("Text file busy")
+    subprocess.run(["cp", str(source), str(fake)], check=True)
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"\x7fELF")

@@ -577,3 +577,26 @@ def test_int8_comparison_with_a_constant_between_two_codes_decides_as_the_real_o
     x = (np.arange(-32, 32, dtype=np.float32) * 0.04)[None]  # every code, 0.28 and 0.32 around 0.3 included
     [parity] = compare(path, result.data, result.graph, feeds=[x])
     assert parity.max_abs_error == 0.0, parity.describe()
+
+
+@pytest.mark.parametrize("op", ["HardSigmoid", "HardSwish"])
+def test_int8_hard_activation_of_a_tiny_range_stays_in_one_xnnpack_partition(tmp_path, op):
+    """XNNPACK takes an int8 ADD only when input scale / output scale >= 2^-10; the ADD of
+    relu6(x + 3) on an input with a 1e-5 step (a near-dead SE gate: 7 of torchvision MobileNetV3's)
+    fell out of the delegate. The writer's intermediate is widened (requantized) to that limit."""
+    scale = np.float32(1e-5)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node(op, ["xd"], ["h"]),
+             helper.make_node("QuantizeLinear", ["h", "os", "oz"], ["hq"]),
+             helper.make_node("DequantizeLinear", ["hq", "os", "oz"], ["y"])]
+    out_scale = np.float32(1 / 255) if op == "HardSigmoid" else np.float32(1e-5)
+    inits = [("s", scale), ("z", np.int8(0)), ("os", out_scale), ("oz", np.int8(-128 if op == "HardSigmoid" else 0))]
+    m = model(nodes, [("x", [1, 8, 4, 4])], [1, 8, 4, 4], inits, opset=17)
+    path = _save(tmp_path, m)
+    result = convert(path)
+    ops = [o["op_name"] for o in interpreter(result.data)._get_ops_details()]
+    assert ops.count("DELEGATE") == 1, ops
+    feeds = [np.random.default_rng(3).uniform(-1.2e-3, 1.2e-3, (1, 8, 4, 4)).astype(np.float32)]
+    for parity in compare(path, result.data, result.graph, feeds=feeds):
+        assert parity.within_one_step == 1.0, parity.describe()

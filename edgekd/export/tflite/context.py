@@ -345,6 +345,22 @@ def range_quant(lo: float, hi: float) -> Quant:
     return Quant.of(scale, zero_point)
 
 
+MIN_ADD_SCALE_RATIO = 1 / 1024  # XNNPACK delegates an int8 ADD only if input scale / output scale >= 2^-10
+
+
+def addend_quant(lo: float, hi: float, sum_scale: float) -> Quant:
+    """``range_quant`` of an int8 ADD input the writer makes (not one the ONNX file gives), widened
+    where needed so that its scale is at least ``MIN_ADD_SCALE_RATIO`` of the sum's: XNNPACK leaves
+    such an ADD to LiteRT's own kernel, splitting the delegate (7 of torchvision MobileNetV3's SE
+    gates). The coarser step stays below 1/1024 of the sum's, far inside the sum's rounding."""
+    q = range_quant(lo, hi)
+    floor = sum_scale * MIN_ADD_SCALE_RATIO
+    if q.scale[0] >= floor:
+        return q
+    middle, half = (lo + hi) / 2, 255 * floor / 2
+    return range_quant(middle - half, middle + half)
+
+
 def symmetric_quant(values: np.ndarray) -> Quant:
     peak = float(np.abs(values).max(initial=0.0))
     return Quant.of(peak / 127.0 if peak > 0 else 1.0, 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekd.export.tflite.builder import Quant
-from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref, identity, laid_out, range_quant
+from edgekd.export.tflite.context import CONVERTERS, NHWC, Context, Ref, addend_quant, identity, laid_out, range_quant
 from edgekd.export.tflite.graph import Node, activation_of
 
 _BINARY = {"Add": "ADD", "Sub": "SUB", "Mul": "MUL", "Div": "DIV"}
@@ -256,18 +256,23 @@ def hard_sigmoid(ctx: Context, node: Node) -> None:
 
 def _clamped_affine(ctx: Context, node: Node, x: Ref, alpha: float, beta: float) -> tuple[int, int]:
     """relu6(alpha * x + beta) (MUL unless alpha is 1, ADD with RELU6 fused; int8 scales exact
-    from the input's), and the constant 1/6 in the matching type."""
+    from the input's, the ADD's input widened to XNNPACK's scale limit: ``addend_quant``, with a
+    requantizing QUANTIZE when alpha is 1), and the constant 1/6 in the matching type."""
     shape = ctx.b.shape_of(x.index)
     q_mul = q_add = None
     if ctx.int8:
         q = ctx.b.quant_of(x.index)
         lo, hi = sorted(((-128 - q.zero_point[0]) * q.scale[0] * alpha, (127 - q.zero_point[0]) * q.scale[0] * alpha))
-        q_mul, q_add = range_quant(lo, hi), range_quant(0.0, 6.0)
+        q_add = range_quant(0.0, 6.0)
+        q_mul = addend_quant(lo, hi, q_add.scale[0])
     scaled = x.index
     if alpha != 1.0:
         a = const_like(ctx, node, np.asarray(alpha), x, f"{node.name}/alpha")
         scaled = ctx.tensor(f"{node.name}/scaled", shape, like=x.index, quant=q_mul)
         ctx.b.op("MUL", [x.index, a], [scaled], ctx.b.options("Mul"), 2 if ctx.int8 else 1)
+    elif ctx.int8 and q_mul.scale[0] > ctx.b.quant_of(x.index).scale[0] * (1 + 1e-6):  # too fine for XNNPACK's ADD
+        scaled = ctx.tensor(f"{node.name}/requantized", shape, like=x.index, quant=q_mul)
+        ctx.b.op("QUANTIZE", [x.index], [scaled])
     b = const_like(ctx, node, np.asarray(beta), x, f"{node.name}/beta")
     clamped = ctx.tensor(f"{node.name}/relu6", shape, like=x.index, quant=q_add)
     ctx.b.op("ADD", [scaled, b], [clamped], ctx.b.options("Add", fusedActivationFunction=ctx.b.enum(
