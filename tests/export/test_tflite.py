@@ -600,3 +600,26 @@ def test_int8_hard_activation_of_a_tiny_range_stays_in_one_xnnpack_partition(tmp
     feeds = [np.random.default_rng(3).uniform(-1.2e-3, 1.2e-3, (1, 8, 4, 4)).astype(np.float32)]
     for parity in compare(path, result.data, result.graph, feeds=feeds):
         assert parity.within_one_step == 1.0, parity.describe()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_concat_of_one_input_is_that_input(tmp_path, int8):
+    """timm's DenseNet joins a list of one feature map at the start of every block: XNNPACK takes
+    no one-input CONCATENATION (4 of DenseNet-121's 8 int8 partitions), and none is needed."""
+    def partitions(nodes, name):
+        m = model(nodes, [("x", [1, 3, 4, 4])], None)
+        path = _save(tmp_path / name, qdq(m, _feeds(m)) if int8 else m)
+        result = convert(path)
+        return path, m, result, [op["op_name"] for op in interpreter(result.data)._get_ops_details()].count("DELEGATE")
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "joined").mkdir()
+    _, _, _, without = partitions([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
+                                  "plain")
+    path, m, result, with_join = partitions([helper.make_node("Relu", ["x"], ["r"]),
+                                             helper.make_node("Concat", ["r"], ["c"], axis=1),
+                                             helper.make_node("Relu", ["c"], ["y"])], "joined")
+    assert "CONCATENATION" not in result.ops
+    assert with_join == without  # (an int8 RELU that changes scale is XNNPACK's own limit: 2 either way)
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
+        assert (parity.within_one_step == 1.0) if int8 else (parity.relative_error <= FLOAT_RTOL), parity.describe()

@@ -154,6 +154,9 @@ def concat(ctx: Context, node: Node) -> None:
         if ctx.int8:
             index = ctx.requantize(index, out_quant, f"{node.name}/input{i}_requantized")
         inputs.append(index)
+    if len(inputs) == 1:  # a join of one tensor (timm DenseNet's first layer in each block) is that
+        ctx.bind(node.outputs[0], inputs[0], perm)  # tensor: XNNPACK takes no one-input CONCATENATION
+        return
     options = ctx.b.options("Concatenation", axis=perm.index(axis))
     while len(inputs) > MAX_DELEGATED_CONCAT:  # DenseNet joins up to 32 feature maps at once
         head, inputs = inputs[:MAX_DELEGATED_CONCAT], inputs[MAX_DELEGATED_CONCAT:]
