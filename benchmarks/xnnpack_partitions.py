@@ -6,10 +6,11 @@ boundary costs a copy. The best file is one partition with nothing left out. For
 ``model_zoo.ZOO`` (built the same way: random weights, BatchNorm statistics re-estimated), this
 writes the float TFLite file and the int8 file for ``arm-litert-xnnpack`` (PTQ, minmax: the
 full-integer file the LiteRT profile deploys), loads each in LiteRT's interpreter with XNNPACK
-(1 thread), and counts its DELEGATE nodes: one per partition. (The interpreter's op list keeps
-the replaced nodes beside the DELEGATE ones, so which ops stayed outside is not read here: a
-partition count of 1 means nothing interrupts the delegated graph, though an op at its very
-start or end, the int8 file's DEQUANTIZE for one, may still run outside it.)
+(1 thread), and counts its DELEGATE nodes: one per partition. The ops left outside (``outside``)
+are found from the tensors: the interpreter's op list keeps the replaced nodes beside the
+DELEGATE ones, but a replaced node's outputs are read only by other replaced nodes or written by
+a DELEGATE, so a node is outside when an output it writes (and no DELEGATE writes) is read by a
+DELEGATE, by another outside node, or is a model output.
 
 Environment as ``model_zoo.py`` (timm, ultralytics, transformers; the nms stand-in it registers).
 TensorFlow's converter is not compared here (TensorFlow is never an edgekd dependency).
@@ -35,9 +36,29 @@ def delegation(path: Path) -> dict:
     """XNNPACK partitions (DELEGATE nodes) of a TFLite file, and its op count before delegation."""
     from edgekd.export.tflite.parity import interpreter
 
-    ops = [op["op_name"] for op in interpreter(path)._get_ops_details()]
+    interp = interpreter(path)
+    details = interp._get_ops_details()
+    ops = [op["op_name"] for op in details]
     return {"partitions": ops.count("DELEGATE"), "ops": len(ops) - ops.count("DELEGATE"),
-            "op_types": dict(collections.Counter(op for op in ops if op != "DELEGATE"))}
+            "op_types": dict(collections.Counter(op for op in ops if op != "DELEGATE")),
+            "outside": dict(collections.Counter(op["op_name"] for op in outside(interp, details)))}
+
+
+def outside(interp, details: list[dict]) -> list[dict]:
+    """The ops XNNPACK left to LiteRT's own kernels (see the module doc), in graph order."""
+    delegates = [op for op in details if op["op_name"] == "DELEGATE"]
+    written = {t for op in delegates for t in op["outputs"]}
+    read = {t for op in delegates for t in op["inputs"]} | {d["index"] for d in interp.get_output_details()}
+    rest, found = [op for op in details if op["op_name"] != "DELEGATE"], set()
+    changed = True
+    while changed:  # backwards from what is read outside a delegate
+        changed = False
+        for op in rest:
+            if op["index"] not in found and any(t in read and t not in written for t in op["outputs"]):
+                found.add(op["index"])
+                read |= set(op["inputs"])
+                changed = True
+    return [op for op in rest if op["index"] in found]
 
 
 def measure(name: str, out: Path) -> dict:
@@ -81,8 +102,10 @@ def main() -> None:
     for r in records:
         cells = [(f"{r[v]['ops']}", f"{r[v]['partitions']}") if "error" not in r[v] else ("error", "-")
                  for v in ("float", "int8")]
+        left = "".join(f"  {v} outside: " + ", ".join(f"{op} x{n}" for op, n in r[v]["outside"].items())
+                       for v in ("float", "int8") if r[v].get("outside"))
         print(f"{r['model']:24} {cells[0][0]:>9} {cells[0][1]:>10} {cells[1][0]:>8} {cells[1][1]:>10}"
-              + "".join(f"  {v}: {r[v]['error'][:80]}" for v in ("float", "int8") if "error" in r[v]))
+              + "".join(f"  {v}: {r[v]['error'][:80]}" for v in ("float", "int8") if "error" in r[v]) + left)
     converted = {v: [r for r in records if one_partition(r, v) is not None] for v in ("float", "int8")}
     summary = {f"{v}_one_partition": f"{sum(one_partition(r, v) for r in rs)}/{len(rs)}"
                for v, rs in converted.items()}
