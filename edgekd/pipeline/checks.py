@@ -51,12 +51,9 @@ def _named(spec) -> str:
 
 def _onnx_logits(path: str, batch, task) -> torch.Tensor:
     """What the task's ``forward`` would give for the ONNX file's outputs on ``batch``."""
-    from edgekd.runtime import open_session
+    from edgekd.runtime.api import open_session, run_joined
 
-    session = open_session(path, "onnxruntime")
-    session.feed(model_inputs.to_numpy(batch))
-    session.infer()
-    return torch.from_numpy(task.join_outputs(session.fetch_all(), [s.name for s in session.outputs]))
+    return torch.from_numpy(run_joined(open_session(path, "onnxruntime"), model_inputs.to_numpy(batch), task))
 
 
 def _probe(who: str, forward, shapes: str, data, task) -> None:

@@ -160,6 +160,14 @@ def per_op_rows(total: dict[str, dict], runs: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["mean_ms"])
 
 
+def run_joined(session: Session, x: Feed, task) -> np.ndarray:
+    """Run ``x`` and return every output joined as ``task.join_outputs`` does (a detection head's
+    boxes and scores as one (N, A, 4 + K) array, found by the artifact's output names)."""
+    session.feed(x)
+    session.infer()
+    return task.join_outputs(session.fetch_all(), [s.name for s in getattr(session, "outputs", None) or []])
+
+
 def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference: np.ndarray | None = None,
                      batch_size: int = 256, class_axis: int = -1, *, task=None,
                      reference_outputs: np.ndarray | None = None) -> Evaluation:
@@ -206,13 +214,8 @@ def evaluate_session(session: Session, x, y: np.ndarray | None = None, reference
     chunks = []
     for i in range(0, n, step):
         feed = [np.ascontiguousarray(a[i:i + step], np.dtype(spec.dtype)) for a, spec in zip(arrays, specs)]
-        if task is None:
-            chunks.append(session.run(feed[0] if len(feed) == 1 else tuple(feed)))
-            continue
-        session.feed(feed[0] if len(feed) == 1 else tuple(feed))
-        session.infer()
-        names = [s.name for s in getattr(session, "outputs", None) or []]
-        chunks.append(task.join_outputs(session.fetch_all(), names))
+        one = feed[0] if len(feed) == 1 else tuple(feed)
+        chunks.append(session.run(one) if task is None else run_joined(session, one, task))
     logits = np.concatenate(chunks)
     if task is not None:
         pred = task.predictions(logits)

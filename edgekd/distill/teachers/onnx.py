@@ -17,7 +17,7 @@ import torch
 from edgekd.distill.losses import TeacherOutput
 from edgekd.errors import ConfigError, EdgeKDError, ModelLoadError, RuntimeBackendError
 from edgekd.hashing import file_sha16
-from edgekd.runtime.api import open_session
+from edgekd.runtime.api import open_session, run_joined
 
 
 class OnnxTeacher:
@@ -89,13 +89,7 @@ class OnnxTeacher:
     def _run(self, x) -> np.ndarray:
         first_input = x[0] if isinstance(x, tuple) else x
         try:
-            if self.task is None:
-                out = self._session.run(x)
-            else:
-                self._session.feed(x)
-                self._session.infer()
-                names = [s.name for s in self._session.outputs]
-                out = self.task.join_outputs(self._session.fetch_all(), names)
+            out = self._session.run(x) if self.task is None else run_joined(self._session, x, self.task)
         except EdgeKDError:
             raise
         except Exception as err:  # onnxruntime raises its own InvalidArgument/Fail/... types
