@@ -25,6 +25,12 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def above(self, conf: float) -> Detections:
+        """Those scoring above ``conf``: what ``detect`` keeps at that threshold (greedy NMS is
+        only ever suppressed by higher scores)."""
+        keep = self.scores > conf
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (P, 4) with every box of ``b`` (Q, 4).  # (P, Q)"""

@@ -97,10 +97,10 @@ class ObjectDetection(Task):
         outputs = np.asarray(logits)
         truth = box_ops.ground_truth(labels)
         k = outputs.shape[-1] - 4
-        curve = self.detections(outputs, MAP_CONF)  # NMS once for both IoU thresholds
+        curve = self.detections(outputs, MAP_CONF)  # NMS once, for both IoU thresholds and the counts
         map50, _ = box_ops.mean_average_precision(curve, truth, k, 0.5)
         map75, _ = box_ops.mean_average_precision(curve, truth, k, 0.75)
-        _, counts = box_ops.mean_average_precision(self.detections(outputs, CONF), truth, k, 0.5)
+        _, counts = box_ops.mean_average_precision([d.above(CONF) for d in curve], truth, k, 0.5)
         return {"map50": map50, "map75": map75, **counts}
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:
