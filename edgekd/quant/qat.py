@@ -50,6 +50,7 @@ from edgekd.quant.fake_quant import (
 from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.attention import decompose_attention
+from edgekd.quant.layer_norm import channel_affine, decompose_layer_norm, l2_normalize
 from edgekd.quant.normalize import normalize
 from edgekd.quant.trace import TRACERS, trace
 from edgekd.quant.scheme import RANGES, QuantScheme
@@ -64,7 +65,8 @@ ACTIVATION_MODULES = {"relu": (nn.ReLU,), "relu6": (nn.ReLU6,)}
 ACTIVATION_FUNCTIONS = {"relu": {torch.relu, nn.functional.relu}, "relu6": {nn.functional.relu6}}
 FIXED_OUTPUT_MODULES = {"softmax": (nn.Softmax,), "sigmoid": (nn.Sigmoid,), "tanh": (nn.Tanh,)}
 FIXED_OUTPUT_FUNCTIONS = {"softmax": {torch.softmax, nn.functional.softmax},
-                          "sigmoid": {torch.sigmoid, nn.functional.sigmoid}, "tanh": {torch.tanh}}
+                          "sigmoid": {torch.sigmoid, nn.functional.sigmoid}, "tanh": {torch.tanh},
+                          "l2_normalize": {l2_normalize}}
 ADD_FUNCTIONS = {operator.add, torch.add}
 SCALE_PRESERVING_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
 SCALE_PRESERVING_FUNCTIONS = {torch.flatten, nn.functional.max_pool2d, nn.functional.dropout,
@@ -239,6 +241,8 @@ def prepare_qat(model: nn.Module, config: QATConfig, example=None) -> fx.GraphMo
             f"(it then runs as one float op)") from None
     normalize(gm, model)  # a zoo's own BatchNorm/Linear/Conv subclasses back to torch.nn layers
     decompose_attention(gm)  # fused attention as matmul, softmax, matmul: each product quantized
+    if scheme.full_integer and scheme.fixed_output("l2_normalize") is not None:
+        decompose_layer_norm(gm)  # LayerNorm as MEAN, SUB, L2_NORMALIZATION and a per-channel affine
     if config.freeze_bn_epoch > 0:
         fuse_conv_bn(gm)  # trained live until freeze_bn_epoch, folded by ``freeze``
     fold_batchnorm(gm)  # every BN (all of them, or those fuse_conv_bn could not pair)
@@ -612,7 +616,8 @@ REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional
                                    nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,
                                    operator.mul, torch.mul, torch.mean,
                                    operator.matmul, torch.matmul, torch.bmm,  # attention's q @ k.T
-                                   nn.functional.pad},  # (its own grid: a pad value such as 1.0 must be on it)
+                                   nn.functional.pad,  # (its own grid: a pad value such as 1.0 must be on it)
+                                   channel_affine},  # a LayerNorm's gamma and beta (edgekd.quant.layer_norm)
                     "add": ADD_FUNCTIONS | {operator.sub, torch.sub}, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
                     "avg_pool": AVG_POOL_FUNCTIONS}
 REGION_METHODS = {"add": "add", "sub": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",

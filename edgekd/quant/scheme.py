@@ -11,7 +11,10 @@ that scheme (``edgekd.quant.qat``), and ``edgekd.quant.validate`` checks an expo
 against it.
 
 Op kinds (``OP_KINDS``): ``input`` (the model input), ``conv``, ``depthwise_conv``, ``linear``,
-``add``, ``concat``, ``max_pool``, ``avg_pool``, ``reshape``, ``softmax``, ``sigmoid``, ``tanh``.
+``add``, ``concat``, ``max_pool``, ``avg_pool``, ``reshape``, ``softmax``, ``sigmoid``, ``tanh``,
+``l2_normalize``. A ``full_integer`` scheme that fixes the ``l2_normalize`` output (TFLite's int8
+``L2_NORMALIZATION``: 1/128, zero point 0) computes LayerNorm on integers through it
+(``edgekd.quant.layer_norm``); elsewhere LayerNorm runs in float where the target allows.
 
     quantization:
       weights: {dtype: int8, symmetric: true, per_channel: true, narrow_range: true}
@@ -40,7 +43,7 @@ RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uin
 WEIGHT_DTYPES = ("int8", "uint8", "int4", "uint4")
 ACTIVATION_DTYPES = ("int8", "uint8", "int16", "uint16")
 OP_KINDS = ("input", "conv", "depthwise_conv", "linear", "add", "concat", "max_pool", "avg_pool",
-            "reshape", "softmax", "sigmoid", "tanh")
+            "reshape", "softmax", "sigmoid", "tanh", "l2_normalize")
 WEIGHTED_KINDS = ("conv", "depthwise_conv", "linear")
 FUSABLE = ("relu", "relu6")
 

@@ -10,7 +10,7 @@ back from the graph, not from the PyTorch model:
   the lowest code; reduce_range: within [-64, 64]);
 - activations: every QuantizeLinear of a non-constant tensor has the dtype and symmetry of the
   rule of the op kind that wrote it (walking back over fused ReLU/Clip), and the fixed scale and
-  zero point where the scheme fixes one (softmax, sigmoid, tanh);
+  zero point where the scheme fixes one (softmax, sigmoid, tanh, l2_normalize);
 - shared scales: a max-pool, average-pool, reshape or concat (as the scheme lists) that is
   re-quantized must keep its input's scale and zero point (all inputs' for concat);
 - integer-only targets (``float_fallback: false``): every compute op must read quantized values,
@@ -39,7 +39,8 @@ KEEPS_SCALE = {"MaxPool": "max_pool", "Reshape": "reshape", "Flatten": "reshape"
 MOVES_VALUES = {"Slice", "Split", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}  # pick, never compute
 SHARED_KINDS = {**KEEPS_SCALE, "AveragePool": "avg_pool", "GlobalAveragePool": "avg_pool", "Concat": "concat"}
 FUSED_OPS = {"Relu", "Clip"}
-OUTPUT_KINDS = {"Add": "add", "Concat": "concat", "Softmax": "softmax", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+OUTPUT_KINDS = {"Add": "add", "Concat": "concat", "Softmax": "softmax", "Sigmoid": "sigmoid", "Tanh": "tanh",
+                "LpNormalization": "l2_normalize"}
 NO_COMPUTE = {"QuantizeLinear", "DequantizeLinear", "Constant", "Shape", "Identity"}
 
 
@@ -327,6 +328,14 @@ def _check_integer_only(g: _Graph, node, result: ValidationResult) -> None:
             return
 
 
+def _is_channel_scale(g: _Graph, node) -> bool:
+    """A Mul by a constant: with the constant Add after it, a per-channel affine (a LayerNorm's
+    gamma and beta) that full-integer TFLite computes as one 1x1 depthwise convolution."""
+    consts = [g.const(i) for i in node.input if g.const(i) is not None]
+    return (node.op_type == "Mul" and len(consts) == 1
+            and all(d == 1 for d in np.shape(consts[0])[:-1]))  # (per channel of the last axis)
+
+
 def _check_writes_quantized(g: _Graph, node, result: ValidationResult) -> None:
     """An op that reads quantized values writes them too (through a fused ReLU/Clip and ops
     that keep the scale)."""
@@ -334,8 +343,9 @@ def _check_writes_quantized(g: _Graph, node, result: ValidationResult) -> None:
         return  # not between quantized values (shape arithmetic, a float region's inside)
     out = g.unit_output.get(id(node), node.output[0])
     users = g.users(out)
-    if (len(users) == 1 and node.op_type in WEIGHTED_OPS and users[0].op_type == "Add"
-            and any(g.const(i) is not None for i in users[0].input)):  # a 3-D Linear: MatMul, then its bias
+    if (len(users) == 1 and (node.op_type in WEIGHTED_OPS or _is_channel_scale(g, node)) and users[0].op_type == "Add"
+            and any(g.const(i) is not None for i in users[0].input)):
+        # a 3-D Linear (MatMul, then its bias), or a per-channel x * gamma + beta (one depthwise op)
         out = users[0].output[0]
         users = g.users(out)
     if len(users) == 1 and users[0].op_type in FUSED_OPS:

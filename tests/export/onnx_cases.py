@@ -190,6 +190,10 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
         helper.make_node("Clip", ["n", "eps"], ["nc"]), helper.make_node("Shape", ["c"], ["s"]),
         helper.make_node("Expand", ["nc", "s"], ["e"]), helper.make_node("Div", ["c", "e"], ["y"])],
         [("eps", np.float32(1e-12))]), "SQRT")
+    c["lp_normalization_channels"] = (conv_then([helper.make_node("LpNormalization", ["c"], ["y"], axis=1, p=2)]),
+                                      "L2_NORMALIZATION")
+    c["lp_normalization_tokens"] = (model([helper.make_node("LpNormalization", ["x"], ["y"], axis=-1, p=2)],
+                                          [("x", tokens)], None), "L2_NORMALIZATION")
     c["expand_channel_mean"] = (conv_then([
         helper.make_node("ReduceMean", ["c"], ["m"], axes=[1], keepdims=1),
         helper.make_node("Expand", ["m", "shape"], ["e"]), helper.make_node("Add", ["c", "e"], ["y"])],
@@ -259,7 +263,8 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
 QUANTIZED_WEIGHT_INPUT = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, None), "MatMul": (1, 1)}
 
 
-FIXED_OUTPUT = {"Softmax": (1 / 256, -128), "Sigmoid": (1 / 256, -128), "Tanh": (1 / 128, 0)}
+FIXED_OUTPUT = {"Softmax": (1 / 256, -128), "Sigmoid": (1 / 256, -128), "Tanh": (1 / 128, 0),
+                "LpNormalization": (1 / 128, 0)}
 SHARED_SCALE = {"MaxPool", "AveragePool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
                 "Pad", "Slice", "Resize", "Identity", "Dropout"}
 

@@ -21,13 +21,21 @@ USER_MODELS = textwrap.dedent("""
         def forward(self, x):
             return self.fc(torch.cumsum(x.flatten(1), dim=1))
 
-    class LayerNormStudent(nn.Module):  # float LayerNorm between int8 layers: no int8 TFLite kernel
+    class LayerNormStudent(nn.Module):  # LayerNorm over (C, H, W): no integer form on full-integer TFLite
         def __init__(self, in_channels=1, num_classes=10, **_):
             super().__init__()
             self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+            self.norm = nn.LayerNorm([8, 8, 8])
             self.fc1 = nn.Linear(8 * 64, 32)
-            self.norm = nn.LayerNorm(32)
             self.fc2 = nn.Linear(32, num_classes)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(self.norm(torch.relu(self.conv(x))).flatten(1))))
+
+    class TokenNormStudent(LayerNormStudent):  # LayerNorm over the last axis: MEAN, SUB, L2_NORMALIZATION
+        def __init__(self, in_channels=1, num_classes=10, **_):
+            super().__init__(in_channels, num_classes)
+            self.norm = nn.LayerNorm(32)
 
         def forward(self, x):
             return self.fc2(self.norm(self.fc1(torch.relu(self.conv(x)).flatten(1))))
@@ -66,6 +74,19 @@ def test_an_int8_model_the_target_cannot_run_is_refused_before_training(tmp_path
                                           r"to tflite: .*LayerNormalization"):
         run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out" / "models").exists()
+
+
+def test_a_layer_norm_over_the_last_axis_goes_full_integer_on_that_target(tmp_path, user_models):
+    logs = []
+    recipe = _recipe(f"{user_models}:TokenNormStudent", ["onnx", "tflite"], qat=True)
+    recipe.qat.target = "arm-litert-xnnpack"
+    result = run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache", log=logs.append)
+    assert any(line.startswith("dry run: the untrained student exports to onnx, tflite in float and int8")
+               for line in logs), logs
+    int8 = [e for e in result.report.entries if e.format == "tflite" and e.stage.endswith("int8")]
+    assert int8 and all(e.agreement is not None and e.agreement >= 0.9 for e in int8), \
+        [(e.stage, e.agreement) for e in int8]
+    assert int8[0].info["export_check"][0]["passed"]
 
 
 def test_the_same_student_passes_where_its_formats_hold_it(tmp_path, user_models):

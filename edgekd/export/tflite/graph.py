@@ -143,6 +143,7 @@ def load_graph(path: str | Path, *, batch: int = 1) -> Graph:
     _fuse_gelu(g)
     _fuse_matmul_bias(g)
     _fuse_activations(g)
+    _fuse_channel_affine(g)  # (after: an activation fused into the Add carries over)
     _fill_missing_shapes(model, g)
     _lift_1d(g)
     return g
@@ -568,6 +569,43 @@ def _fuse_matmul_bias(g: Graph) -> None:
             dropped.add(id(add))
             break
     g.nodes = [n for n in g.nodes if id(n) not in dropped]
+
+
+def _fuse_channel_affine(g: Graph) -> None:
+    """In an int8 model, Mul(x, gamma) -> Add(beta) with constants per channel of the last axis
+    and no scale between them (edgekd.quant.layer_norm's affine: one rounding, after the Add)
+    becomes one ``ChannelAffine`` node (a 1x1 DEPTHWISE_CONV_2D, whose per-channel int8 filter
+    holds gamma exactly)."""
+    if not g.quantized:
+        return
+    by_output = {o: n for n in g.nodes for o in n.outputs}
+
+    def per_channel(name: str, channels: int) -> bool:
+        shape = g.constants[name].shape
+        return all(d == 1 for d in shape[:-1]) and (not shape or shape[-1] in (1, channels))
+
+    fused, dropped = {}, set()
+    for add in g.nodes:
+        if add.op != "Add" or add.outputs[0] not in g.act_quant:
+            continue
+        for i, name in enumerate(add.inputs[:2]):
+            mul, beta = by_output.get(name), add.inputs[1 - i]
+            if (mul is None or mul.op != "Mul" or name in g.act_quant or name in g.outputs
+                    or len(g.consumers(name)) != 1 or beta not in g.constants):
+                continue
+            consts = [n for n in mul.inputs if n in g.constants]
+            acts = [n for n in mul.inputs if n not in g.constants]
+            if len(consts) != 1 or len(acts) != 1 or acts[0] not in g.act_quant or acts[0] not in g.shapes:
+                continue
+            channels = g.shapes[acts[0]][-1] if g.shapes[acts[0]] else 1
+            if not (per_channel(consts[0], channels) and per_channel(beta, channels)):
+                continue
+            fused[id(add)] = Node("ChannelAffine", mul.name, [acts[0], consts[0], beta], [add.outputs[0]],
+                                  {k: v for k, v in add.attrs.items() if k == "_activation"})
+            dropped.add(id(mul))
+            break
+    if fused:
+        g.nodes = [fused.get(id(n), n) for n in g.nodes if id(n) not in dropped]
 
 
 def _fuse_activations(g: Graph) -> None:

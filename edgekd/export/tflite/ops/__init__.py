@@ -1,3 +1,3 @@
 """ONNX op converters, one module per family; importing this package registers them all."""
 
-from edgekd.export.tflite.ops import conv, dense, elementwise, logic, pool, shape  # noqa: F401
+from edgekd.export.tflite.ops import conv, dense, elementwise, logic, normalize, pool, shape  # noqa: F401

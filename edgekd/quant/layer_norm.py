@@ -1,0 +1,113 @@
+"""LayerNorm on integers, in the form full-integer TFLite computes it.
+
+TFLite has no layer-norm kernel. Spelled out step by step in int8 (mean, centre, square, mean,
+rsqrt, multiply) it needs an int8 variance and an int8 reciprocal square root: per-token
+variances span orders of magnitude, so the tokens with small variance round to a few codes and
+come out mis-normalized. TFLite's int8 ``L2_NORMALIZATION`` kernel instead sums the squares of
+its int8 input in int32 and writes ``x / ||x||`` at the fixed scale 1/128, zero point 0, and a
+LayerNorm over the last axis of C values is exactly an L2 normalization of the centred values:
+
+    (x - mean) / sqrt(var + eps) * gamma + beta  =  l2_normalize(x - mean) * (sqrt(C) * gamma) + beta
+
+up to ``eps``, which matters only for a row whose variance is below it (about 1e-5: a constant
+row, which both forms map to beta). ``decompose_layer_norm`` rewrites each LayerNorm over the last
+axis so; the QAT passes then quantize the mean (TFLite ``MEAN``), the centred values (``SUB``),
+the normalized values (the target's fixed ``l2_normalize`` output scale) and the per-channel
+affine (one ``DEPTHWISE_CONV_2D`` with a 1x1 filter in the TFLite file: its per-channel int8
+weight holds sqrt(C) * gamma exactly, and beta is its int32 bias). The LayerNorm module stays in
+the model, so its parameters keep their names, train, and load from a checkpoint as before.
+
+A LayerNorm over several axes (``normalized_shape`` of more than one size) is left as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+from torch import fx, nn
+
+TINY = 1e-24  # an all-zero row normalizes to zeros (as onnxruntime's and OpenVINO's LpNormalization do)
+
+
+class _L2NormalizeExport(torch.autograd.Function):
+    """Exported as one ONNX ``LpNormalization`` (p=2, last axis), which the TFLite converter
+    writes as ``L2_NORMALIZATION``; used only during ONNX export (no backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _l2_normalize(x)
+
+    @staticmethod
+    def symbolic(g, x):
+        out = g.op("LpNormalization", x, axis_i=-1, p_i=2)
+        out.setType(x.type())
+        return out
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(torch.clamp((x * x).sum(-1, keepdim=True), min=TINY))
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``x / ||x||`` over the last axis (zeros for an all-zero row)."""
+    if torch.onnx.is_in_onnx_export():
+        return _L2NormalizeExport.apply(x)
+    return _l2_normalize(x)
+
+
+def channel_affine(x: torch.Tensor, weight, bias) -> torch.Tensor:
+    """``x * weight + bias`` per channel of the last axis: one op (one rounding) in int8."""
+    y = x * weight
+    return y if bias is None else y + bias
+
+
+def decompose_layer_norm(gm: fx.GraphModule) -> int:
+    """Rewrite every LayerNorm over the last axis of ``gm`` in place (see the module docstring);
+    returns how many."""
+    done = 0
+    for node in list(gm.graph.nodes):
+        parts = _layer_norm_parts(gm, node)
+        if parts is None:
+            continue
+        x, size, weight, bias = parts
+        graph = gm.graph
+        with graph.inserting_before(node):
+            mean = graph.call_method("mean", (x, -1), {"keepdim": True})
+            centred = graph.call_function(operator.sub, (x, mean))
+            unit = graph.call_function(l2_normalize, (centred,))
+            gain = math.sqrt(size)
+            scale = gain if weight is None else graph.call_function(operator.mul, (weight, gain))
+            out = graph.call_function(channel_affine, (unit, scale, bias))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        done += 1
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def _layer_norm_parts(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
+    """(input, normalized size, weight node or None, bias node or None) of a LayerNorm over the
+    last axis: an ``nn.LayerNorm`` module call, or ``F.layer_norm`` (what a zoo's own LayerNorm
+    subclass, such as timm's ``LayerNorm2d``, traces to)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if type(module) is not nn.LayerNorm or len(module.normalized_shape) != 1 or len(node.args) != 1:
+            return None
+        with gm.graph.inserting_before(node):
+            weight = gm.graph.get_attr(f"{node.target}.weight") if module.weight is not None else None
+            bias = gm.graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+        return node.args[0], module.normalized_shape[0], weight, bias
+    if node.op == "call_function" and node.target is nn.functional.layer_norm:
+        args = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), node.args), **node.kwargs)
+        shape = args.get("normalized_shape")
+        if not isinstance(shape, (list, tuple)) or len(shape) != 1 or not isinstance(shape[0], int):
+            return None
+        return args["input"], shape[0], args.get("weight"), args.get("bias")
+    return None
+
+
+__all__ = ["channel_affine", "decompose_layer_norm", "l2_normalize"]
