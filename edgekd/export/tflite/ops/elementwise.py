@@ -95,7 +95,9 @@ def variadic(ctx: Context, node: Node) -> None:
 @CONVERTERS.register("Div")
 def binary(ctx: Context, node: Node) -> None:
     if node.op == "Div" and ctx.int8 and not ctx.is_const(node.inputs[1]):
-        raise ctx.no_int8(node, "int8 division by a run-time tensor is not supported (only by a constant)")
+        raise ctx.no_int8(node, "int8 division by a run-time tensor is not supported (only by a constant): LiteRT's "
+                                "int8 DIV fails the invoke on a divisor at its zero point, and saturates quotients "
+                                "far below its output step (a numerator of a few codes comes out as +-128)")
     inputs, perm = _operands(ctx, node)
     op = _BINARY[node.op]
     if node.op == "Div" and ctx.is_const(node.inputs[1]):
