@@ -216,7 +216,11 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
     scales = np.asarray([1, 1, 2, 2], np.float32)
     c["resize_nearest"] = (unary("Resize", inits=[("sc", scales)], extra_inputs=["", "sc"], mode="nearest",
                                  coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-                           "RESIZE_NEAREST_NEIGHBOR")
+                           "DEPTH_TO_SPACE")  # (2x: copies and DEPTH_TO_SPACE, which XNNPACK delegates)
+    c["resize_nearest_unequal_factors"] = (unary("Resize", inits=[("sc", np.asarray([1, 1, 2, 3], np.float32))],
+                                                 extra_inputs=["", "sc"], mode="nearest",
+                                                 coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+                                           "RESIZE_NEAREST_NEIGHBOR")
     c["resize_bilinear_half_pixel"] = (unary("Resize", inits=[("sc", scales)], extra_inputs=["", "sc"],
                                              mode="linear"), "RESIZE_BILINEAR")
     c["resize_bilinear_align_corners"] = (unary("Resize", inits=[("sz", np.asarray([1, 4, 13, 11]))],
@@ -224,7 +228,7 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                                 coordinate_transformation_mode="align_corners"),
                                           "RESIZE_BILINEAR")
     c["upsample_opset9"] = (unary("Upsample", opset=9, inits=[("sc", scales)], extra_inputs=["sc"]),
-                            "RESIZE_NEAREST_NEIGHBOR")
+                            "DEPTH_TO_SPACE")
     c["identity_dropout"] = (model([helper.make_node("Identity", ["x"], ["i"]),
                                     helper.make_node("Dropout", ["i"], ["d", "unused_mask"]),
                                     helper.make_node("Relu", ["d"], ["y"])], [("x", X4)], None), "RELU")

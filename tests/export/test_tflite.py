@@ -624,3 +624,17 @@ def test_a_concat_of_one_input_is_that_input(tmp_path, int8):
     assert with_join == without  # (an int8 RELU that changes scale is XNNPACK's own limit: 2 either way)
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
         assert (parity.within_one_step == 1.0) if int8 else (parity.relative_error <= FLOAT_RTOL), parity.describe()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_nearest_upscaling_runs_inside_one_xnnpack_partition(tmp_path, int8):
+    """RESIZE_NEAREST_NEIGHBOR is not delegated by XNNPACK (YOLO's neck split in two); k*k copies
+    and DEPTH_TO_SPACE compute the same values inside the delegate."""
+    m, _ = CASES["resize_nearest"]
+    path = _save(tmp_path, qdq(m, _feeds(m)) if int8 else m)
+    result = convert(path)
+    assert "RESIZE_NEAREST_NEIGHBOR" not in result.ops and "DEPTH_TO_SPACE" in result.ops
+    ops = [op["op_name"] for op in interpreter(result.data)._get_ops_details()]
+    assert ops.count("DELEGATE") == 1, ops  # (the resize alone would leave 0 partitions, 2 in int8)
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
+        assert parity.ok, parity.describe()

@@ -381,6 +381,17 @@ def resize(ctx: Context, node: Node) -> None:
     x = ctx.get(node.inputs[0], NHWC, node)
     kind = "ResizeBilinear" if op == "RESIZE_BILINEAR" else "ResizeNearestNeighbor"
     inherit = ctx.b.quant_of(x.index)
+    factor = out_shape[2] // in_shape[2]
+    if (op == "RESIZE_NEAREST_NEIGHBOR" and not align and not half and factor > 1
+            and tuple(out_shape[2:]) == (in_shape[2] * factor, in_shape[3] * factor)):
+        # k-fold nearest upscaling (YOLO's neck) as k*k copies joined along channels, then
+        # DEPTH_TO_SPACE: the same values, and XNNPACK delegates both ops (not RESIZE_NEAREST_NEIGHBOR)
+        phys = ctx.b.shape_of(x.index)
+        tiled = ctx.tensor(f"{node.name}/tiled", phys[:3] + [phys[3] * factor * factor], like=x.index)
+        ctx.b.op("CONCATENATION", [x.index] * (factor * factor), [tiled], ctx.b.options("Concatenation", axis=3))
+        ctx.emit("DEPTH_TO_SPACE", [tiled], node, perm=NHWC, inherit=inherit, fixed_quant=inherit,
+                 options=ctx.b.options("DepthToSpace", blockSize=factor), version=2 if ctx.int8 else 1)
+        return
     ctx.emit(op, [x.index, ctx.int_const(list(out_shape[2:]))], node, perm=NHWC, inherit=inherit,
              fixed_quant=inherit, options=ctx.b.options(kind, alignCorners=align, halfPixelCenters=half))
 
