@@ -129,6 +129,7 @@ def cases() -> dict[str, tuple[onnx.ModelProto, str | None]]:
                                               pads=[1, 1, 1, 1]), "AVERAGE_POOL_2D")
     c["maxpool_1d_lifted"] = (unary("MaxPool", shape=[1, 4, 15], kernel_shape=[3], strides=[2]), "MAX_POOL_2D")
     c["global_max_pool"] = (unary("GlobalMaxPool"), "REDUCE_MAX")
+    c["avgpool_2x2_stride2"] = (unary("AveragePool", kernel_shape=[2, 2], strides=[2, 2]), "AVERAGE_POOL_2D")
     c["global_average_pool"] = (unary("GlobalAveragePool"), "MEAN")
     c["reduce_mean_hw"] = (unary("ReduceMean", axes=[2, 3], keepdims=0, opset=17), "MEAN")
     c["reduce_sum_sequence"] = (unary("ReduceSum", opset=17, inits=[("ax", np.asarray([2]))], extra_inputs=["ax"],

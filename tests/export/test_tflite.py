@@ -57,7 +57,9 @@ INT8_CASES = [n for n, (m, _) in CASES.items()  # per-channel QDQ needs opset 13
               if m.opset_import[0].version >= 13 and n not in FLOAT_ONLY]
 
 
-INT8_OP = {"hard_swish": "MUL"}  # int8 HardSwish as x * hard_sigmoid(x): XNNPACK takes no int8 HARD_SWISH
+# int8 HardSwish as x * hard_sigmoid(x): XNNPACK takes no int8 HARD_SWISH; an int8 average pool
+# without padding (or with zeros padded in and counted) as a depthwise 1 / area: nor int8 AVERAGE_POOL_2D
+INT8_OP = {"hard_swish": "MUL", "avgpool_include_pad": "DEPTHWISE_CONV_2D", "avgpool_2x2_stride2": "DEPTHWISE_CONV_2D"}
 
 
 @pytest.mark.parametrize("name", INT8_CASES)
@@ -638,3 +640,16 @@ def test_nearest_upscaling_runs_inside_one_xnnpack_partition(tmp_path, int8):
     assert ops.count("DELEGATE") == 1, ops  # (the resize alone would leave 0 partitions, 2 in int8)
     for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
         assert parity.ok, parity.describe()
+
+
+def test_an_int8_average_pool_without_padding_is_a_delegated_depthwise_mean(tmp_path):
+    """XNNPACK runs AVERAGE_POOL_2D in float only (DenseNet's int8 transitions fell out of the
+    delegate); a depthwise convolution with a 1 / area filter computes the same mean in int8."""
+    m, _ = CASES["avgpool_2x2_stride2"]
+    path = _save(tmp_path, qdq(m, _feeds(m)))
+    result = convert(path)
+    assert "AVERAGE_POOL_2D" not in result.ops and "DEPTHWISE_CONV_2D" in result.ops
+    assert [op["op_name"] for op in interpreter(result.data)._get_ops_details()].count("DELEGATE") == 1
+    for parity in compare(path, result.data, result.graph, feeds=list(_feeds(m, seed=2).values())):
+        assert parity.within_one_step >= 0.99, parity.describe()
+    assert "AVERAGE_POOL_2D" in convert(_save(tmp_path, m)).ops  # float: XNNPACK takes it as it is

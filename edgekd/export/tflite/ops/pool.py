@@ -5,12 +5,15 @@ Pooling keeps the input's scale in int8 models (TFLite quantization spec); if th
 quantized the output with another scale, a QUANTIZE follows. TFLite's SAME average pooling
 excludes padding from the mean, like ONNX ``count_include_pad=0``; other padding is an explicit
 PAD (zeros for average pooling with ``count_include_pad=1``, the lowest value for max pooling).
+An int8 average pool without padding is a DEPTHWISE_CONV_2D with a 1 / area filter, which XNNPACK
+delegates (it runs AVERAGE_POOL_2D in float only).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgekd.export.tflite.builder import Quant
 from edgekd.export.tflite.context import CONVERTERS, NHWC, Context
 from edgekd.export.tflite.graph import Node
 from edgekd.export.tflite.ops.spatial import pad_nhwc, tflite_padding, window
@@ -51,6 +54,9 @@ def _pool(ctx: Context, node: Node, op: str) -> None:
         correction = None if np.allclose(factor, 1.0) else factor
     options = ctx.b.options("Pool2D", padding=ctx.b.enum("Padding", padding), strideH=win.strides[0],
                             strideW=win.strides[1], filterHeight=kernel[0], filterWidth=kernel[1])
+    if correction is None and ctx.int8 and op == "AVERAGE_POOL_2D" and padding == "VALID":
+        _average_as_depthwise(ctx, node, x, kernel, win.strides, in_quant)
+        return
     if correction is None:
         ctx.emit(op, [x.index], node, perm=NHWC, options=options, fixed_quant=in_quant,
                  version=2 if ctx.int8 else 1)
@@ -63,6 +69,25 @@ def _pool(ctx: Context, node: Node, op: str) -> None:
     factor = ctx.operand_const(correction, f"{node.name}/exclude_pad", None)
     ctx.emit("MUL", [pooled, factor], node, perm=NHWC, options=ctx.b.options("Mul"),
              version=2 if ctx.int8 else 1)
+
+
+def _average_as_depthwise(ctx: Context, node: Node, x, kernel: list[int], strides: list[int], in_quant) -> None:
+    """An int8 average pool without padding as a DEPTHWISE_CONV_2D whose filter is 1 / area
+    (int8 127 at scale 1 / (127 * area): exact) and bias 0, writing the input's scale: XNNPACK
+    runs AVERAGE_POOL_2D in float only, so DenseNet's int8 transitions left it three times."""
+    channels = ctx.b.shape_of(x.index)[3]
+    area = kernel[0] * kernel[1]
+    zeros = np.zeros(channels, np.int64)
+    w_scales = np.full(channels, 1.0 / (127 * area))
+    codes = np.full((1, kernel[0], kernel[1], channels), 127, np.int8)
+    w = ctx.b.tensor(f"{node.name}/mean_filter", codes.shape, np.int8, data=codes, quant=Quant.of(w_scales, zeros, 3))
+    b = ctx.b.tensor(f"{node.name}/zero_bias", [channels], np.int32, data=np.zeros(channels, np.int32),
+                     quant=Quant.of(in_quant.scale[0] * w_scales, zeros, 0))
+    options = ctx.b.options("DepthwiseConv2D", padding=ctx.b.enum("Padding", "VALID"), strideH=strides[0],
+                            strideW=strides[1], depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
+                            fusedActivationFunction=ctx.b.enum("ActivationFunctionType", "NONE"))
+    ctx.emit("DEPTHWISE_CONV_2D", [x.index, w, b], node, perm=NHWC, options=options, fixed_quant=in_quant,
+             version=3)
 
 
 def _divisor_factor(win, x_shape, pads, include_pad: bool) -> np.ndarray:
