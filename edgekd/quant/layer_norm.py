@@ -18,6 +18,12 @@ weight holds sqrt(C) * gamma exactly, and beta is its int32 bias). The LayerNorm
 the model, so its parameters keep their names, train, and load from a checkpoint as before.
 
 A LayerNorm over several axes (``normalized_shape`` of more than one size) is left as it is.
+
+``F.normalize(x, dim=-1)`` (a sentence embedding's last step) is that same L2 normalization and
+becomes ``l2_normalize`` too (``rewrite_normalize``). A division of x by a positive value shared
+by the whole normalized row (mean pooling's token count, clamped above 0) changes nothing the
+normalization keeps, and full-integer TFLite has no usable int8 division (LiteRT's DIV aborts on a
+divisor at its zero point), so it is dropped there: ``normalize(sum / count) = normalize(sum)``.
 """
 
 from __future__ import annotations
@@ -110,4 +116,76 @@ def _layer_norm_parts(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
     return None
 
 
-__all__ = ["channel_affine", "decompose_layer_norm", "l2_normalize"]
+POSITIVE_CLAMPS = {"clamp_min", "clamp"}  # x.clamp_min(eps), x.clamp(min=eps) with eps > 0
+
+
+def rewrite_normalize(gm: fx.GraphModule, example: tuple | None) -> int:
+    """Replace every ``F.normalize(x, p=2, dim=-1)`` of ``gm`` by ``l2_normalize(x)``, dropping a
+    division of x by a positive per-row value first (see the module docstring; ``example``, the
+    model's inputs, gives the shapes that show the divisor is one per row). Returns how many."""
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is nn.functional.normalize
+             and _normalize_args(n) is not None]
+    if not calls:
+        return 0
+    shapes = _shapes(gm, example)
+    calls = [n for n in calls if _over_last_axis(n, shapes)]
+    for node in calls:
+        x = node.args[0]
+        divisor = x.args[1] if (x.op == "call_function" and x.target in (operator.truediv, torch.div)
+                                and len(x.users) == 1 and isinstance(x.args[1], fx.Node)) else None
+        if divisor is not None and _positive(divisor) and _one_per_row(shapes, x, divisor):
+            x = x.args[0]  # normalize(a / c) = normalize(a) for c > 0 shared by the row
+        with gm.graph.inserting_before(node):
+            unit = gm.graph.call_function(l2_normalize, (x,))
+        node.replace_all_uses_with(unit)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return len(calls)
+
+
+def _normalize_args(node: fx.Node) -> dict | None:
+    args = dict(zip(("input", "p", "dim", "eps"), node.args), **node.kwargs)
+    p, dim = args.get("p", 2.0), args.get("dim", 1)
+    return args if isinstance(p, (int, float)) and float(p) == 2.0 and isinstance(dim, int) else None
+
+
+def _over_last_axis(node: fx.Node, shapes: dict) -> bool:
+    """The normalization is over the last axis (``dim=-1``, or the last by the traced shapes)."""
+    dim = _normalize_args(node).get("dim", 1)
+    shape = shapes.get(node.args[0])
+    return dim == -1 or shape is not None and dim == len(shape) - 1
+
+
+def _positive(node: fx.Node) -> bool:
+    """``node`` is a clamp from below at a positive bound."""
+    if node.op == "call_method" and node.target in POSITIVE_CLAMPS:
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+    elif node.op == "call_function" and node.target in (torch.clamp, torch.clamp_min):
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+    else:
+        return False
+    return isinstance(low, (int, float)) and low > 0
+
+
+def _shapes(gm: fx.GraphModule, example: tuple | None) -> dict:
+    if example is None:
+        return {}
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example)
+    except Exception:  # shapes are a bonus: without them no division is dropped
+        return {}
+    return {n: n.meta["tensor_meta"].shape for n in gm.graph.nodes
+            if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)}
+
+
+def _one_per_row(shapes: dict, quotient: fx.Node, divisor: fx.Node) -> bool:
+    q, d = shapes.get(quotient), shapes.get(divisor)
+    return q is not None and d is not None and len(d) >= 1 and d[-1] == 1 and q[-1] > 1
+
+
+__all__ = ["channel_affine", "decompose_layer_norm", "l2_normalize", "rewrite_normalize"]

@@ -50,7 +50,7 @@ from edgekd.quant.fake_quant import (
 from edgekd.quant.conv_bn import ConvBn2d, QuantConvBn2d, fold_conv_bn, fuse_conv_bn
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.attention import decompose_attention
-from edgekd.quant.layer_norm import channel_affine, decompose_layer_norm, l2_normalize
+from edgekd.quant.layer_norm import channel_affine, decompose_layer_norm, l2_normalize, rewrite_normalize
 from edgekd.quant.normalize import normalize
 from edgekd.quant.trace import TRACERS, trace
 from edgekd.quant.scheme import RANGES, QuantScheme
@@ -243,6 +243,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, example=None) -> fx.GraphMo
     decompose_attention(gm)  # fused attention as matmul, softmax, matmul: each product quantized
     if scheme.full_integer and scheme.fixed_output("l2_normalize") is not None:
         decompose_layer_norm(gm)  # LayerNorm as MEAN, SUB, L2_NORMALIZATION and a per-channel affine
+        rewrite_normalize(gm, example)  # F.normalize as L2_NORMALIZATION
     if config.freeze_bn_epoch > 0:
         fuse_conv_bn(gm)  # trained live until freeze_bn_epoch, folded by ``freeze``
     fold_batchnorm(gm)  # every BN (all of them, or those fuse_conv_bn could not pair)
@@ -614,13 +615,14 @@ REGION_MODULES = {"activation": (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid
                   **FIXED_OUTPUT_MODULES, "avg_pool": AVG_POOL_MODULES}
 REGION_FUNCTIONS = {"activation": {torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.hardswish,
                                    nn.functional.hardsigmoid, nn.functional.gelu, nn.functional.leaky_relu,
-                                   operator.mul, torch.mul, torch.mean,
+                                   operator.mul, torch.mul, torch.mean, torch.sum,
                                    operator.matmul, torch.matmul, torch.bmm,  # attention's q @ k.T
                                    nn.functional.pad,  # (its own grid: a pad value such as 1.0 must be on it)
                                    channel_affine},  # a LayerNorm's gamma and beta (edgekd.quant.layer_norm)
                     "add": ADD_FUNCTIONS | {operator.sub, torch.sub}, "concat": {torch.cat}, **FIXED_OUTPUT_FUNCTIONS,
                     "avg_pool": AVG_POOL_FUNCTIONS}
-REGION_METHODS = {"add": "add", "sub": "add", "mul": "activation", "mean": "activation", "sigmoid": "sigmoid",
+REGION_METHODS = {"add": "add", "sub": "add", "mul": "activation", "mean": "activation", "sum": "activation",
+                  "sigmoid": "sigmoid",
                   "relu": "activation", "softmax": "softmax", "matmul": "activation", "bmm": "activation"}
 SILU = (nn.SiLU,)
 SILU_FUNCTIONS = {nn.functional.silu}
@@ -630,6 +632,16 @@ def _region_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     if node.op == "call_method":
         return REGION_METHODS.get(node.target)
     return _node_kind(gm, node, REGION_MODULES, REGION_FUNCTIONS)
+
+
+def _cast_of_input(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A float copy of a model input that no quantizer reads (an attention mask cast to float
+    for a masked sum), through data movement and casts alone."""
+    while node.op != "placeholder":
+        if not (_is_scale_preserving(gm, node) and node.args and isinstance(node.args[0], fx.Node)):
+            return False
+        node = node.args[0]
+    return True
 
 
 def _is_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -674,6 +686,10 @@ def _quantize_integer_region(gm: fx.GraphModule, make: _QuantizerFactory) -> Non
             # probabilities are in [0, 1] whatever the input: quantized, they feed an int8 matmul
             carried.add(_insert_output_quantizer(gm, node, "softmax", make, make.scheme.fuse))
             continue
+        if make.scheme.full_integer and any(a in carried for a in tensors) and _region_kind(gm, node):
+            for arg in [a for a in tensors if a not in carried and _cast_of_input(gm, a)]:
+                carried.add(_insert_after(gm, arg, make("activation")))  # a mask from an integer input
+            tensors = [a for a in node.all_input_nodes if a not in static]
         if not tensors or not all(a in carried for a in tensors):
             continue
         if _is_scale_preserving(gm, node):

@@ -3,6 +3,8 @@ affine (``edgekd.quant.layer_norm``), simulated in QAT and written as int8 kerne
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import onnx
 import pytest
@@ -154,3 +156,79 @@ def test_int8_layer_norm_exports_to_a_full_integer_tflite_that_matches_onnxrunti
     assert np.mean(np.abs(got - reference) <= 2 * step) >= 0.99  # the int8 kernels compute what ORT's QDQ graph says
     cosine = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     assert cosine(got, simulated) > 0.999 and cosine(reference, simulated) > 0.999
+
+
+class MeanPooled(nn.Module):
+    """A sentence-transformers head: token embeddings, mean pooling over the attention mask,
+    L2 normalization."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(30, WIDTH), nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, ids, mask):
+        hidden = self.fc(self.embed(ids))
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def _tokens(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, TOKENS + 1, (n, 1), generator=g)
+    return torch.randint(0, 30, (n, TOKENS), generator=g), (torch.arange(TOKENS)[None] < lengths).long()
+
+
+def test_normalize_becomes_l2_normalize_and_the_positive_row_scale_before_it_goes():
+    from edgekd.quant.layer_norm import rewrite_normalize
+
+    model = MeanPooled().eval()
+    example = _tokens(2, 0)
+    gm = trace(model, example)
+    assert rewrite_normalize(gm, example) == 1
+    targets = {n.target for n in gm.graph.nodes}
+    assert l2_normalize in targets and nn.functional.normalize not in targets
+    assert operator.truediv not in targets  # normalize(sum / count) = normalize(sum)
+    ids, mask = _tokens(16, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(ids, mask), model(ids, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_a_division_normalize_does_not_undo_is_kept():
+    """Dividing by a per-channel value (not one per row), or by one not known positive, changes
+    the direction: it must stay."""
+    from edgekd.quant.layer_norm import rewrite_normalize
+
+    class Scaled(nn.Module):
+        def forward(self, x, s):
+            return nn.functional.normalize(x / s, dim=-1)
+
+    x, s = torch.randn(4, 8), torch.rand(1, 8) + 0.5
+    gm = trace(Scaled(), (x, s))
+    assert rewrite_normalize(gm, (x, s)) == 1 and operator.truediv in {n.target for n in gm.graph.nodes}
+    torch.testing.assert_close(gm(x, s), Scaled()(x, s))
+
+
+def test_a_mean_pooled_embedding_goes_full_integer_to_tflite(tmp_path):
+    from edgekd.export.tflite.convert import convert
+    from edgekd.export.tflite.parity import interpreter, run_tflite
+
+    torch.manual_seed(0)
+    model = MeanPooled().eval()
+    sim = QATConfig(target="arm-litert-xnnpack").resolved()
+    int8 = post_training_quantize(model, [_tokens(32, 2)], PTQConfig(observer="minmax"), sim)
+    specs = [TensorSpec("ids", "int64", ("batch", TOKENS), 0, 29), TensorSpec("mask", "int64", ("batch", TOKENS), 0, 1)]
+    onnx_art, tflite_art = export(int8, ["onnx", "tflite"], tmp_path, "pooled", specs,
+                                  outputs=[TensorSpec("output", "float32", ("batch", WIDTH))])
+    assert validate_onnx(onnx_art.path, sim.scheme).passed
+    ops = convert(onnx_art.path).ops
+    assert {"CAST", "MUL", "SUM", "L2_NORMALIZATION"} <= set(ops) and "DIV" not in ops
+    assert ops.count("DEQUANTIZE") == 1  # the embedding out: the mask is cast, then quantized
+    ids, mask = _tokens(16, 3)
+    interp = interpreter(tflite_art.path)
+    got = np.concatenate([run_tflite(interp, [i[None].numpy(), m[None].numpy()])[0] for i, m in zip(ids, mask)])
+    with torch.no_grad():
+        simulated, reference = int8(ids, mask), model(ids, mask)
+    assert float(nn.functional.cosine_similarity(torch.from_numpy(got), simulated).min()) > 0.999
+    to_float = nn.functional.cosine_similarity(simulated, reference)  # (a masked sum's range grows with length)
+    assert float(to_float.median()) > 0.999 and float(to_float.min()) > 0.98, to_float
