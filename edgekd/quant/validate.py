@@ -175,6 +175,9 @@ def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResul
     if len(node.input) < 2:
         return
     dq = g.produced_by(node.input[1])
+    transposed = dq is not None and dq.op_type == "Transpose"  # a Linear on 3-D tensors: MatMul(x, W^T)
+    if transposed:
+        dq = g.produced_by(dq.input[0])
     if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is None:
         if g.const(node.input[1]) is not None:
             result.checked["weights"] += 1
@@ -194,7 +197,7 @@ def _check_weights(g: _Graph, node, scheme: QuantScheme, result: ValidationResul
         result.violations.append(Violation(where, f"weights must be {rule.dtype}", dtype))
     scale = g.const(dq.input[1])
     zp = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, np.int64)
-    channels = q.shape[1] if node.op_type in ("Gemm", "MatMul") and not _trans_b(node) else q.shape[0]
+    channels = q.shape[1] if node.op_type in ("Gemm", "MatMul") and not _trans_b(node) and not transposed else q.shape[0]
     per_channel = scale is not None and scale.size > 1
     if rule.per_channel and not per_channel and channels > 1:
         result.violations.append(Violation(where, "weights must be per-channel", "one scale per tensor"))

@@ -127,3 +127,33 @@ def test_an_exact_gelu_pattern_is_checked_as_one_op(tmp_path):
     assert validate_onnx(_gelu_graph(tmp_path, quantized=True), scheme("arm-litert-xnnpack")).passed
     result = validate_onnx(_gelu_graph(tmp_path, quantized=False), scheme("arm-litert-xnnpack"))
     assert [v.node for v in result.violations] == ["Div node 'gelu/div'"]  # once, not for each step
+
+
+def _linear_3d_graph(tmp_path, weight_zero_point: int):
+    """x -> Q/DQ -> MatMul(x, Transpose(DQ(W))) -> Q/DQ -> y, as torch exports a Linear on 3-D
+    tensors (every transformer's): the int8 weight sits behind a Transpose."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    w = np.random.default_rng(0).integers(-127, 128, (8, 8)).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(8, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.full(8, weight_zero_point, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Transpose", ["wd"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["xd", "wt"], ["m"], name="fc/MatMul"),
+             helper.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
+             helper.make_node("DequantizeLinear", ["mq", "s", "z"], ["y"])]
+    return _saved(tmp_path / f"linear3d-{weight_zero_point}.onnx", nodes, inits)
+
+
+def test_weights_behind_a_transpose_are_checked(tmp_path):
+    """A transformer's Linear layers (MatMul of a transposed weight) were taken for products of
+    two activations and their weights never checked."""
+    good = validate_onnx(_linear_3d_graph(tmp_path, 0), scheme("arm-litert-xnnpack"))
+    assert good.passed and good.checked["weights"] == 1
+    bad = validate_onnx(_linear_3d_graph(tmp_path, 3), scheme("arm-litert-xnnpack"))
+    assert [v.node for v in bad.violations] == ["MatMul node 'fc/MatMul' (linear weights)"]
+    assert "symmetric" in bad.violations[0].rule
