@@ -637,11 +637,16 @@ def _region_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
 def _cast_of_input(gm: fx.GraphModule, node: fx.Node) -> bool:
     """A float copy of a model input that no quantizer reads (an attention mask cast to float
     for a masked sum), through data movement and casts alone."""
+    cast = False
     while node.op != "placeholder":
         if not (_is_scale_preserving(gm, node) and node.args and isinstance(node.args[0], fx.Node)):
             return False
+        cast = cast or node.op == "call_method" and node.target in CASTS
         node = node.args[0]
-    return True
+    return cast  # (the input itself, float already, has its own quantizer)
+
+
+CASTS = {"to", "float", "type_as"}
 
 
 def _is_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
