@@ -91,6 +91,8 @@ class DataSplits:
     source: str
     fingerprint: str  # sha256 of the data and split: changes when either changes
     train_labelled: torch.Tensor | None = None  # (N_train,) bool; None: every label is usable
+    texts: dict[str, list[str]] | None = None  # text data: the texts of each split ("train", "val", "test")
+    vocab_size: int | None = None  # text data: the tokenizer's vocabulary
 
     def calibration_batches(self, batch_size: int, count: int) -> list:
         """The first ``count`` training batches, un-augmented, for quantization observers."""
