@@ -95,3 +95,53 @@ def test_a_folder_that_is_not_a_bert_checkpoint_is_named(tmp_path):
         load_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not divisible"):
         BertConfig(hidden=10, heads=4)
+
+
+def test_a_pruned_vocabulary_keeps_every_embedding_the_corpus_uses(teacher, batch, tmp_path):
+    import copy
+
+    import numpy as np
+
+    from edgekd.models.vocab import PrunedEmbedding, prune_vocabulary, used_tokens
+
+    ids, mask = batch
+    student = student_from_teacher(teacher, [0, 2, 4])
+    pruned = copy.deepcopy(student)
+    report = prune_vocabulary(pruned, used_tokens(ids, mask))
+    assert isinstance(pruned.embeddings.word_embeddings, PrunedEmbedding)
+    assert report.vocab_before == 30522 and report.vocab_after < 400
+    assert report.parameters_saved == (30522 - report.vocab_after) * 384
+    assert "tokens kept" in report.summary()
+    with torch.no_grad():  # the same embeddings for every text of the corpus, from the original ids
+        torch.testing.assert_close(pruned(ids, mask), student(ids, mask))
+        unseen = torch.where(mask.bool(), torch.full_like(ids, 7592), ids)  # "hello": not in these texts
+        unseen[:, 0], unseen[torch.arange(len(ids)), mask.sum(1) - 1] = 101, 102
+        as_unknown = torch.where(mask.bool() & (unseen == 7592), torch.full_like(ids, 100), unseen)
+        torch.testing.assert_close(pruned(unseen, mask), student(as_unknown, mask))  # unseen tokens read [UNK]
+    with pytest.raises(ValueError, match="unknown token 100 must be kept"):
+        prune_vocabulary(copy.deepcopy(student), np.array([0, 101, 102]))
+
+
+def test_a_pruned_student_quantizes_and_exports_with_the_original_token_ids(teacher, batch, tmp_path):
+    import onnxruntime as ort
+
+    from edgekd.export import export
+    from edgekd.models.vocab import prune_vocabulary, used_tokens
+    from edgekd.quant import QATConfig
+    from edgekd.quant.ptq import PTQConfig, post_training_quantize
+    from edgekd.tasks.spec import TensorSpec
+
+    ids, mask = batch
+    student = student_from_teacher(teacher, [0, 5])
+    prune_vocabulary(student, used_tokens(ids, mask))
+    int8 = post_training_quantize(student, [(ids, mask)], PTQConfig(observer="minmax"),
+                                  QATConfig(target="x86-onnxruntime").resolved())
+    specs = [TensorSpec("input_ids", "int64", ("batch", ids.shape[1]), 0, 30521),
+             TensorSpec("attention_mask", "int64", ("batch", ids.shape[1]), 0, 1)]
+    (onnx_art,) = export(int8, ["onnx"], tmp_path, "pruned", specs,
+                         outputs=[TensorSpec("embedding", "float32", ("batch", 384))])
+    got = ort.InferenceSession(str(onnx_art.path)).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        simulated, reference = int8(ids, mask), student(ids, mask)
+    assert float(torch.nn.functional.cosine_similarity(torch.from_numpy(got), simulated).min()) > 0.99
+    assert float(torch.nn.functional.cosine_similarity(simulated, reference).min()) > 0.95
