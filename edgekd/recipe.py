@@ -112,6 +112,9 @@ class Recipe(Config):
         for axis, length in self.shapes.items():
             if not isinstance(length, int) or isinstance(length, bool) or length < 1:
                 raise FieldError(f"shapes.{axis}", f"expected a positive integer length, got {length!r}")
+        if self.student_training.epochs < 1:
+            raise FieldError("student_training.epochs", "a student trains for at least 1 epoch (0 is for "
+                                                        "a pretrained teacher: teacher_training.epochs)")
         if not self.targets:
             raise FieldError("targets", "name at least one target (see `edgekd targets`)")
         for i, name in enumerate(self.targets):
@@ -134,7 +137,8 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe.from_dict(data, source)
 
 
-DEMO_RECIPES = {"image-classification": "demo.yaml", "object-detection": "detection.yaml"}  # task -> file
+DEMO_RECIPES = {"image-classification": "demo.yaml", "object-detection": "detection.yaml",
+                "sentence-embedding": "sentence-embedding.yaml"}  # task -> file
 
 
 def demo_recipe_text(task: str = "image-classification") -> str:

@@ -489,7 +489,8 @@ def test_empty_and_comment_only_recipes_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    ({"student_training.epochs": 10**12}, "student_training.epochs: expected 1..10000 epochs"),
+    ({"student_training.epochs": 10**12}, "student_training.epochs: expected 0..10000 epochs"),
+    ({"student_training.epochs": 0}, "student_training.epochs: a student trains for at least 1 epoch"),
     ({"data.batch_size": 10**9}, "data.batch_size: expected 1..65536"),
 ])
 def test_absurd_values_are_bounded(tmp_path, edit, message):

@@ -101,8 +101,8 @@ def test_unknown_model_arch_suggests_and_lists_valid_models():
     line = line_of(text, "cnn-studnt-s")
     assert recipe_error(text) == (
         f"r.yaml:{line}: student.arch: unknown model 'cnn-studnt-s'; did you mean 'cnn-student-s'?; "
-        f"valid models: cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher, cnn-teacher-half, det-student, "
-        f"det-teacher, mobilenetv2, mobilenetv2-050 (or write package.module:callable)")
+        f"valid models: bert-student, cnn-student-m, cnn-student-s, cnn-student-xs, cnn-teacher, cnn-teacher-half, "
+        f"det-student, det-teacher, minilm-l6-v2, mobilenetv2, mobilenetv2-050 (or write package.module:callable)")
 
 
 def test_bad_budget_unit_names_line_and_field():

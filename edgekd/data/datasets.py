@@ -23,6 +23,7 @@ import torch
 
 from edgekd.config import Config, FieldError
 from edgekd.data import inputs as model_inputs
+from edgekd.data.text_config import TextConfig
 from edgekd.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -48,6 +49,7 @@ class DataConfig(Config):
             learns from. 0 distils without any label.
         transfer: an extra unlabelled transfer set: a ``.npz`` with an array ``x`` shaped like
             the data, appended to the train split without labels.
+        text: how text sources are read and tokenized (``edgekd.data.text.TextConfig``; text tasks).
     """
 
     source: str = "digits"
@@ -59,6 +61,7 @@ class DataConfig(Config):
     image_size: list[int] | None = None
     labelled_fraction: float = 1.0
     transfer: str | None = None
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
 
     def __post_init__(self):
         if not 0.0 <= self.labelled_fraction <= 1.0:

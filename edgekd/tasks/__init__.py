@@ -5,7 +5,8 @@ named dynamic axes), how data is loaded, batched and augmented, how the model is
 the teacher's target is, which metrics are reported and which one is *the* quality figure that
 budgets (``min_quality``, ``max_quality_drop``) read. The trainer, losses, exporters, runtime
 sessions, benchmark inputs, reports and budgets take a task instead of assuming one float image
-input. Built-in: ``image-classification`` and ``object-detection`` (dense heads without NMS). Add one with ``@register_task("name")`` on a ``Task``
+input. Built-in: ``image-classification``, ``object-detection`` (dense heads without NMS) and
+``sentence-embedding`` (a text encoder measured against its teacher's embeddings). Add one with ``@register_task("name")`` on a ``Task``
 subclass (``edgekd.tasks.base``), or name it in a recipe as ``package.module:Class`` (imported
 then, like a user's model architecture).
 
@@ -23,6 +24,7 @@ from edgekd.registry import Registry
 TASKS: Registry = Registry("task")
 TASKS.register("image-classification")("edgekd.tasks.classification:ImageClassification")
 TASKS.register("object-detection")("edgekd.tasks.detection:ObjectDetection")
+TASKS.register("sentence-embedding")("edgekd.tasks.embedding:SentenceEmbedding")
 
 
 def register_task(name: str):

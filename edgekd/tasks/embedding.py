@@ -1,0 +1,95 @@
+"""``sentence-embedding``: a text encoder's pooled, normalized embedding, measured against its teacher.
+
+Inputs are ``(input_ids, attention_mask)`` int64 (N, L) from ``edgekd.data.text`` (``data.source``:
+``stdlib-docs`` or a ``.txt``/``.jsonl``/``.csv`` file; ``data.text`` sets the tokenizer and the
+length); the output is one embedding (N, D) per text. Texts have no labels of their own: once the
+teacher is ready, every text of every split is labelled with the teacher's embedding
+(``teacher_labels``), so the student is measured as a stand-in for its teacher
+(``edgekd.tasks.similarity``: Spearman of pairwise similarities, the quality figure; nearest-
+neighbour top-1 and recall@10; cosine), the label loss ``embedding`` learns the teacher's
+embeddings alone (the baseline), and ``embedding-kd`` (or any feature loss on hidden states)
+distils from the teacher run live.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgekd.tasks.base import Task
+from edgekd.tasks.spec import TensorSpec
+
+
+class SentenceEmbedding(Task):
+    """Token ids and attention mask (N, L) in, an embedding (N, D) out."""
+
+    name = "sentence-embedding"
+    quality_metric = "spearman"
+    teacher_target = "embedding"
+    class_dim = -1
+    label_loss = "embedding"
+    distill_loss = "embedding-kd"
+    augments = False
+
+    def load_data(self, config) -> Any:
+        from edgekd.data.text import load_text_data
+        from edgekd.errors import DataError
+
+        if config.source == "digits":
+            raise DataError("sentence-embedding reads text: set data.source to 'stdlib-docs' (built in) or a "
+                            ".txt, .jsonl or .csv file")
+        return load_text_data(config.source, config.text, config.split, config.seed)
+
+    def input_spec(self, data) -> list[TensorSpec]:
+        length = data.input_shape[0]
+        vocab = data.vocab_size or int(data.x_train[0].max()) + 1
+        return [TensorSpec("input_ids", "int64", ("batch", length), 0, vocab - 1),
+                TensorSpec("attention_mask", "int64", ("batch", length), 0, 1)]
+
+    def output_spec(self, data) -> list[TensorSpec]:
+        return [TensorSpec("embedding", "float32", ("batch", None))]
+
+    def model_args(self, data) -> dict[str, Any]:
+        return {"vocab_size": data.vocab_size}
+
+    def teacher_labels(self, data, teacher: torch.nn.Module, batch_size: int = 64):
+        """``data`` with every split labelled by ``teacher``'s embeddings (N, D)."""
+        from edgekd.data import inputs as model_inputs
+
+        def embed(x):
+            teacher.eval()
+            with torch.no_grad():
+                return torch.cat([model_inputs.call(teacher, b).float()
+                                  for b in model_inputs.batches(x, batch_size)])
+
+        import dataclasses
+
+        return dataclasses.replace(data, y_train=embed(data.x_train), y_val=embed(data.x_val),
+                                   y_test=embed(data.x_test), train_labelled=None)
+
+    def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        from edgekd.tasks.similarity import embedding_metrics
+
+        labels = np.asarray(labels)
+        if labels.ndim != 2:  # not labelled by a teacher yet (the dry run): nothing to compare with
+            return {"spearman": float("nan")}
+        return embedding_metrics(np.asarray(logits), labels)
+
+    def num_classes_of(self, out: torch.Tensor) -> int | None:
+        return None  # an embedding, not class scores
+
+    def predictions(self, logits: np.ndarray) -> np.ndarray:
+        """Each text's nearest neighbour among the others (what retrieval would return)."""
+        unit = np.asarray(logits, np.float64)
+        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        sim = unit @ unit.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+
+    def parity(self, outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+        out = super().parity(outputs, reference)
+        a, b = np.asarray(outputs, np.float64), np.asarray(reference, np.float64)
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        return {"embedding": {**out["logits"], "min_cosine": float(cos.min())}}

