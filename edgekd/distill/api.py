@@ -104,6 +104,9 @@ class DistillConfig(Config):
         init_from_teacher: start the distilled student from every other block of the teacher
             (DistilBERT-style; ``edgekd.models.transfer``); the scratch baseline keeps the random
             initialisation, so the report shows what the teacher's weights and targets bought.
+        prune_vocabulary: text students keep only the token embeddings the training split uses
+            (``edgekd.models.vocab``; the scratch and distilled students alike, after their
+            initialisation), behind a table that still takes the tokenizer's ids.
     """
 
     loss: str = "kd"
@@ -120,6 +123,7 @@ class DistillConfig(Config):
     cache: bool = False
     cache_views: int = 8
     init_from_teacher: bool = False
+    prune_vocabulary: bool = False
 
     def __post_init__(self):
         check_name(LOSSES, self.loss, "loss")

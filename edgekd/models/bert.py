@@ -148,6 +148,18 @@ class BertEncoder(nn.Module):
         self.embeddings = _Embeddings(config)
         self.encoder = _Encoder(config)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module``'s, and a checkpoint of a pruned vocabulary (``edgekd.models.vocab``)
+        first prunes this model's embedding to the same rows."""
+        key = "embeddings.word_embeddings.id_map"
+        word = self.embeddings.word_embeddings
+        if key in state_dict and not hasattr(word, "id_map"):
+            from edgekd.models.vocab import PrunedEmbedding
+
+            weight = state_dict["embeddings.word_embeddings.weight"]
+            self.embeddings.word_embeddings = PrunedEmbedding(state_dict[key].long(), torch.zeros_like(weight))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids)
         keep = attention_mask[:, None, None, :].to(x.dtype)  # (N, 1, 1, L)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgekd.distill.api import distill, train_scratch
@@ -118,12 +119,28 @@ def _scratch(ctx: RunContext, name: str) -> Product:
     recipe = ctx.recipe
 
     def fit(state: Path):
-        model = ctx.student_init()
+        model = _pruned(ctx, ctx.student_init(), "student (scratch)")
         return model, train_scratch(model, ctx.data, recipe.student_training, desc="student (scratch)",
                                     checkpoint=state, **ctx.fit_kwargs(recipe.student_training))
 
     model, result = ctx.trained(name, recipe.student, None, fit)
     return Product(name, model, recipe.student, exported=False, fit=result)
+
+
+def _pruned(ctx: RunContext, model, who: str):
+    """``model`` with its vocabulary pruned to the training split's tokens (``distill.prune_vocabulary``)."""
+    if not ctx.recipe.distill.prune_vocabulary:
+        return model
+    from edgekd.models.vocab import prune_vocabulary, used_tokens
+
+    keep = used_tokens(*ctx.data.x_train[:2])
+    report = prune_vocabulary(model, keep)
+    ids, mask = ctx.data.x_val[:2]
+    real = ids[mask.bool()].numpy()
+    unseen = float(1.0 - np.isin(real, keep).mean()) if real.size else 0.0
+    ctx.log(f"{who}: {report.summary()}; {100 * unseen:.1f}% of the validation tokens are outside it "
+            f"and read [UNK]")
+    return model
 
 
 def _distilled(ctx: RunContext, name: str) -> Product:
@@ -133,6 +150,7 @@ def _distilled(ctx: RunContext, name: str) -> Product:
     if recipe.distill.init_from_teacher:
         copied = init_from_teacher(init, ctx.teacher)["copied"]
         ctx.log(f"student (KD): {len(copied)} tensors initialised from the teacher's blocks")
+    init = _pruned(ctx, init, "student (KD)")
 
     def fit(state: Path):
         model = copy.deepcopy(init)

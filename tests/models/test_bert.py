@@ -145,3 +145,16 @@ def test_a_pruned_student_quantizes_and_exports_with_the_original_token_ids(teac
         simulated, reference = int8(ids, mask), student(ids, mask)
     assert float(torch.nn.functional.cosine_similarity(torch.from_numpy(got), simulated).min()) > 0.99
     assert float(torch.nn.functional.cosine_similarity(simulated, reference).min()) > 0.95
+
+
+def test_a_pruned_checkpoint_loads_into_a_model_built_from_its_spec(teacher, batch, tmp_path):
+    from edgekd.models import ModelSpec, load_checkpoint, save_checkpoint
+    from edgekd.models.vocab import prune_vocabulary, used_tokens
+
+    ids, mask = batch
+    student = student_from_teacher(teacher, [0, 3])
+    prune_vocabulary(student, used_tokens(ids, mask))
+    save_checkpoint(tmp_path / "s.pt", student, ModelSpec(arch="bert-student", kwargs={"layers": 2}))
+    loaded, _ = load_checkpoint(tmp_path / "s.pt")  # (built at the full vocabulary, then pruned by its state)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids, mask), student.eval()(ids, mask))
