@@ -20,38 +20,44 @@ from edgekd.distill.losses import LOSSES, Batch
 EMBEDDING_TARGETS = ("embedding",)
 
 
-def _cosine_distance(student: torch.Tensor, reference: torch.Tensor, what: str) -> torch.Tensor:
-    if student.shape != reference.shape:
-        raise ValueError(f"the student's embedding is {tuple(student.shape)}, the {what} {tuple(reference.shape)}: "
-                         f"give the student the same width (or a projection to it)")
-    return (1.0 - F.cosine_similarity(student.flatten(1), reference.flatten(1).to(student.dtype), dim=1)).mean()
+class _CosineDistance(nn.Module):
+    """1 - cos(student, reference), averaged over the batch; ``reference`` picks what to compare with."""
+
+    targets = EMBEDDING_TARGETS
+    what = "reference"
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+
+    def reference(self, batch: Batch) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        reference, student = self.reference(batch), batch.logits
+        if reference is None:
+            return student.sum() * 0.0
+        if student.shape != reference.shape:
+            raise ValueError(f"the student's embedding is {tuple(student.shape)}, the {self.what} "
+                             f"{tuple(reference.shape)}: give the student the same width (or a projection to it)")
+        cos = F.cosine_similarity(student.flatten(1), reference.flatten(1).to(student.dtype), dim=1)
+        return (1.0 - cos).mean()
 
 
 @LOSSES.register("embedding")
-class EmbeddingLoss(nn.Module):
+class EmbeddingLoss(_CosineDistance):
     """1 - cosine to the reference embedding each text is labelled with."""
 
-    needs, kind = "labels", "label"
-    targets = EMBEDDING_TARGETS
+    needs, kind, what = "labels", "label", "reference embedding"
 
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        if batch.labels is None:
-            return batch.logits.sum() * 0.0
-        return _cosine_distance(batch.logits, batch.labels, "reference embedding")
+    def reference(self, batch: Batch) -> torch.Tensor | None:
+        return batch.labels
 
 
 @LOSSES.register("embedding-kd")
-class EmbeddingKDLoss(nn.Module):
+class EmbeddingKDLoss(_CosineDistance):
     """1 - cosine to the teacher's embedding of the same text."""
 
-    needs, kind = "teacher_logits", "logit"
-    targets = EMBEDDING_TARGETS
+    needs, kind, what = "teacher_logits", "logit", "teacher's"
 
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return _cosine_distance(batch.logits, batch.teacher.logits, "teacher's")
+    def reference(self, batch: Batch) -> torch.Tensor | None:
+        return batch.teacher.logits
