@@ -80,3 +80,20 @@ def test_embedding_losses_are_cosine_distances():
     assert float(EmbeddingKDLoss()(opposite)) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="same width"):
         EmbeddingLoss()(Batch(logits=s, labels=torch.ones(2, 3)))
+
+
+def test_hidden_states_distil_by_module_path(tmp_path):
+    """A feature loss on BERT blocks (student block 1 against teacher block 3): the hooks by
+    module path that the image students use take (N, L, H) token states as they are."""
+    from edgekd.distill.api import TermConfig
+    from edgekd.pipeline import run
+
+    recipe = _recipe(limit=90)
+    recipe.distill.terms = [TermConfig(loss="embedding-kd", weight=1.0),
+                            TermConfig(loss="fitnets", weight=10.0, student="encoder.layer.1", teacher="encoder.layer.3")]
+    recipe.ptq.enabled = False
+    out = run(recipe, tmp_path / "out", cache_dir=tmp_path / "cache")
+    fit = next(e for e in out.report.entries if e.stage == "student-kd" and e.format == "pytorch")
+    assert fit.metrics["spearman"] > 0
+    (epoch,) = fit.info["training"]["history"]
+    assert epoch["loss_fitnets:encoder.layer.1"] > 0 and epoch["loss_embedding-kd"] > 0  # both terms trained
