@@ -188,7 +188,7 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
                 t_out, t_feats = provider(x, idx, view) if provider is not None else (None, {})
                 logits = task.forward(net, x)
                 batch = Batch(logits, labels[idx], t_out, taps.collect() if taps else {}, t_feats,
-                              class_dim=task.class_dim)
+                              class_dim=task.class_dim, positions=task.token_positions(x))
                 values = torch.stack([term.loss(batch) for term in terms])  # (terms,)
                 if not torch.isfinite(values).all():  # one check per batch; name the culprit
                     bad = next(i for i, v in enumerate(values) if not torch.isfinite(v))

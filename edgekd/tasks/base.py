@@ -68,6 +68,11 @@ class Task(abc.ABC):
         fixed augmentation view a teacher cache is keyed by. Default: no augmentation."""
         return x
 
+    def token_positions(self, x) -> torch.Tensor | None:
+        """(N, L) bool: which positions of a token batch are real tokens (feature losses on
+        token states leave the padding out); None: every position counts (images)."""
+        return None
+
     def forward(self, model: nn.Module, x) -> torch.Tensor:
         """The model's first output on a batch (one tensor, or a tuple in input order)."""
         return model_inputs.call(model, x)

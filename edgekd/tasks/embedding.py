@@ -54,6 +54,9 @@ class SentenceEmbedding(Task):
     def model_args(self, data) -> dict[str, Any]:
         return {"vocab_size": data.vocab_size}
 
+    def token_positions(self, x) -> torch.Tensor | None:
+        return x[1].bool()  # the attention mask
+
     def teacher_labels(self, data, teacher: torch.nn.Module, batch_size: int = 64):
         """``data`` with every split labelled by ``teacher``'s embeddings (N, D)."""
         from edgekd.data import inputs as model_inputs

@@ -97,3 +97,19 @@ def test_hidden_states_distil_by_module_path(tmp_path):
     assert fit.metrics["spearman"] > 0
     (epoch,) = fit.info["training"]["history"]
     assert epoch["loss_fitnets:encoder.layer.1"] > 0 and epoch["loss_embedding-kd"] > 0  # both terms trained
+
+
+def test_feature_losses_on_token_states_leave_the_padding_out():
+    from edgekd.distill.losses.feature import FitNetsLoss
+
+    loss = FitNetsLoss(student="s", teacher="t")
+    s, t = torch.zeros(2, 4, 3), torch.zeros(2, 4, 3)
+    t[0, 3] = 100.0  # a padded position's state
+    positions = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    loss.prepare(s, t)
+    batch = Batch(logits=torch.zeros(2, 3), features={"s": s}, teacher_features={"t": t}, positions=positions)
+    assert float(loss(batch)) == 0.0  # only real tokens compared
+    batch.positions = None
+    assert float(loss(batch)) > 0.0
+    task = create_task("sentence-embedding")
+    assert torch.equal(task.token_positions((torch.ones(2, 4, dtype=torch.long), positions.long())), positions)

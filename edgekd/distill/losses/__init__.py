@@ -52,6 +52,7 @@ class Batch:
     features: dict[str, torch.Tensor] = field(default_factory=dict)          # student, by path
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)  # teacher, by path
     class_dim: int = -1  # the task's class axis: logits (N, K) or per-token (N, L, V)
+    positions: torch.Tensor | None = None  # (N, L) bool: the real tokens of a text batch (None: every position)
 
     def classes_last(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` with the class axis last and every other axis flattened: one row per

@@ -81,7 +81,11 @@ class FeatureLoss(nn.Module, abc.ABC):
         t = t.detach()
         if not self.prepared:
             self._prepare_late(s, t)
-        return self.compare(self.adapt(s, t), t)
+        return self.compare(*self.select(self.adapt(s, t), t, batch.positions))
+
+    def select(self, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor | None):
+        """The parts of the two features the loss compares (all of them here)."""
+        return student, teacher
 
     def check(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
         """Raise ``shape_error`` when the two features cannot be compared; batch sizes already match."""
@@ -156,7 +160,8 @@ class AlignedFeatureLoss(FeatureLoss):
     """A loss on the student mapped onto the teacher's exact shape.
 
     Both features must have the same layout: 4-D maps, 3-D token sequences with the same number of
-    tokens, or 2-D vectors. Channels (4-D) or the last dimension (3-D, 2-D) may differ: the adapter
+    tokens (compared at the real tokens only when the task marks them: ``Batch.positions``), or 2-D
+    vectors. Channels (4-D) or the last dimension (3-D, 2-D) may differ: the adapter
     is then a 1x1 convolution or a linear layer (torch's default init under the global seed),
     built by ``prepare`` only when they differ. A 4-D student map whose spatial size differs is
     first resized to the teacher's grid (``resize_map``: average pooling down, bilinear up),
@@ -187,6 +192,13 @@ class AlignedFeatureLoss(FeatureLoss):
         if s.dim() == 4:
             s = resize_map(s, t.shape[-2:])  # (N, C_s, H_t, W_t)
         return super().adapt(s, t)
+
+    def select(self, student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor | None):
+        """Token states (N, L, D) of a text batch: the real tokens only, (M, D); padding is not
+        compared (its states depend on nothing the model is asked about)."""
+        if positions is not None and student.dim() == 3 and tuple(student.shape[:2]) == tuple(positions.shape):
+            return student[positions], teacher[positions]
+        return student, teacher
 
 
 @LOSSES.register("fitnets")
