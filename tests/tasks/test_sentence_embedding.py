@@ -31,7 +31,9 @@ def result(tmp_path_factory):
 
     logs = []
     folder = tmp_path_factory.mktemp("sentence-embedding")
-    out = run(_recipe(), folder / "out", cache_dir=folder / "cache", log=logs.append)
+    recipe = _recipe()
+    recipe.qat.enabled, recipe.qat.epochs, recipe.qat.freeze_observers_epoch = True, 1, 1
+    out = run(recipe, folder / "out", cache_dir=folder / "cache", log=logs.append)
     return out, logs
 
 
@@ -58,6 +60,10 @@ def test_the_distilled_student_stands_in_for_its_teacher_in_every_format(result)
     int8 = entries[("student-ptq", "onnx")]
     assert int8["spearman"] == pytest.approx(entries[("student-ptq", "pytorch")]["spearman"], abs=0.02)
     assert {"retrieval_top1", "retrieval_recall@10", "cosine_mean"} <= set(int8)
+    qat = entries[("student-int8", "onnx")]  # int8 QAT with the teacher guiding, as for images
+    assert qat["spearman"] == pytest.approx(entries[("student-int8", "pytorch")]["spearman"], abs=0.02)
+    sizes = {(e.stage, e.format): e.size_bytes for e in out.report.entries}
+    assert sizes[("student-int8", "onnx")] < sizes[("teacher", "onnx")] / 8
 
 
 def test_teacher_labels_and_metrics_before_them():
