@@ -62,8 +62,9 @@ def _teacher(ctx: RunContext, name: str) -> Product:
     else:
         model, note = _cached_or_trained_teacher(ctx, name)
     ctx.teacher = model
-    if model is not None and hasattr(ctx.task, "teacher_labels"):  # texts labelled by their teacher's embedding
-        ctx.data = data = ctx.task.teacher_labels(data, model)
+    relabelled = ctx.task.teacher_labels(data, model) if model is not None else None
+    if relabelled is not None:  # texts labelled by their teacher's embedding
+        ctx.data = data = relabelled
         ctx.log(f"data: every split labelled with the teacher's outputs {tuple(data.y_train.shape[1:])}")
     if model is not None and ctx.store.lead:
         save_checkpoint(ctx.store.model_path(name), model, recipe.teacher, **ctx.checkpoint_fields(),

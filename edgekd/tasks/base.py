@@ -68,6 +68,11 @@ class Task(abc.ABC):
         fixed augmentation view a teacher cache is keyed by. Default: no augmentation."""
         return x
 
+    def teacher_labels(self, data, teacher: nn.Module):
+        """``data`` relabelled by the ready ``teacher`` (a sentence embedding's reference is its
+        teacher's embedding), or None: the data's own labels stand."""
+        return None
+
     def token_positions(self, x) -> torch.Tensor | None:
         """(N, L) bool: which positions of a token batch are real tokens (feature losses on
         token states leave the padding out); None: every position counts (images)."""

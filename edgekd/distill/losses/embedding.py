@@ -11,6 +11,8 @@ compares directions of the same width).
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +22,7 @@ from edgekd.distill.losses import LOSSES, Batch
 EMBEDDING_TARGETS = ("embedding",)
 
 
-class _CosineDistance(nn.Module):
+class _CosineDistance(nn.Module, abc.ABC):
     """1 - cos(student, reference), averaged over the batch; ``reference`` picks what to compare with."""
 
     targets = EMBEDDING_TARGETS
@@ -29,8 +31,9 @@ class _CosineDistance(nn.Module):
     def __init__(self, temperature: float = 1.0):
         super().__init__()
 
+    @abc.abstractmethod
     def reference(self, batch: Batch) -> torch.Tensor | None:
-        raise NotImplementedError
+        """The embedding to compare the student's with (None: nothing in this batch)."""
 
     def forward(self, batch: Batch) -> torch.Tensor:
         reference, student = self.reference(batch), batch.logits
