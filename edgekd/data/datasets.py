@@ -299,17 +299,23 @@ def _check_labels(y: np.ndarray, num_classes: int, source: str) -> None:
         raise DataError(f"{source}: only one class ({present[0]}) present; classification needs >= 2")
 
 
-def _split(x: np.ndarray, y: np.ndarray, names: list[str], config: DataConfig) -> DataSplits:
-    """Stratified split: each class is shuffled by the seed and cut by the split fractions."""
-    rng = np.random.default_rng(config.seed)
+def split_indices(y: np.ndarray, split: list[float], seed: int) -> list[np.ndarray]:
+    """Stratified train/val/test indices: each class (all samples, when unlabelled: one class
+    of -1) is shuffled by the seed and cut by the split fractions."""
+    rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[], [], []]
     for cls in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == cls))
-        n_train = int(round(config.split[0] * len(idx)))
-        n_val = int(round(config.split[1] * len(idx)))
+        n_train = int(round(split[0] * len(idx)))
+        n_val = int(round(split[1] * len(idx)))
         for part, chunk in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
             part.append(chunk)
-    train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def _split(x: np.ndarray, y: np.ndarray, names: list[str], config: DataConfig) -> DataSplits:
+    """Stratified split: each class is shuffled by the seed and cut by the split fractions."""
+    train, val, test = split_indices(y, config.split, config.seed)
     for name, part in (("train", train), ("val", val), ("test", test)):
         if len(part) == 0:
             raise DataError(f"{config.source}: the {name} split is empty ({len(y)} samples, "

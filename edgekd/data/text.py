@@ -242,12 +242,12 @@ def load_text_data(source: str, config: TextConfig, split: list[float], seed: in
     Raises:
         DataError: as ``read_texts``; a split would be empty.
     """
-    from edgekd.data.datasets import DataSplits
+    from edgekd.data.datasets import DataSplits, split_indices
 
     data = read_texts(source, config)
     tokenizer = Tokenizer(tokenizer_file(config.tokenizer), config.max_length)
     ids, mask = tokenize_cached(data.texts, tokenizer, default_text_cache() if cache_dir is None else cache_dir)
-    parts = _split_indices(data.labels, split, seed)
+    parts = split_indices(data.labels, split, seed)
     for name, part in zip(("train", "val", "test"), parts):
         if len(part) == 0:
             raise DataError(f"{source}: the {name} split is empty ({len(data.texts)} texts, split {split}); "
@@ -261,19 +261,6 @@ def load_text_data(source: str, config: TextConfig, split: list[float], seed: in
                       label(parts[2]), class_names=data.class_names, source=source,
                       fingerprint=digest.hexdigest()[:16], vocab_size=tokenizer.vocab_size,
                       texts={name: [data.texts[i] for i in part] for name, part in zip(("train", "val", "test"), parts)})
-
-
-def _split_indices(labels: np.ndarray, split: list[float], seed: int) -> list[np.ndarray]:
-    """Train/val/test indices: per class when labelled (stratified), else over all texts."""
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    parts: list[list[np.ndarray]] = [[], [], []]
-    for idx in groups:
-        idx = rng.permutation(idx)
-        n_train, n_val = int(round(split[0] * len(idx))), int(round(split[1] * len(idx)))
-        for part, chunk in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
-            part.append(chunk)
-    return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
 def trim_to_bucket(ids: torch.Tensor, mask: torch.Tensor, buckets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
