@@ -21,6 +21,8 @@ import operator
 
 import torch
 from torch import fx
+
+from edgekd.quant.rewrite import rewrite_nodes
 from torch.nn import functional as F
 
 FUSED = {F.scaled_dot_product_attention}
@@ -33,42 +35,36 @@ def _signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
 
 def decompose_attention(gm: fx.GraphModule) -> int:
     """Rewrite every fused attention call of ``gm`` in place; returns how many."""
-    done = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in FUSED:
-            continue
-        args = inspect.signature(_signature).bind(*node.args, **node.kwargs)
-        args.apply_defaults()
-        a = args.arguments
-        if (isinstance(a["dropout_p"], fx.Node) or a["dropout_p"] or a["enable_gqa"]
-                or isinstance(a["is_causal"], fx.Node)):
-            continue
-        graph = gm.graph
-        with graph.inserting_before(node):
-            q, k, v = a["query"], a["key"], a["value"]
-            scores = graph.call_function(operator.matmul, (q, graph.call_method("transpose", (k, -2, -1))))
-            scale = a["scale"]
-            if scale is None:
-                scale = graph.call_function(operator.pow, (graph.call_method("size", (q, -1)), -0.5))
-            scores = graph.call_function(operator.mul, (scores, scale))
-            mask = a["attn_mask"]
-            if a["is_causal"]:  # lower triangle attended: (L, S) from the shapes alone
-                ones = graph.call_method("new_ones", (q, (graph.call_method("size", (q, -2)),
-                                                          graph.call_method("size", (k, -2)))),
-                                         {"dtype": torch.bool})
-                causal = graph.call_method("tril", (ones,))
-                mask = causal if mask is None else graph.call_function(operator.and_, (causal, mask))
-            if mask is not None:
-                scores = graph.call_function(operator.add, (scores, graph.call_function(additive_mask, (mask,))))
-            probs = graph.call_function(torch.softmax, (scores, -1))
-            out = graph.call_function(operator.matmul, (probs, v))
-        node.replace_all_uses_with(out)
-        graph.erase_node(node)
-        done += 1
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return rewrite_nodes(gm, _spelled_out)
+
+
+def _spelled_out(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    if node.op != "call_function" or node.target not in FUSED:
+        return None
+    args = inspect.signature(_signature).bind(*node.args, **node.kwargs)
+    args.apply_defaults()
+    a = args.arguments
+    if (isinstance(a["dropout_p"], fx.Node) or a["dropout_p"] or a["enable_gqa"]
+            or isinstance(a["is_causal"], fx.Node)):
+        return None
+    graph = gm.graph
+    q, k, v = a["query"], a["key"], a["value"]
+    scores = graph.call_function(operator.matmul, (q, graph.call_method("transpose", (k, -2, -1))))
+    scale = a["scale"]
+    if scale is None:
+        scale = graph.call_function(operator.pow, (graph.call_method("size", (q, -1)), -0.5))
+    scores = graph.call_function(operator.mul, (scores, scale))
+    mask = a["attn_mask"]
+    if a["is_causal"]:  # lower triangle attended: (L, S) from the shapes alone
+        ones = graph.call_method("new_ones", (q, (graph.call_method("size", (q, -2)),
+                                                  graph.call_method("size", (k, -2)))),
+                                 {"dtype": torch.bool})
+        causal = graph.call_method("tril", (ones,))
+        mask = causal if mask is None else graph.call_function(operator.and_, (causal, mask))
+    if mask is not None:
+        scores = graph.call_function(operator.add, (scores, graph.call_function(additive_mask, (mask,))))
+    probs = graph.call_function(torch.softmax, (scores, -1))
+    return graph.call_function(operator.matmul, (probs, v))
 
 
 def additive_mask(mask: torch.Tensor) -> torch.Tensor:

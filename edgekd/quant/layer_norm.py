@@ -34,6 +34,8 @@ import operator
 import torch
 from torch import fx, nn
 
+from edgekd.quant.rewrite import rewrite_nodes
+
 TINY = 1e-24  # an all-zero row normalizes to zeros (as onnxruntime's and OpenVINO's LpNormalization do)
 
 
@@ -72,27 +74,21 @@ def channel_affine(x: torch.Tensor, weight, bias) -> torch.Tensor:
 def decompose_layer_norm(gm: fx.GraphModule) -> int:
     """Rewrite every LayerNorm over the last axis of ``gm`` in place (see the module docstring);
     returns how many."""
-    done = 0
-    for node in list(gm.graph.nodes):
-        parts = _layer_norm_parts(gm, node)
-        if parts is None:
-            continue
-        x, size, weight, bias = parts
-        graph = gm.graph
-        with graph.inserting_before(node):
-            mean = graph.call_method("mean", (x, -1), {"keepdim": True})
-            centred = graph.call_function(operator.sub, (x, mean))
-            unit = graph.call_function(l2_normalize, (centred,))
-            gain = math.sqrt(size)
-            scale = gain if weight is None else graph.call_function(operator.mul, (weight, gain))
-            out = graph.call_function(channel_affine, (unit, scale, bias))
-        node.replace_all_uses_with(out)
-        graph.erase_node(node)
-        done += 1
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return rewrite_nodes(gm, _spelled_out)
+
+
+def _spelled_out(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    parts = _layer_norm_parts(gm, node)
+    if parts is None:
+        return None
+    x, size, weight, bias = parts
+    graph = gm.graph
+    mean = graph.call_method("mean", (x, -1), {"keepdim": True})
+    centred = graph.call_function(operator.sub, (x, mean))
+    unit = graph.call_function(l2_normalize, (centred,))
+    gain = math.sqrt(size)
+    scale = gain if weight is None else graph.call_function(operator.mul, (weight, gain))
+    return graph.call_function(channel_affine, (unit, scale, bias))
 
 
 def _layer_norm_parts(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
@@ -103,9 +99,8 @@ def _layer_norm_parts(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
         module = gm.get_submodule(node.target)
         if type(module) is not nn.LayerNorm or len(module.normalized_shape) != 1 or len(node.args) != 1:
             return None
-        with gm.graph.inserting_before(node):
-            weight = gm.graph.get_attr(f"{node.target}.weight") if module.weight is not None else None
-            bias = gm.graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+        weight = gm.graph.get_attr(f"{node.target}.weight") if module.weight is not None else None
+        bias = gm.graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
         return node.args[0], module.normalized_shape[0], weight, bias
     if node.op == "call_function" and node.target is nn.functional.layer_norm:
         args = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), node.args), **node.kwargs)
