@@ -88,6 +88,27 @@ def bias_tensor(ctx: Context, node: Node, name: str | None, channels: int, in_qu
     return ctx.b.tensor(f"{node.name}/bias", values.shape, np.int32, data=values, quant=quant)
 
 
+def constant_depthwise(ctx: Context, node: Node, weights: np.ndarray, bias: np.ndarray, in_scale: float,
+                       strides=(1, 1), activation: str = "NONE") -> tuple[list[int], object, np.ndarray]:
+    """An int8 DEPTHWISE_CONV_2D the writer makes up (a mean, a per-channel affine): float
+    ``weights`` (kh, kw, C) quantized per channel at max|w| / 127 (one value per channel is
+    exact), ``bias`` (C,) in int32 at input scale x weight scale. Returns [filter, bias], the
+    options (VALID padding) and the weight scales."""
+    kh, kw, channels = weights.shape
+    peak = np.abs(weights.astype(np.float64)).reshape(-1, channels).max(0)
+    w_scales = np.where(peak > 0, peak / 127, 1.0)
+    zeros = np.zeros(channels, np.int64)
+    codes = np.rint(weights / w_scales).astype(np.int8).reshape(1, kh, kw, channels)
+    w = ctx.b.tensor(f"{node.name}/filter", codes.shape, np.int8, data=codes, quant=Quant.of(w_scales, zeros, 3))
+    b_scales = in_scale * w_scales
+    b_codes = np.clip(np.rint(np.asarray(bias, np.float64) / b_scales), -2**31, 2**31 - 1).astype(np.int32)
+    b = ctx.b.tensor(f"{node.name}/bias", [channels], np.int32, data=b_codes, quant=Quant.of(b_scales, zeros, 0))
+    options = ctx.b.options("DepthwiseConv2D", padding=ctx.b.enum("Padding", "VALID"), strideH=strides[0],
+                            strideW=strides[1], depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
+                            fusedActivationFunction=ctx.b.enum("ActivationFunctionType", activation))
+    return [w, b], options, w_scales
+
+
 def _operands(ctx: Context, node: Node) -> tuple[str, str, str | None, tuple[int, ...]]:
     """(input, weight, bias or None, input shape) of a 2-D Conv/ConvTranspose."""
     x_name, w_name = node.inputs[0], node.inputs[1]

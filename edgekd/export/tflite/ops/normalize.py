@@ -15,7 +15,7 @@ import numpy as np
 from edgekd.export.tflite.builder import Quant
 from edgekd.export.tflite.context import CONVERTERS, Context
 from edgekd.export.tflite.graph import Node
-from edgekd.export.tflite.ops.conv import MAX_REQUANTIZATION
+from edgekd.export.tflite.ops.conv import MAX_REQUANTIZATION, constant_depthwise
 from edgekd.export.tflite.ops.elementwise import const_like
 
 L2_QUANT = Quant.of(1 / 128, 0)  # TFLite's int8 L2_NORMALIZATION output
@@ -73,23 +73,15 @@ def channel_affine(ctx: Context, node: Node) -> None:
         ctx.b.op("RESHAPE", *ctx.reshape_args(x.index, nhwc, x4, x_name))
     in_scale = float(ctx.b.quant_of(x.index).scale[0])
     out = ctx.quant_of(node.outputs[0], node)
-    w_scales = np.where(gamma != 0, np.abs(gamma.astype(np.float64)) / 127, 1.0)
+    consts, options, w_scales = constant_depthwise(ctx, node, gamma.reshape(1, 1, channels), beta, in_scale,
+                                                   activation=node.attr("_activation") or "NONE")
     if float(np.max(in_scale * w_scales)) / out.scale[0] >= MAX_REQUANTIZATION:
         raise ctx.fail(node, f"int8 output scale {out.scale[0]:.3g} is too small for its per-channel scale "
                              f"(XNNPACK needs input scale x weight scale / output scale < {MAX_REQUANTIZATION:.0f})")
-    codes = np.rint(gamma / w_scales).astype(np.int8).reshape(1, 1, 1, channels)
-    zeros = np.zeros(channels, np.int64)
-    w = ctx.b.tensor(f"{node.name}/filter", codes.shape, np.int8, data=codes, quant=Quant.of(w_scales, zeros, 3))
-    b_scales = in_scale * w_scales
-    b_codes = np.clip(np.rint(beta / b_scales), -2**31, 2**31 - 1).astype(np.int32)
-    b = ctx.b.tensor(f"{node.name}/bias", [channels], np.int32, data=b_codes, quant=Quant.of(b_scales, zeros, 0))
-    options = ctx.b.options("DepthwiseConv2D", padding=ctx.b.enum("Padding", "VALID"), strideH=1, strideW=1,
-                            depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
-                            fusedActivationFunction=ctx.activation(node))
     if rank == 4:
-        ctx.emit("DEPTHWISE_CONV_2D", [x4, w, b], node, perm=x.perm, options=options, version=3)
+        ctx.emit("DEPTHWISE_CONV_2D", [x4, *consts], node, perm=x.perm, options=options, version=3)
         return
     y4 = ctx.tensor(f"{node.name}/nhwc_out", nhwc, dtype=np.int8, quant=out)
-    ctx.b.op("DEPTHWISE_CONV_2D", [x4, w, b], [y4], options, 3)
+    ctx.b.op("DEPTHWISE_CONV_2D", [x4, *consts], [y4], options, 3)
     inputs, _, reshape_options = ctx.reshape_args(y4, phys, -1, node.outputs[0])
     ctx.emit("RESHAPE", inputs, node, perm=x.perm, options=reshape_options, inherit=out)

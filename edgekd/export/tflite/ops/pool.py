@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekd.export.tflite.builder import Quant
 from edgekd.export.tflite.context import CONVERTERS, NHWC, Context
 from edgekd.export.tflite.graph import Node
+from edgekd.export.tflite.ops.conv import constant_depthwise
 from edgekd.export.tflite.ops.spatial import pad_nhwc, tflite_padding, window
 
 
@@ -76,17 +76,9 @@ def _average_as_depthwise(ctx: Context, node: Node, x, kernel: list[int], stride
     (int8 127 at scale 1 / (127 * area): exact) and bias 0, writing the input's scale: XNNPACK
     runs AVERAGE_POOL_2D in float only, so DenseNet's int8 transitions left it three times."""
     channels = ctx.b.shape_of(x.index)[3]
-    area = kernel[0] * kernel[1]
-    zeros = np.zeros(channels, np.int64)
-    w_scales = np.full(channels, 1.0 / (127 * area))
-    codes = np.full((1, kernel[0], kernel[1], channels), 127, np.int8)
-    w = ctx.b.tensor(f"{node.name}/mean_filter", codes.shape, np.int8, data=codes, quant=Quant.of(w_scales, zeros, 3))
-    b = ctx.b.tensor(f"{node.name}/zero_bias", [channels], np.int32, data=np.zeros(channels, np.int32),
-                     quant=Quant.of(in_quant.scale[0] * w_scales, zeros, 0))
-    options = ctx.b.options("DepthwiseConv2D", padding=ctx.b.enum("Padding", "VALID"), strideH=strides[0],
-                            strideW=strides[1], depthMultiplier=1, dilationHFactor=1, dilationWFactor=1,
-                            fusedActivationFunction=ctx.b.enum("ActivationFunctionType", "NONE"))
-    ctx.emit("DEPTHWISE_CONV_2D", [x.index, w, b], node, perm=NHWC, options=options, fixed_quant=in_quant,
+    mean = np.full((kernel[0], kernel[1], channels), 1.0 / (kernel[0] * kernel[1]))
+    consts, options, _ = constant_depthwise(ctx, node, mean, np.zeros(channels), in_quant.scale[0], strides)
+    ctx.emit("DEPTHWISE_CONV_2D", [x.index, *consts], node, perm=NHWC, options=options, fixed_quant=in_quant,
              version=3)
 
 
