@@ -71,9 +71,6 @@ def prune_vocabulary(model: nn.Module, keep: np.ndarray, unknown: int = 100,
     id_map = torch.full((old.num_embeddings,), int(np.searchsorted(keep, unknown)), dtype=torch.int64)
     id_map[torch.from_numpy(keep)] = torch.arange(len(keep))
     model.set_submodule(path, PrunedEmbedding(id_map, old.weight[torch.from_numpy(keep)]))
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "vocab_size"):
-        config.vocab_size = old.num_embeddings  # (the ids the model takes are still the tokenizer's)
     return PruneReport(old.num_embeddings, len(keep), before, sum(p.numel() for p in model.parameters()))
 
 

@@ -13,11 +13,13 @@ distils from the teacher run live.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
+from edgekd.data import inputs as model_inputs
 from edgekd.tasks.base import Task
 from edgekd.tasks.spec import TensorSpec
 
@@ -59,15 +61,11 @@ class SentenceEmbedding(Task):
 
     def teacher_labels(self, data, teacher: torch.nn.Module, batch_size: int = 64):
         """``data`` with every split labelled by ``teacher``'s embeddings (N, D)."""
-        from edgekd.data import inputs as model_inputs
-
         def embed(x):
             teacher.eval()
             with torch.no_grad():
                 return torch.cat([model_inputs.call(teacher, b).float()
                                   for b in model_inputs.batches(x, batch_size)])
-
-        import dataclasses
 
         return dataclasses.replace(data, y_train=embed(data.x_train), y_val=embed(data.x_val),
                                    y_test=embed(data.x_test), train_labelled=None)
