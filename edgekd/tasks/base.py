@@ -68,6 +68,15 @@ class Task(abc.ABC):
         fixed augmentation view a teacher cache is keyed by. Default: no augmentation."""
         return x
 
+    def batch_order(self, order: torch.Tensor, data, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The epoch's sample order (``order``: shuffled indices into the training split) as the
+        trainer steps through it, ``batch_size`` at a time. Default: as shuffled."""
+        return order
+
+    def trim(self, x, data):
+        """A training batch ``x`` cut to what the model needs (text: its longest text). Default: as is."""
+        return x
+
     def teacher_labels(self, data, teacher: nn.Module):
         """``data`` relabelled by the ready ``teacher`` (a sentence embedding's reference is its
         teacher's embedding), or None: the data's own labels stand."""

@@ -1,9 +1,7 @@
 """``sentence-embedding``: a text encoder's pooled, normalized embedding, measured against its teacher.
 
-Inputs are ``(input_ids, attention_mask)`` int64 (N, L) from ``edgekd.data.text`` (``data.source``:
-``stdlib-docs`` or a ``.txt``/``.jsonl``/``.csv`` file; ``data.text`` sets the tokenizer and the
-length); the output is one embedding (N, D) per text. Texts have no labels of their own: once the
-teacher is ready, every text of every split is labelled with the teacher's embedding
+Inputs are token ids and an attention mask (``edgekd.tasks.text``); the output is one embedding
+(N, D) per text. Texts have no labels of their own: once the teacher is ready, every text of every split is labelled with the teacher's embedding
 (``teacher_labels``), so the student is measured as a stand-in for its teacher
 (``edgekd.tasks.similarity``: Spearman of pairwise similarities, the quality figure; nearest-
 neighbour top-1 and recall@10; cosine), the label loss ``embedding`` learns the teacher's
@@ -20,11 +18,11 @@ import numpy as np
 import torch
 
 from edgekd.data import inputs as model_inputs
-from edgekd.tasks.base import Task
 from edgekd.tasks.spec import TensorSpec
+from edgekd.tasks.text import TextTask
 
 
-class SentenceEmbedding(Task):
+class SentenceEmbedding(TextTask):
     """Token ids and attention mask (N, L) in, an embedding (N, D) out."""
 
     name = "sentence-embedding"
@@ -33,31 +31,9 @@ class SentenceEmbedding(Task):
     class_dim = -1
     label_loss = "embedding"
     distill_loss = "embedding-kd"
-    augments = False
-
-    def load_data(self, config) -> Any:
-        from edgekd.data.text import load_text_data
-        from edgekd.errors import DataError
-
-        if config.source == "digits":
-            raise DataError("sentence-embedding reads text: set data.source to 'stdlib-docs' (built in) or a "
-                            ".txt, .jsonl or .csv file")
-        return load_text_data(config.source, config.text, config.split, config.seed)
-
-    def input_spec(self, data) -> list[TensorSpec]:
-        length = data.input_shape[0]
-        vocab = data.vocab_size or int(data.x_train[0].max()) + 1
-        return [TensorSpec("input_ids", "int64", ("batch", length), 0, vocab - 1),
-                TensorSpec("attention_mask", "int64", ("batch", length), 0, 1)]
 
     def output_spec(self, data) -> list[TensorSpec]:
         return [TensorSpec("embedding", "float32", ("batch", None))]
-
-    def model_args(self, data) -> dict[str, Any]:
-        return {"vocab_size": data.vocab_size}
-
-    def token_positions(self, x) -> torch.Tensor | None:
-        return x[1].bool()  # the attention mask
 
     def teacher_labels(self, data, teacher: torch.nn.Module, batch_size: int = 64):
         """``data`` with every split labelled by ``teacher``'s embeddings (N, D)."""

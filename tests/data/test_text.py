@@ -12,8 +12,9 @@ import torch
 
 from edgekd.config import FieldError
 from edgekd.data.corpus import stdlib_sentences
-from edgekd.data.text import (BUILTIN, TextConfig, Tokenizer, load_text_data, read_texts, tokenize_cached,
-                              tokenizer_file, trim_to_bucket)
+from edgekd.data.datasets import DataSplits
+from edgekd.data.text import (BUILTIN, TextConfig, Tokenizer, length_grouped_order, load_text_data, read_texts,
+                              tokenize_cached, tokenizer_file, trim_to_bucket)
 from edgekd.errors import DataError
 
 pytest.importorskip("tokenizers", reason='the text extra is not installed: pip install -e ".[text]"')
@@ -127,5 +128,36 @@ def test_a_batch_is_cut_to_the_shortest_bucket_that_holds_it():
     mask[0, :20], mask[1, :40] = 1, 1
     short_ids, short_mask = trim_to_bucket(ids, mask, [32, 64, 128])
     assert short_ids.shape == (2, 64) and torch.equal(short_ids, ids[:, :64]) and short_mask.sum() == 60
-    assert trim_to_bucket(ids, mask, [])[0].shape == (2, 128)
+    assert trim_to_bucket(ids, mask, [])[0].shape == (2, 40)  # no buckets: its longest text
     assert trim_to_bucket(ids, mask, [16, 32])[0].shape == (2, 128)  # nothing holds 40 tokens
+
+
+def test_length_grouped_batches_hold_similar_lengths_and_every_sample_once():
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (1000,))
+    order = torch.randperm(1000, generator=generator)[:997]  # a short last batch
+    grouped = length_grouped_order(order, lengths, 32, generator, chunk_batches=10)
+    assert sorted(grouped.tolist()) == sorted(order.tolist())
+    batches = grouped.split(32)
+    assert len(batches[-1]) == 997 % 32  # the short batch stays last, so the others stay whole
+    spread = lambda order: sum(int(lengths[b].max() - lengths[b].min()) for b in order.split(32))  # noqa: E731
+    assert spread(grouped) < spread(order) / 4  # padding waste: far less than random batches
+    assert not torch.equal(grouped, length_grouped_order(order, lengths, 32, generator, chunk_batches=10))
+
+
+def test_text_training_batches_are_grouped_and_cut_but_evaluation_keeps_the_length():
+    from edgekd.tasks import create_task
+
+    lengths = torch.tensor([3, 30, 4, 29, 5, 31, 6, 28])
+    mask = (torch.arange(32)[None, :] < lengths[:, None]).long()
+    data = DataSplits((mask * 5, mask), torch.zeros(8), (mask, mask), torch.zeros(8), (mask, mask),
+                      torch.zeros(8), class_names=[], source="t", fingerprint="f", length_buckets=[],
+                      group_by_length=True)
+    task = create_task("sentence-embedding")
+    order = task.batch_order(torch.arange(8), data, 4, torch.Generator().manual_seed(0))
+    assert {frozenset(b.tolist()) for b in order.split(4)} == {frozenset({1, 3, 5, 7}), frozenset({0, 2, 4, 6})}
+    short = [b for b in order.split(4) if 0 in b.tolist()][0]
+    ids, cut = task.trim((data.x_train[0][short], data.x_train[1][short]), data)
+    assert ids.shape == (4, 6) and torch.equal(cut.sum(1), lengths[short])
+    data.group_by_length = False
+    assert torch.equal(task.batch_order(torch.arange(8), data, 4, torch.Generator()), torch.arange(8))

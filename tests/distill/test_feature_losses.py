@@ -236,26 +236,34 @@ def test_the_feature_losses_are_registered():
     assert {"fitnets", "at", "rkd_distance", "rkd_angle", "cosine"} <= set(FEATURE_LOSSES)
 
 
+TOKEN_ONLY = {"attention-kl", "value-relation"}  # MiniLM's relations between (N, L, D) projections
+
+
 @pytest.mark.parametrize("name", FEATURE_LOSSES)
 @pytest.mark.parametrize("s_shape, t_shape", [((4, 6, 4, 4), (4, 8, 2, 2)),
                                               ((4, 8, 3, 3), (4, 8, 3, 3))])
 def test_feature_loss_contract(name, s_shape, t_shape):
     """Every feature loss: built from paths (+ temperature), prepare + forward give a finite scalar
-    whose gradient reaches the student feature and never the teacher's."""
+    whose gradient reaches the student feature and never the teacher's. A loss reads the hooked
+    outputs at its ``taps`` of each path (the path itself, or e.g. its query and key projections)."""
     cls = LOSSES.get(name)
     assert cls.needs == "features" and cls.kind == "feature"
     loss = cls(student="features.block1", teacher="features.block2", temperature=3.0)
     assert (loss.student_path, loss.teacher_path) == ("features.block1", "features.block2")
+    if name in TOKEN_ONLY:
+        s_shape, t_shape = (4, 5, 24), (4, 5, 36)
     torch.manual_seed(0)
-    student = torch.randn(s_shape, requires_grad=True)
-    teacher = torch.randn(t_shape, requires_grad=True)
+    s_taps, t_taps = cls.taps("features.block1"), cls.taps("features.block2")
+    student = {p: torch.randn(s_shape, requires_grad=True) for p in s_taps}
+    teacher = {p: torch.randn(t_shape, requires_grad=True) for p in t_taps}
     with torch.no_grad():
-        loss.prepare(student.detach(), teacher.detach())
-    value = loss(Batch(torch.zeros(4, 2), features={"features.block1": student},
-                       teacher_features={"features.block2": teacher}))
+        loss.prepare(loss.gather({p: v.detach() for p, v in student.items()}, "student"),
+                     loss.gather({p: v.detach() for p, v in teacher.items()}, "teacher"))
+    value = loss(Batch(torch.zeros(4, 2), features=student, teacher_features=teacher))
     assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0
     value.backward()
-    assert student.grad is not None and torch.isfinite(student.grad).all()
-    assert student.grad.abs().sum() > 0
-    assert teacher.grad is None
+    for tensor in student.values():
+        assert tensor.grad is not None and torch.isfinite(tensor.grad).all()
+        assert tensor.grad.abs().sum() > 0
+    assert all(tensor.grad is None for tensor in teacher.values())
     assert all(torch.isfinite(p.grad).all() for p in loss.parameters())

@@ -12,7 +12,7 @@ and log each term separately. Class attributes say what a loss needs:
   absent: any.
 
 Logit losses live in ``logit.py``, feature losses in ``feature.py``, detection-head losses in
-``detection.py``, sentence-embedding losses in ``embedding.py``; importing this package
+``detection.py``, sentence-embedding losses in ``embedding.py``, MiniLM's self-attention losses in ``relation.py``; importing this package
 registers them all.
 """
 
@@ -65,6 +65,6 @@ class Batch:
         return None if self.labels is None else self.labels.reshape(-1)
 
 
-from edgekd.distill.losses import detection, embedding, feature, logit  # noqa: F401  (register the losses)
+from edgekd.distill.losses import detection, embedding, feature, logit, relation  # noqa: F401  (register the losses)
 
 __all__ = ["LOSSES", "Batch", "TeacherOutput", "list_losses"]

@@ -75,9 +75,21 @@ class FeatureLoss(nn.Module, abc.ABC):
             self.adapter = adapter.to(s.device) if adapter is not None else None
         self.prepared = True
 
+    @classmethod
+    def taps(cls, path: str) -> list[str]:
+        """The module paths hooked to read the feature named ``path`` (the module itself here;
+        a loss built from several module outputs, such as MiniLM's attention from the query and
+        key projections, names them all)."""
+        return [path]
+
+    def gather(self, features: Mapping, side: str):
+        """The ``side`` ("student" or "teacher") feature out of the hooked outputs ``features``
+        (by path): what ``prepare`` and ``compare`` receive."""
+        return features[self.student_path if side == "student" else self.teacher_path]
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        s, t = self._tensors(batch.features[self.student_path],
-                             batch.teacher_features[self.teacher_path])
+        s, t = self._tensors(self.gather(batch.features, "student"),
+                             self.gather(batch.teacher_features, "teacher"))
         t = t.detach()
         if not self.prepared:
             self._prepare_late(s, t)

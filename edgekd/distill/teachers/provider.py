@@ -30,7 +30,7 @@ def build_teacher_provider(config: DistillConfig, teacher, *, onnx_path: str | P
         dataset_fingerprint, num_samples: what the cache is keyed by and sized for.
         augmentation: the augmentation the cached views are made with (shift, seed, rank).
     """
-    feature_paths = [t.teacher for t in config.objective() if t.teacher]
+    feature_paths = [p for t in config.objective() if t.teacher for p in t.loss_class().taps(t.teacher)]
     if teacher is None:
         from edgekd.distill.teachers.onnx import OnnxTeacher
 
