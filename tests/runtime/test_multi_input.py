@@ -29,10 +29,12 @@ def reference(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (EMBED[ids] * mask[..., None].astype(np.float32)).mean(1) @ HEAD
 
 
-def two_input_model(path, *, named: bool = True, declared: bool = True, pooled: bool = False):
+def two_input_model(path, *, named: bool = True, declared: bool = True, pooled: bool = False,
+                    length: int | None = None):
     """``input_ids`` and ``attention_mask`` (int64, [batch, sequence]) -> ``logits`` [batch, 3]
-    (and ``pooled`` [batch, 8] with ``pooled``), with edgekd's declaration in the metadata."""
-    seq = "sequence" if named else None
+    (and ``pooled`` [batch, 8] with ``pooled``), with edgekd's declaration in the metadata;
+    ``length``: a fixed sequence length instead."""
+    seq = length or ("sequence" if named else None)
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", seq]) for n in ("input_ids", "attention_mask")]
     nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["emb"], axis=0),  # (N, L, D)
              helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
@@ -51,8 +53,8 @@ def two_input_model(path, *, named: bool = True, declared: bool = True, pooled: 
     model.ir_version = 8
     if declared:
         helper.set_model_props(model, {METADATA_KEY: json.dumps([
-            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"], "low": 0, "high": VOCAB},
-            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"], "low": 0, "high": 2}])})
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", seq or "sequence"], "low": 0, "high": VOCAB},
+            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", seq or "sequence"], "low": 0, "high": 2}])})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -172,3 +174,18 @@ def test_target_shapes_are_the_defaults_and_shape_overrides_them(files, tmp_path
     assert benchmark_on_target(files["onnxruntime"], target).inputs[0] == f"input_ids int64[1,8] in [0, {VOCAB})"
     wider = benchmark_on_target(files["onnxruntime"], target, shapes={"sequence": 12})
     assert wider.inputs[1] == "attention_mask int64[1,12] in [0, 2)"
+
+
+@pytest.mark.parametrize("int_inputs, dtype", [("int32", "int32"), ("keep", "int64")])
+def test_litert_takes_int32_token_ids_by_default(tmp_path, int_inputs, dtype):
+    """TFLite's interface: int64 token inputs become int32 (widened inside the model by one CAST),
+    as mobile apps feed them; ``int_inputs="keep"`` keeps int64. Evaluation casts what it feeds."""
+    from edgekd.export.tflite import onnx_to_tflite
+
+    path = onnx_to_tflite(two_input_model(tmp_path / "fixed.onnx", length=7), tmp_path / "fixed.tflite",
+                          int_inputs=int_inputs)
+    session = open_session(path, "litert")
+    assert [(s.name, s.dtype) for s in session.inputs] == [("input_ids", dtype), ("attention_mask", dtype)]
+    ids, mask = _data(12)
+    result = evaluate_session(session, (ids, mask), reference(ids, mask).argmax(1))
+    assert result.accuracy == 1.0 and np.allclose(result.logits, reference(ids, mask), atol=1e-5)

@@ -5,8 +5,9 @@ The exported interface (documented in the README):
 - inputs and outputs keep their ONNX names, shapes and order; 4-D tensors are NCHW, with one
   TRANSPOSE after each 4-D input and before each 4-D output, unless ``layout="nhwc"`` asks for
   an NHWC interface (no transposes at all);
-- integer and boolean inputs (token ids, attention masks) keep their ONNX type (int32, int64,
-  bool) and are fed as they are;
+- integer and boolean inputs (token ids, attention masks) are fed as they are: int64 ones become
+  int32 inputs (what mobile apps and LiteRT's text models feed), widened by one CAST inside the
+  model, unless ``int_inputs="keep"``; int32 and bool keep their type;
 - a QDQ model becomes a full-integer model (with ``float_fallback``, ops the ONNX file leaves
   float, or that TFLite has no int8 kernel for, run in float between DEQUANTIZE and QUANTIZE). ``io="float"`` (default) keeps float32 inputs and
   outputs with a QUANTIZE/DEQUANTIZE at the edges; ``io="int8"`` exposes the int8 tensors and
@@ -63,7 +64,7 @@ def supported_ops() -> list[str]:
 
 def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
             layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1,
-            float_fallback: bool = False) -> Conversion:
+            float_fallback: bool = False, int_inputs: Literal["int32", "keep"] = "int32") -> Conversion:
     """Convert an ONNX model (float, or QDQ int8) to TFLite flatbuffer bytes.
 
     ``float_fallback``: an int8 model's ops that the ONNX file leaves float, or that have no
@@ -79,6 +80,8 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
         raise ExportError(f"io must be 'float' or 'int8', got {io!r}")
     if layout not in ("nchw", "nhwc"):
         raise ExportError(f"layout must be 'nchw' or 'nhwc', got {layout!r}")
+    if int_inputs not in ("int32", "keep"):
+        raise ExportError(f"int_inputs must be 'int32' or 'keep', got {int_inputs!r}")
     supported = supported_ops()
     g = load_graph(onnx_path, batch=batch)
     unsupported: dict[str, list[str]] = {}  # op type -> its nodes: every distinct blocker is named once
@@ -95,7 +98,7 @@ def convert(onnx_path: str | Path, *, io: Literal["float", "int8"] = "float",
     builder = ModelBuilder(description=f"edgekd: converted from {Path(onnx_path).name}")
     ctx = Context(g, builder, int8=g.quantized)
     for name in g.inputs:
-        _add_input(ctx, name, io, layout)
+        _add_input(ctx, name, io, layout, int_inputs)
     tail = output_tail(g)
     for node in g.nodes:
         try:
@@ -144,11 +147,18 @@ def _interface_perm(rank: int, layout: str) -> tuple[int, ...]:
     return NHWC if rank == 4 and layout == "nhwc" else identity(rank)
 
 
-def _add_input(ctx: Context, name: str, io: str, layout: str) -> None:
+def _add_input(ctx: Context, name: str, io: str, layout: str, int_inputs: str = "int32") -> None:
     shape = ctx.shape(name)
     perm = _interface_perm(len(shape), layout)
     phys = permuted(shape, perm)
     dtype = ctx.dtype(name)
+    if dtype == np.int64 and int_inputs == "int32":  # token ids, masks: int32 in, int64 inside
+        index = ctx.b.tensor(name, phys, np.int32)
+        wide = ctx.b.tensor(f"{name}/int64", phys, np.int64)
+        ctx.b.op("CAST", [index], [wide])
+        ctx.bind(name, wide, perm)
+        ctx.b.inputs.append(index)
+        return
     if not ctx.is_float(name):  # token ids, masks: fed as they are, never quantized
         index = ctx.b.tensor(name, phys, tflite_dtype(dtype, ctx.g.path, name))
     elif dtype != np.float32:
@@ -204,7 +214,8 @@ EXPORT_CHECK_KEY = "edgekd.export_check"  # TFLite metadata: what the export che
 
 def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["float", "int8"] = "float",
                    layout: Literal["nchw", "nhwc"] = "nchw", batch: int = 1, check: bool = True,
-                   float_fallback: bool = False, check_samples=None) -> Path:
+                   float_fallback: bool = False, check_samples=None,
+                   int_inputs: Literal["int32", "keep"] = "int32") -> Path:
     """Write ``out_path`` (.tflite) from ``onnx_path``; with ``check``, compare with onnxruntime.
     ``float_fallback``: see ``convert``. ``check_samples``: real inputs to check on (a list of
     samples, each a list of batch-1 arrays in the ONNX inputs' order: the pipeline passes test
@@ -217,7 +228,8 @@ def onnx_to_tflite(onnx_path: str | Path, out_path: str | Path, *, io: Literal["
             reproduce onnxruntime's outputs (float: 1e-4 relative; int8: 99% of the outputs
             within ceil(sqrt(L)) quantization steps for L requantizing ops, see ``parity``).
     """
-    result = convert(onnx_path, io=io, layout=layout, batch=batch, float_fallback=float_fallback)
+    result = convert(onnx_path, io=io, layout=layout, batch=batch, float_fallback=float_fallback,
+                     int_inputs=int_inputs)
     data = result.data
     if check:  # before writing: a file that does not reproduce the model is never left behind
         from edgekd.export.tflite.parity import check_parity, int8_steps
