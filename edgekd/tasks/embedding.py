@@ -36,12 +36,21 @@ class SentenceEmbedding(TextTask):
         return [TensorSpec("embedding", "float32", ("batch", None))]
 
     def teacher_labels(self, data, teacher: torch.nn.Module, batch_size: int = 64):
-        """``data`` with every split labelled by ``teacher``'s embeddings (N, D)."""
+        """``data`` with every split labelled by ``teacher``'s embeddings (N, D), computed in
+        batches of similar length, each cut to its longest text (padding changes nothing)."""
+        from edgekd.data.text import trim_to_bucket
+
         def embed(x):
+            ids, mask = x[0], x[1]
+            order = mask.sum(1).argsort()
+            parts = []
             teacher.eval()
             with torch.no_grad():
-                return torch.cat([model_inputs.call(teacher, b).float()
-                                  for b in model_inputs.batches(x, batch_size)])
+                for rows in order.split(batch_size):
+                    parts.append(model_inputs.call(teacher, trim_to_bucket(ids[rows], mask[rows], [])).float())
+            out = torch.empty(len(ids), *parts[0].shape[1:]) if parts else torch.empty(0)
+            out[order] = torch.cat(parts) if parts else out
+            return out
 
         return dataclasses.replace(data, y_train=embed(data.x_train), y_val=embed(data.x_val),
                                    y_test=embed(data.x_test), train_labelled=None)

@@ -72,6 +72,26 @@ def test_teacher_labels_and_metrics_before_them():
     assert task.num_classes_of(torch.zeros(2, 384)) is None
 
 
+def test_teacher_labels_are_the_full_length_embeddings_in_sample_order():
+    """Labels are computed in length-sorted, trimmed batches: the same embeddings, in order."""
+    from edgekd.data.datasets import DataSplits
+    from edgekd.models.bert import BertConfig, SentenceEncoder
+
+    torch.manual_seed(0)
+    teacher = SentenceEncoder(BertConfig(vocab_size=40, hidden=16, layers=2, heads=2, intermediate=32)).eval()
+    lengths = torch.tensor([3, 12, 5, 16, 2, 9, 7])
+    mask = (torch.arange(16)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(1, 40, (7, 16)) * mask
+    x = (ids, mask)
+    data = DataSplits(x, -torch.ones(7), x, -torch.ones(7), x, -torch.ones(7), class_names=[], source="t",
+                      fingerprint="f")
+    labelled = create_task("sentence-embedding").teacher_labels(data, teacher, batch_size=3)
+    with torch.no_grad():
+        expected = teacher(ids, mask)
+    assert torch.allclose(labelled.y_test, expected, atol=1e-6)
+    assert labelled.y_train.shape == labelled.y_val.shape == (7, 16)
+
+
 def test_a_sentence_embedding_recipe_needs_text(tmp_path):
     from edgekd.data import DataConfig
 
