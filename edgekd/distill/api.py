@@ -107,6 +107,9 @@ class DistillConfig(Config):
         init_from_teacher: start the distilled student from every other block of the teacher
             (DistilBERT-style; ``edgekd.models.transfer``); the scratch baseline keeps the random
             initialisation, so the report shows what the teacher's weights and targets bought.
+        init_widths: with ``init_from_teacher``, "match" (the student's blocks have the
+            teacher's widths) or "truncate" (a narrower student, e.g. hidden 256 with 8 heads of
+            the teacher's size, takes the leading slice of every teacher tensor).
         prune_vocabulary: text students keep only the token embeddings the training split uses
             (``edgekd.models.vocab``; the scratch and distilled students alike, after their
             initialisation), behind a table that still takes the tokenizer's ids.
@@ -126,6 +129,7 @@ class DistillConfig(Config):
     cache: bool = False
     cache_views: int = 8
     init_from_teacher: bool = False
+    init_widths: Literal["match", "truncate"] = "match"
     prune_vocabulary: bool = False
 
     def __post_init__(self):

@@ -149,8 +149,9 @@ def _distilled(ctx: RunContext, name: str) -> Product:
     recipe = ctx.recipe
     init = ctx.student_init()
     if recipe.distill.init_from_teacher:
-        copied = init_from_teacher(init, ctx.teacher)["copied"]
-        ctx.log(f"student (KD): {len(copied)} tensors initialised from the teacher's blocks")
+        done = init_from_teacher(init, ctx.teacher, widths=recipe.distill.init_widths)
+        cut = f" ({len(done['truncated'])} of them truncated to the student's widths)" if done["truncated"] else ""
+        ctx.log(f"student (KD): {len(done['copied'])} tensors initialised from the teacher's blocks{cut}")
     init = _pruned(ctx, init, "student (KD)")
 
     def fit(state: Path):

@@ -158,3 +158,26 @@ def test_a_pruned_checkpoint_loads_into_a_model_built_from_its_spec(teacher, bat
     loaded, _ = load_checkpoint(tmp_path / "s.pt")  # (built at the full vocabulary, then pruned by its state)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids, mask), student.eval()(ids, mask))
+
+
+def test_a_narrower_student_starts_from_the_teachers_truncated_weights():
+    """``widths="truncate"``: hidden 16 with 2 heads of the teacher's head size (8) takes the
+    teacher's first two heads and first 16 hidden dimensions, its first 32 feed-forward neurons."""
+    from edgekd.errors import ConfigError
+    from edgekd.models.transfer import init_from_teacher
+
+    torch.manual_seed(0)
+    teacher = BertEncoder(BertConfig(vocab_size=40, hidden=32, layers=4, heads=4, intermediate=64))
+    student = BertEncoder(BertConfig(vocab_size=40, hidden=16, layers=2, heads=2, intermediate=32))
+    with pytest.raises(ConfigError, match="block widths differ; a narrower student.*init_widths: truncate"):
+        init_from_teacher(student, teacher)
+    done = init_from_teacher(student, teacher, widths="truncate")
+    assert not done["kept"] and "embeddings.word_embeddings.weight" in done["truncated"]
+    s, t = student.state_dict(), teacher.state_dict()
+    assert torch.equal(s["encoder.layer.1.attention.self.query.weight"], t["encoder.layer.2.attention.self.query.weight"][:16, :16])
+    assert torch.equal(s["encoder.layer.1.intermediate.dense.weight"], t["encoder.layer.2.intermediate.dense.weight"][:32, :16])
+    assert torch.equal(s["encoder.layer.0.output.dense.weight"], t["encoder.layer.0.output.dense.weight"][:16, :32])
+    assert torch.equal(s["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.weight"][:16])
+    wider = BertEncoder(BertConfig(vocab_size=40, hidden=48, layers=2, heads=4, intermediate=64))
+    with pytest.raises(ConfigError, match=r"query.weight \(48, 48\) cannot take .* \(32, 32\): the block widths differ$"):
+        init_from_teacher(wider, teacher, widths="truncate")
