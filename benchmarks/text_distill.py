@@ -158,7 +158,7 @@ def latencies(files: dict[str, Path], reps: int) -> dict[str, dict]:
             runtime = RUNTIME_OF[path.suffix]
             result = benchmark(path, runtime, threads=1, settings=SETTINGS, options=OPTIONS.get(runtime))
             samples[row].append(result.latency.p50_ms)
-            peaks[row].append((result.peak_memory_bytes() or 0) / 1e6)
+            peaks[row].append((result.peak_memory_bytes or 0) / 1e6)
         print(f"  latency: rep {rep + 1}/{reps} timed", flush=True)
     return {row: {"p50_ms": statistics.median(v), "reps_ms": v, "peak_rss_mb": max(peaks[row])}
             for row, v in samples.items()}

@@ -98,6 +98,13 @@ class DataSplits:
     vocab_size: int | None = None  # text data: the tokenizer's vocabulary
     length_buckets: list[int] | None = None  # text data: training batch lengths (``TextConfig.buckets``)
     group_by_length: bool = False  # text data: training batches of similar lengths
+    transfer_rows: int = 0  # text data: the last training samples are unlabelled transfer text
+
+    def target_train_inputs(self):
+        """The training inputs without the transfer text (``TextConfig.transfer``): the target
+        corpus, whose tokens vocabulary pruning keeps."""
+        end = model_inputs.num_samples(self.x_train) - self.transfer_rows
+        return model_inputs.take(self.x_train, slice(0, end))
 
     def calibration_batches(self, batch_size: int, count: int) -> list:
         """The first ``count`` training batches, un-augmented, for quantization observers."""

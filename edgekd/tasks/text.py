@@ -39,7 +39,7 @@ class TextTask(Task):
                 TensorSpec("attention_mask", "int64", ("batch", length), 0, 1)]
 
     def model_args(self, data) -> dict[str, Any]:
-        return {"vocab_size": data.vocab_size, "num_classes": None}  # None: an encoder, no class head
+        return {"vocab_size": data.vocab_size}
 
     def token_positions(self, x) -> torch.Tensor | None:
         return x[1].bool()  # the attention mask

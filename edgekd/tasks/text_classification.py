@@ -38,7 +38,7 @@ class TextClassification(TextTask, ClassificationTask):
         return [TensorSpec("logits", "float32", ("batch", data.num_classes))]
 
     def model_args(self, data) -> dict[str, Any]:
-        return {**super().model_args(data), "num_classes": data.num_classes}
+        return {**super().model_args(data), "num_labels": data.num_classes}  # (Hugging Face's name for a text head)
 
     def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         out = super().metrics(logits, labels)

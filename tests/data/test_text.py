@@ -3,6 +3,7 @@ token cache, seeded splits and bucketed lengths."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -65,7 +66,7 @@ def test_bad_text_files_name_the_line_and_the_fix(tmp_path, name, content, confi
 def test_missing_file_and_bad_settings_are_clear(tmp_path):
     with pytest.raises(DataError, match=rf"nope.txt: text data not found; use '{BUILTIN}'"):
         read_texts(str(tmp_path / "nope.txt"), TextConfig())
-    with pytest.raises(DataError, match="the built-in corpus has no labels"):
+    with pytest.raises(DataError, match="a built-in corpus brings its own labels"):
         read_texts(BUILTIN, TextConfig(label_column="label"))
     with pytest.raises(FieldError, match="buckets.1"):
         TextConfig(max_length=64, buckets=[32, 128])
@@ -161,3 +162,33 @@ def test_text_training_batches_are_grouped_and_cut_but_evaluation_keeps_the_leng
     assert ids.shape == (4, 6) and torch.equal(cut.sum(1), lengths[short])
     data.group_by_length = False
     assert torch.equal(task.batch_order(torch.arange(8), data, 4, torch.Generator()), torch.arange(8))
+
+
+def test_transfer_text_joins_the_training_split_only_unlabelled_and_deduplicated(tmp_path):
+    rows = [{"text": f"The {animal} number {i} sat on the mat.", "label": animal}
+            for animal in ("cat", "dog") for i in range(10)]
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    extra = ["An unlabelled sentence about zebras.", "The cat number 3 sat on the mat.",  # the second: in the corpus
+             "An unlabelled sentence about zebras.", "Another one about yaks."]
+    (tmp_path / "extra.txt").write_text("\n".join(extra))
+    config = TextConfig(label_column="label", max_length=16, transfer=[str(tmp_path / "extra.txt")])
+    plain = load_text_data(str(tmp_path / "l.jsonl"), TextConfig(label_column="label", max_length=16),
+                           [0.5, 0.25, 0.25], seed=3, cache_dir=tmp_path)
+    splits = load_text_data(str(tmp_path / "l.jsonl"), config, [0.5, 0.25, 0.25], seed=3, cache_dir=tmp_path)
+    assert splits.transfer_rows == 2 and splits.texts["train"][-2:] == [extra[0], extra[3]]
+    assert splits.y_train[-2:].tolist() == [-1, -1] and torch.equal(splits.y_train[:-2], plain.y_train)
+    assert torch.equal(splits.target_train_inputs()[0], plain.x_train[0])  # what vocabulary pruning reads
+    assert torch.equal(splits.x_test[0], plain.x_test[0]) and splits.fingerprint != plain.fingerprint
+    limited = load_text_data(str(tmp_path / "l.jsonl"), dataclasses.replace(config, transfer_limit=1),
+                             [0.5, 0.25, 0.25], seed=3, cache_dir=tmp_path)
+    assert limited.transfer_rows == 1
+
+
+def test_site_docs_are_prose_from_installed_packages_and_never_stdlib_sentences():
+    from edgekd.data.corpus import site_sentences
+
+    sentences = site_sentences(("click",))
+    assert len(sentences) > 20
+    assert all(s[:1].isupper() and s.endswith(".") for s in sentences)
+    assert not set(sentences) & set(stdlib_sentences())
+    assert site_sentences(("no_such_package_here",)) == ()

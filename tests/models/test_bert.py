@@ -145,6 +145,15 @@ def test_a_pruned_student_quantizes_and_exports_with_the_original_token_ids(teac
         simulated, reference = int8(ids, mask), student(ids, mask)
     assert float(torch.nn.functional.cosine_similarity(torch.from_numpy(got), simulated).min()) > 0.99
     assert float(torch.nn.functional.cosine_similarity(simulated, reference).min()) > 0.95
+    # the int8 checkpoint (what a resumed run reloads): rebuilt at the full vocabulary, pruned, traced
+    from edgekd.models import ModelSpec, load_checkpoint, save_checkpoint
+
+    config = QATConfig(target="x86-onnxruntime").resolved()
+    save_checkpoint(tmp_path / "int8.pt", int8, ModelSpec(arch="bert-student", kwargs={"layers": 2}),
+                    qat=config.to_dict(), task={"inputs": [s.to_dict() for s in specs]})
+    loaded, _ = load_checkpoint(tmp_path / "int8.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask), simulated)
 
 
 def test_a_pruned_checkpoint_loads_into_a_model_built_from_its_spec(teacher, batch, tmp_path):

@@ -66,7 +66,8 @@ def test_the_classifier_loads_the_pretrained_encoder_with_a_new_head():
     from edgekd.models.factory import ModelSpec, create_model
 
     encoder = load_pretrained()
-    classifier = create_model(ModelSpec(arch="minilm-l6-v2"), num_classes=5, vocab_size=30522)
+    classifier = create_model(ModelSpec(arch="minilm-l6-v2"), num_labels=5, vocab_size=30522)
+    assert isinstance(create_model(ModelSpec(arch="minilm-l6-v2"), num_classes=5), SentenceEncoder)  # (images' name)
     assert isinstance(classifier, TextClassifier) and not isinstance(encoder, TextClassifier)
     assert isinstance(encoder, SentenceEncoder)
     for name, value in encoder.state_dict().items():
