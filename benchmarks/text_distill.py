@@ -169,47 +169,14 @@ def latencies(files: dict[str, Path], reps: int) -> dict[str, dict]:
             for row, v in samples.items()}
 
 
-INTEGER_ORT = ("QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm",
-               "QAttention", "QLinearAdd")
-FLOAT_ORT = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm")
-
-
 def kernels(path: Path) -> str:
-    """Which matrix-multiply kernels the runtime really runs: integer vs float.
+    """Which compute kernels the runtime really runs, integer vs float (``model_zoo``'s counters:
+    onnxruntime's graph after its optimizations, OpenVINO's compiled CPU layers by runtime
+    precision, LiteRT's FULLY_CONNECTED/BATCH_MATMUL by input type plus float-fallback ops)."""
+    from model_zoo import openvino_kernels, ort_kernels, tflite_kernels
 
-    onnxruntime: the graph after its optimizations (QDQ pairs fused into integer kernels);
-    OpenVINO: the compiled CPU model's FullyConnected/MatMul layers by runtime precision; LiteRT:
-    FULLY_CONNECTED/BATCH_MATMUL by input type, plus float ops between DEQUANTIZE and QUANTIZE."""
-    import collections
-
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-        import onnxruntime as ort
-
-        with tempfile.TemporaryDirectory() as tmp:
-            so = ort.SessionOptions()
-            so.log_severity_level, so.optimized_model_filepath = 3, str(Path(tmp) / "opt.onnx")
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-        integer = {k: v for k, v in ops.items() if k in INTEGER_ORT}
-        floats = sum(v for k, v in ops.items() if k in FLOAT_ORT)
-        return ", ".join(f"{v} {k}" for k, v in sorted(integer.items())) + f"; {floats} float MatMul/Gemm"
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        counts = collections.Counter()
-        for op in compiled.get_runtime_model().get_ordered_ops():
-            info = op.get_rt_info()
-            kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
-            if kind in ("FullyConnected", "MatMul"):
-                counts[f"{kind} {info['runtimePrecision'].astype(str)}"] += 1
-        return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    from model_zoo import tflite_kernels
-
-    return ", ".join(f"{v} {k}" for k, v in sorted(tflite_kernels(path).items()))
+    count = {".onnx": ort_kernels, ".xml": openvino_kernels, ".tflite": tflite_kernels}[Path(path).suffix]
+    return ", ".join(f"{v} {k}" for k, v in sorted(count(Path(path)).items()))
 
 
 def cpu_manifest() -> dict:
