@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -180,29 +179,24 @@ def kernels(path: Path) -> str:
 
 
 def cpu_manifest() -> dict:
-    flags = ""
+    """edgekd's machine manifest plus the CPU flags that decide int8 and bf16 kernels."""
+    from edgekd.bench.child import machine_manifest
+
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-        flags = next((ln.split(":", 1)[1] for ln in info.splitlines() if ln.startswith("flags")), "")
+        flags = next((ln.split(":", 1)[1] for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("flags")), "").split()
     except OSError:
-        model = platform.processor()
+        flags = []
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
-    return {"cpu": model, "flags": [f for f in wanted if f in flags.split()], "cores": os.cpu_count()}
+    return {**machine_manifest(), "flags": [f for f in wanted if f in flags]}
 
 
 def versions() -> dict:
-    import onnxruntime
+    """The shared benchmark versions record (``litert_mobilenet.versions``) plus OpenVINO's."""
     import openvino
+    from litert_mobilenet import versions as shared_versions
 
-    out = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
-    try:
-        from importlib.metadata import version
-
-        out["ai-edge-litert"] = version("ai-edge-litert")
-    except Exception:  # noqa: BLE001  (a version string is informative only)
-        pass
-    return out
+    return {**shared_versions(), "openvino": openvino.__version__}
 
 
 def main() -> None:

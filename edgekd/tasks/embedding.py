@@ -48,8 +48,10 @@ class SentenceEmbedding(TextTask):
             with torch.no_grad():
                 for rows in order.split(batch_size):
                     parts.append(model_inputs.call(teacher, trim_to_bucket(ids[rows], mask[rows], [])).float())
-            out = torch.empty(len(ids), *parts[0].shape[1:]) if parts else torch.empty(0)
-            out[order] = torch.cat(parts) if parts else out
+            if not parts:
+                return torch.empty(0)
+            out = torch.empty(len(ids), *parts[0].shape[1:])
+            out[order] = torch.cat(parts)  # back to sample order
             return out
 
         return dataclasses.replace(data, y_train=embed(data.x_train), y_val=embed(data.x_val),
